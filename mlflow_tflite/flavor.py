@@ -1,0 +1,370 @@
+"""The ``tflite`` MLflow flavor: save, log and load .tflite models, and their pyfunc wrapper.
+
+Shaped like ``mlflow.onnx``: the model directory holds ``model.tflite`` and an MLmodel file
+whose ``tflite`` section records the model file, the LiteRT runtime version, the quantization
+mode and the input/output tensors. The ``python_function`` flavor loads it with
+:func:`_load_pyfunc`, which quantizes float input and dequantizes integer output.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import mlflow
+from mlflow import pyfunc
+from mlflow.models import Model, ModelInputExample, ModelSignature
+from mlflow.models.model import MLMODEL_FILE_NAME
+from mlflow.models.utils import _save_example
+from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
+from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+from mlflow.types.schema import Schema, TensorSpec
+from mlflow.utils.environment import (
+    _CONDA_ENV_FILE_NAME,
+    _CONSTRAINTS_FILE_NAME,
+    _PYTHON_ENV_FILE_NAME,
+    _REQUIREMENTS_FILE_NAME,
+    _mlflow_conda_env,
+    _process_conda_env,
+    _process_pip_requirements,
+    _PythonEnv,
+    _validate_env_arguments,
+)
+from mlflow.utils.file_utils import get_total_file_size, write_to
+from mlflow.utils.model_utils import (
+    _add_code_from_conf_to_system_path,
+    _copy_extra_files,
+    _get_flavor_configuration,
+    _validate_and_copy_code_paths,
+    _validate_and_prepare_target_save_path,
+)
+from mlflow.utils.requirements_utils import _get_pinned_requirement
+
+from mlflow_tflite import runtime
+from mlflow_tflite.errors import TFLiteError
+
+FLAVOR_NAME = "tflite"
+MODEL_FILE_NAME = "model.tflite"
+QUANTIZATION_MODES = ("none", "dynamic", "float16", "int8", "int8_full", "int16x8")
+
+
+def get_default_pip_requirements(flex: bool = False) -> list[str]:
+    """Pip requirements of a model of this flavor: this plugin and the LiteRT interpreter.
+
+    Args:
+        flex: the model has Flex (SELECT_TF_OPS) ops, so TensorFlow's interpreter is needed too.
+
+    Returns:
+        Pinned requirement strings, e.g. ``["ai-edge-litert==2.3.0", "mlflow-tflite==0.1.0"]``.
+    """
+    packages = ["ai-edge-litert", "mlflow-tflite", "numpy"] + (["tensorflow"] if flex else [])
+    return [_get_pinned_requirement(package) for package in packages]
+
+
+def get_default_conda_env(flex: bool = False) -> dict:
+    """Conda environment (a dict as in ``conda.yaml``) holding :func:`get_default_pip_requirements`."""
+    return _mlflow_conda_env(additional_pip_deps=get_default_pip_requirements(flex))
+
+
+def read_tflite_bytes(tflite_model: bytes | str | os.PathLike) -> bytes:
+    """The flatbuffer bytes of ``tflite_model`` (bytes, or the path of a .tflite file).
+
+    Raises:
+        TFLiteError: the path does not exist or the value is neither bytes nor a path.
+    """
+    if isinstance(tflite_model, (bytes, bytearray, memoryview)):
+        return bytes(tflite_model)
+    if isinstance(tflite_model, (str, os.PathLike)):
+        path = Path(tflite_model)
+        if not path.is_file():
+            raise TFLiteError(f"TFLite model file {str(path)!r} does not exist; pass the path of a .tflite file")
+        return path.read_bytes()
+    raise TFLiteError(
+        f"tflite_model of type {type(tflite_model).__name__} is not supported; "
+        "pass the flatbuffer bytes or the path of a .tflite file"
+    )
+
+
+def infer_signature_from_tensors(interpreter) -> ModelSignature:
+    """Signature of the pyfunc interface: float32 tensors with a dynamic batch dimension.
+
+    The pyfunc quantizes and dequantizes, so quantized I/O tensors appear as float32 here. A
+    single input is unnamed (a plain array works); several inputs are named by the signature.
+    """
+    inputs, outputs = runtime.io_tensors(interpreter)
+
+    def schema(tensors: list[runtime.TensorInfo]) -> Schema:
+        named = len(tensors) > 1
+        return Schema(
+            [
+                TensorSpec(np.dtype(np.float32), (-1, *t.shape[1:]), t.name if named else None)
+                for t in tensors
+            ]
+        )
+
+    return ModelSignature(inputs=schema(inputs), outputs=schema(outputs))
+
+
+def save_model(
+    tflite_model: bytes | str | os.PathLike,
+    path: str | os.PathLike,
+    conda_env=None,
+    code_paths=None,
+    mlflow_model: Model | None = None,
+    signature: ModelSignature | None = None,
+    input_example: ModelInputExample | None = None,
+    pip_requirements=None,
+    extra_pip_requirements=None,
+    metadata: dict[str, Any] | None = None,
+    extra_files=None,
+    quantization: str | None = None,
+    num_threads: int = 1,
+    **kwargs,
+) -> None:
+    """Save a .tflite model as an MLflow model directory.
+
+    The flatbuffer is loaded into the LiteRT interpreter first; nothing is written unless it loads.
+
+    Args:
+        tflite_model: flatbuffer bytes, or the path of a .tflite file.
+        path: local directory to create (must not exist or be empty).
+        conda_env, code_paths, pip_requirements, extra_pip_requirements, metadata, extra_files:
+            as in every MLflow flavor (see ``mlflow.onnx.save_model``).
+        mlflow_model: the :class:`mlflow.models.Model` this flavor is added to.
+        signature: pyfunc signature; inferred from the model's tensors when ``None``.
+        input_example: an example input (numpy array or dict of arrays).
+        quantization: the quantization mode (one of :data:`QUANTIZATION_MODES`); inferred from
+            the tensors when ``None``.
+        num_threads: interpreter threads the pyfunc uses (>= 1).
+
+    Raises:
+        TFLiteError: the bytes are not a loadable TFLite model, or ``quantization`` is unknown.
+    """
+    model_bytes = read_tflite_bytes(tflite_model)
+    interpreter = runtime.make_interpreter(model_bytes)
+    if quantization is None:
+        quantization = runtime.quantization_mode(interpreter)
+    if quantization not in QUANTIZATION_MODES:
+        raise TFLiteError(f"quantization {quantization!r} is unknown; use one of {', '.join(QUANTIZATION_MODES)}")
+    _validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
+
+    path = os.path.abspath(path)
+    _validate_and_prepare_target_save_path(path)
+    code_dir_subpath = _validate_and_copy_code_paths(code_paths, path)
+    mlflow_model = mlflow_model or Model()
+    mlflow_model.signature = signature or infer_signature_from_tensors(interpreter)
+    if input_example is not None:
+        _save_example(mlflow_model, input_example, path)
+    if metadata is not None:
+        mlflow_model.metadata = metadata
+    write_to(os.path.join(path, MODEL_FILE_NAME), model_bytes)
+
+    flex = runtime.is_flex_interpreter(interpreter)
+    inputs, outputs = runtime.io_tensors(interpreter)
+    pyfunc.add_to_model(
+        mlflow_model,
+        loader_module="mlflow_tflite.flavor",
+        data=MODEL_FILE_NAME,
+        conda_env=_CONDA_ENV_FILE_NAME,
+        python_env=_PYTHON_ENV_FILE_NAME,
+        code=code_dir_subpath,
+    )
+    mlflow_model.add_flavor(
+        FLAVOR_NAME,
+        model_file=MODEL_FILE_NAME,
+        runtime=runtime.RUNTIME_PACKAGE,
+        runtime_version=runtime.runtime_version(),
+        quantization=quantization,
+        flex_ops=flex,
+        num_threads=int(num_threads),
+        inputs=[t.to_dict() for t in inputs],
+        outputs=[t.to_dict() for t in outputs],
+        code=code_dir_subpath,
+        **_copy_extra_files(extra_files, path),
+    )
+    if size := get_total_file_size(path):
+        mlflow_model.model_size_bytes = size
+    mlflow_model.save(os.path.join(path, MLMODEL_FILE_NAME))
+    _write_environment(path, flex, conda_env, pip_requirements, extra_pip_requirements)
+
+
+def _write_environment(path: str, flex: bool, conda_env, pip_requirements, extra_pip_requirements) -> None:
+    """Write conda.yaml, requirements.txt, python_env.yaml (and constraints.txt) as MLflow does."""
+    if conda_env is None:
+        default_reqs = get_default_pip_requirements(flex) if pip_requirements is None else None
+        conda_env, pip_requirements, pip_constraints = _process_pip_requirements(
+            default_reqs, pip_requirements, extra_pip_requirements
+        )
+    else:
+        conda_env, pip_requirements, pip_constraints = _process_conda_env(conda_env)
+    with open(os.path.join(path, _CONDA_ENV_FILE_NAME), "w") as f:
+        yaml.safe_dump(conda_env, stream=f, default_flow_style=False)
+    if pip_constraints:
+        write_to(os.path.join(path, _CONSTRAINTS_FILE_NAME), "\n".join(pip_constraints))
+    write_to(os.path.join(path, _REQUIREMENTS_FILE_NAME), "\n".join(pip_requirements))
+    _PythonEnv.current().to_yaml(os.path.join(path, _PYTHON_ENV_FILE_NAME))
+
+
+def log_model(
+    tflite_model: bytes | str | os.PathLike,
+    artifact_path: str | None = None,
+    conda_env=None,
+    code_paths=None,
+    registered_model_name: str | None = None,
+    signature: ModelSignature | None = None,
+    input_example: ModelInputExample | None = None,
+    await_registration_for: int = DEFAULT_AWAIT_MAX_SLEEP_SECONDS,
+    pip_requirements=None,
+    extra_pip_requirements=None,
+    metadata: dict[str, Any] | None = None,
+    extra_files=None,
+    quantization: str | None = None,
+    num_threads: int = 1,
+    name: str | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    model_type: str | None = None,
+    step: int = 0,
+    model_id: str | None = None,
+    **kwargs,
+):
+    """Log a .tflite model as an MLflow model (flavors ``tflite`` and ``python_function``).
+
+    Arguments are those of :func:`save_model` plus MLflow's usual logging ones (``name``,
+    ``registered_model_name``, ``await_registration_for``, ``params``, ``tags``, ...).
+
+    Returns:
+        :class:`mlflow.models.model.ModelInfo` of the logged model.
+
+    Raises:
+        TFLiteError: the model is not a loadable TFLite flatbuffer (nothing is logged).
+    """
+    import mlflow_tflite.flavor as this_flavor
+
+    return Model.log(
+        artifact_path=artifact_path,
+        name=name,
+        flavor=this_flavor,
+        tflite_model=read_tflite_bytes(tflite_model),
+        conda_env=conda_env,
+        code_paths=code_paths,
+        registered_model_name=registered_model_name,
+        signature=signature,
+        input_example=input_example,
+        await_registration_for=await_registration_for,
+        pip_requirements=pip_requirements,
+        extra_pip_requirements=extra_pip_requirements,
+        metadata=metadata,
+        extra_files=extra_files,
+        quantization=quantization,
+        num_threads=num_threads,
+        params=params,
+        tags=tags,
+        model_type=model_type,
+        step=step,
+        model_id=model_id,
+        **kwargs,
+    )
+
+
+def _local_model_file(model_uri: str, dst_path: str | None = None) -> tuple[Path, dict]:
+    """Download an MLflow model of this flavor; return (path of model.tflite, flavor config)."""
+    local_path = _download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path)
+    flavor_conf = _get_flavor_configuration(model_path=local_path, flavor_name=FLAVOR_NAME)
+    _add_code_from_conf_to_system_path(local_path, flavor_conf)
+    return Path(local_path) / flavor_conf.get("model_file", MODEL_FILE_NAME), flavor_conf
+
+
+def load_model(model_uri: str, dst_path: str | None = None, num_threads: int | None = None):
+    """Load a ``tflite`` MLflow model as a ready interpreter (tensors allocated).
+
+    Args:
+        model_uri: ``runs:/<run_id>/<name>``, ``models:/<name>@<alias>``, a local path, ...
+        dst_path: local directory to download to (default: a temporary one).
+        num_threads: interpreter threads; default the one recorded in the flavor.
+
+    Returns:
+        ``ai_edge_litert.interpreter.Interpreter`` (``tf.lite.Interpreter`` for Flex models).
+    """
+    model_file, conf = _local_model_file(model_uri, dst_path)
+    return runtime.make_interpreter(model_file.read_bytes(), num_threads or conf.get("num_threads", 1))
+
+
+def _load_pyfunc(path: str):
+    """Called by ``mlflow.pyfunc.load_model``: ``path`` is the model file (or its directory)."""
+    model_path = Path(path)
+    if model_path.is_dir():
+        model_path = model_path / MODEL_FILE_NAME
+    conf = {}
+    mlmodel = model_path.parent / MLMODEL_FILE_NAME
+    if mlmodel.exists():
+        conf = Model.load(str(mlmodel)).flavors.get(FLAVOR_NAME, {})
+    return TFLiteModelWrapper(model_path.read_bytes(), num_threads=conf.get("num_threads", 1))
+
+
+class TFLiteModelWrapper:
+    """pyfunc wrapper around a LiteRT interpreter.
+
+    ``predict`` takes a numpy array (one input), a dict of arrays keyed by input name, or a
+    pandas DataFrame (one column per input, or the flattened features of the single input),
+    quantizes float input for integer input tensors, runs batches and returns float32
+    dequantized outputs: one array for one output, else a dict keyed by output name.
+    """
+
+    def __init__(self, tflite_model: bytes, num_threads: int = 1, batch_size: int = 256):
+        self.interpreter = runtime.make_interpreter(tflite_model, num_threads)
+        self.inputs, self.outputs = runtime.io_tensors(self.interpreter)
+        self.batch_size = batch_size
+
+    def get_raw_model(self):
+        """The underlying interpreter."""
+        return self.interpreter
+
+    def predict(self, data, params: dict[str, Any] | None = None):
+        """Predict on ``data``; ``params`` may hold ``batch_size`` (rows per invocation).
+
+        Returns:
+            ``np.ndarray`` of float32 ``(N, ...)`` for one output, else ``{name: np.ndarray}``.
+
+        Raises:
+            TFLiteError: missing inputs or shapes that do not match the model.
+        """
+        batch_size = int((params or {}).get("batch_size", self.batch_size))
+        results = runtime.run(self.interpreter, self._arrays(data), batch_size)
+        if len(results) == 1:
+            return results[0]
+        return {tensor.name: value for tensor, value in zip(self.outputs, results)}
+
+    def _arrays(self, data) -> list[np.ndarray]:
+        """One float array per model input, in the model's input order."""
+        if isinstance(data, pd.DataFrame):
+            data = self._from_dataframe(data)
+        if isinstance(data, dict):
+            missing = [t.name for t in self.inputs if t.name not in data]
+            if missing:
+                raise TFLiteError(f"inputs {missing} are missing from {sorted(data)}; pass every model input by name")
+            return [np.asarray(data[t.name]) for t in self.inputs]
+        if len(self.inputs) != 1:
+            names = [t.name for t in self.inputs]
+            raise TFLiteError(f"the model has inputs {names}; pass a dict of arrays keyed by these names")
+        return [np.asarray(data)]
+
+    def _from_dataframe(self, frame: pd.DataFrame):
+        names = [t.name for t in self.inputs]
+        if set(names) <= set(frame.columns):
+            return {t.name: _stack(frame[t.name], t) for t in self.inputs}
+        if len(self.inputs) == 1:
+            shape = self.inputs[0].shape[1:]
+            return frame.to_numpy(dtype=np.float32).reshape((len(frame), *shape))
+        raise TFLiteError(f"DataFrame columns {list(frame.columns)} do not name the model inputs {names}")
+
+
+def _stack(column: pd.Series, tensor: runtime.TensorInfo) -> np.ndarray:
+    """A DataFrame column of per-row arrays (or scalars) -> one ``(N, ...)`` array."""
+    rows = [np.asarray(value, dtype=np.float32) for value in column]
+    return np.stack(rows).reshape((len(rows), *tensor.shape[1:]))

@@ -1,0 +1,313 @@
+"""LiteRT interpreter helpers: tensor details, (de)quantized invocation, batching, latency.
+
+Only ``numpy`` and ``ai_edge_litert`` are imported here (TensorFlow only for Flex models), so
+serving a ``tflite`` model does not pay for importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlflow_tflite.errors import TFLiteError
+
+# Version of the interpreter package, recorded in the flavor configuration.
+RUNTIME_PACKAGE = "ai-edge-litert"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output tensor of a .tflite model.
+
+    Attributes:
+        name: signature name (e.g. ``"input_1"``) or, without a signature, the tensor name.
+        index: tensor index in the interpreter.
+        shape: shape with ``-1`` for dynamic dimensions (from ``shape_signature``).
+        dtype: numpy dtype of the tensor (``float32``, ``int8``, ``uint8``, ``int16`` ...).
+        scale: quantization scale (0.0 for a float tensor).
+        zero_point: quantization zero point (0 for a float tensor).
+    """
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        """True when the tensor holds integer values that stand for real numbers."""
+        return self.scale != 0.0 and np.issubdtype(self.dtype, np.integer)
+
+    def to_dict(self) -> dict:
+        """Plain description for the MLmodel file: name, shape, dtype, scale, zero point."""
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": np.dtype(self.dtype).name,
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+        }
+
+
+def runtime_version() -> str:
+    """Installed version of the LiteRT package, e.g. ``"2.1.0"``."""
+    from importlib.metadata import version
+
+    return version(RUNTIME_PACKAGE)
+
+
+def make_interpreter(tflite_model: bytes, num_threads: int = 1):
+    """Load a .tflite flatbuffer into an interpreter with tensors allocated.
+
+    LiteRT's interpreter is used; a model with Flex (SELECT_TF_OPS) ops, which LiteRT cannot
+    run, falls back to TensorFlow's ``tf.lite.Interpreter`` (which links the Flex delegate).
+
+    Args:
+        tflite_model: flatbuffer bytes.
+        num_threads: CPU threads the interpreter may use (>= 1).
+
+    Returns:
+        An interpreter (``ai_edge_litert.interpreter.Interpreter`` or ``tf.lite.Interpreter``).
+
+    Raises:
+        TFLiteError: the bytes are not a model either interpreter can load.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        return _allocated(Interpreter, tflite_model, num_threads)
+    except (ValueError, RuntimeError) as error:
+        if "Flex" not in str(error) and "Select TensorFlow op" not in str(error):
+            raise _invalid_model(tflite_model, error) from None
+    import tensorflow as tf
+
+    try:
+        return _allocated(tf.lite.Interpreter, tflite_model, num_threads)
+    except (ValueError, RuntimeError) as error:
+        raise _invalid_model(tflite_model, error) from None
+
+
+def _allocated(interpreter_class, tflite_model: bytes, num_threads: int):
+    interpreter = interpreter_class(model_content=bytes(tflite_model), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _invalid_model(tflite_model: bytes, error: Exception) -> TFLiteError:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    return TFLiteError(
+        f"the {len(tflite_model)}-byte model is not a valid TFLite flatbuffer ({reason}); "
+        "pass the bytes or path of a .tflite file written by TFLiteConverter"
+    )
+
+
+def is_flex_interpreter(interpreter) -> bool:
+    """True when the interpreter is TensorFlow's (the model needs Flex ops), not LiteRT's."""
+    return not type(interpreter).__module__.startswith("ai_edge_litert")
+
+
+def _signature_details(interpreter):
+    """(inputs, outputs) detail dicts keyed by signature name, or ``None`` without a signature."""
+    signatures = interpreter.get_signature_list()
+    if not signatures:
+        return None
+    key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
+    runner = interpreter.get_signature_runner(key)
+    return runner.get_input_details(), runner.get_output_details()
+
+
+def _tensor_info(name: str, detail: dict) -> TensorInfo:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    shape = detail.get("shape_signature", detail["shape"])
+    return TensorInfo(
+        name=name,
+        index=int(detail["index"]),
+        shape=tuple(int(d) for d in shape),
+        dtype=np.dtype(detail["dtype"]),
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+def io_tensors(interpreter) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """Inputs and outputs of a model, named by its signature when it has one.
+
+    Returns:
+        ``(inputs, outputs)``: lists of :class:`TensorInfo` in signature order (or tensor order).
+    """
+    signature = _signature_details(interpreter)
+    if signature is None:
+        inputs = [_tensor_info(d["name"], d) for d in interpreter.get_input_details()]
+        outputs = [_tensor_info(d["name"], d) for d in interpreter.get_output_details()]
+        return inputs, outputs
+    input_details, output_details = signature
+    # The tensor details carry shape_signature; the signature details may not.
+    by_index = {d["index"]: d for d in interpreter.get_input_details() + interpreter.get_output_details()}
+    inputs = [_tensor_info(name, by_index.get(d["index"], d)) for name, d in input_details.items()]
+    outputs = [_tensor_info(name, by_index.get(d["index"], d)) for name, d in output_details.items()]
+    return inputs, outputs
+
+
+def quantize(x: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    """Real values -> the tensor's dtype: ``round(x / scale + zero_point)``, clipped to its range.
+
+    Integer input for a quantized tensor is taken as already quantized and passed through.
+    The affine scheme is TFLite's (https://ai.google.dev/edge/litert/models/quantization_spec).
+    """
+    x = np.asarray(x)
+    if not tensor.quantized:
+        return x.astype(tensor.dtype, copy=False)
+    if np.issubdtype(x.dtype, np.integer):
+        return x.astype(tensor.dtype, copy=False)
+    info = np.iinfo(tensor.dtype)
+    q = np.round(x.astype(np.float64) / tensor.scale + tensor.zero_point)
+    return np.clip(q, info.min, info.max).astype(tensor.dtype)
+
+
+def dequantize(q: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+    """Quantized tensor values -> float32 real values: ``(q - zero_point) * scale``."""
+    if not tensor.quantized:
+        return np.asarray(q).astype(np.float32, copy=False)
+    return ((q.astype(np.float32) - tensor.zero_point) * tensor.scale).astype(np.float32)
+
+
+def _batch_capacity(inputs: list[TensorInfo]) -> int | None:
+    """Fixed batch size of the model, or ``None`` when the batch dimension is dynamic."""
+    shape = inputs[0].shape
+    return None if not shape or shape[0] == -1 else shape[0]
+
+
+def _current_shape(interpreter, tensor: TensorInfo) -> tuple[int, ...]:
+    details = {d["index"]: d for d in interpreter.get_input_details()}
+    return tuple(int(d) for d in details[tensor.index]["shape"])
+
+
+def _invoke(interpreter, inputs: list[TensorInfo], outputs: list[TensorInfo], arrays: list[np.ndarray]):
+    """Run one batch of inputs (already in the tensors' dtypes); return the raw output arrays."""
+    resized = False
+    for tensor, array in zip(inputs, arrays):
+        if _current_shape(interpreter, tensor) != tuple(array.shape):
+            interpreter.resize_tensor_input(tensor.index, list(array.shape), strict=True)
+            resized = True
+    if resized:
+        interpreter.allocate_tensors()
+    for tensor, array in zip(inputs, arrays):
+        interpreter.set_tensor(tensor.index, array)
+    interpreter.invoke()
+    return [interpreter.get_tensor(tensor.index).copy() for tensor in outputs]
+
+
+def _check_input_shapes(inputs: list[TensorInfo], arrays: list[np.ndarray]) -> int:
+    """Validate arrays against the model inputs; return the number of rows (examples)."""
+    if len(arrays) != len(inputs):
+        raise TFLiteError(
+            f"the model takes {len(inputs)} input(s) {[t.name for t in inputs]} but got {len(arrays)}; "
+            "pass one array per input (a dict keyed by input name for several)"
+        )
+    rows = {int(a.shape[0]) if a.ndim else -1 for a in arrays}
+    for tensor, array in zip(inputs, arrays):
+        expected = tensor.shape[1:]
+        got = tuple(array.shape[1:])
+        if array.ndim != len(tensor.shape) or any(e not in (-1, g) for e, g in zip(expected, got)):
+            shown = tuple("?" if d == -1 else d for d in tensor.shape)
+            raise TFLiteError(
+                f"input {tensor.name!r} has shape {tuple(array.shape)} but the model expects {shown} "
+                "(first axis = batch); reshape or resize the data to the model's input size"
+            )
+    if len(rows) != 1:
+        raise TFLiteError(f"inputs have different numbers of rows {sorted(rows)}; pass the same batch for each input")
+    return rows.pop()
+
+
+def run(interpreter, arrays: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+    """Predict with a .tflite model on float (or already quantized) inputs, in batches.
+
+    Float input is quantized for integer input tensors and integer output is dequantized, using
+    each tensor's scale and zero point, so the result is comparable with the source model's.
+
+    Args:
+        interpreter: an interpreter from :func:`make_interpreter`.
+        arrays: one array per model input, each ``(N, *input_shape[1:])``.
+        batch_size: rows per invocation when the batch dimension is dynamic; a model with a
+            fixed batch size ``B`` is run ``B`` rows at a time (the last batch zero-padded).
+
+    Returns:
+        One float32 array per model output, each ``(N, *output_shape[1:])``.
+
+    Raises:
+        TFLiteError: wrong number of inputs or shapes that do not match the model.
+    """
+    inputs, outputs = io_tensors(interpreter)
+    rows = _check_input_shapes(inputs, arrays)
+    fixed_batch = _batch_capacity(inputs)
+    step = fixed_batch or max(1, batch_size)
+    collected: list[list[np.ndarray]] = [[] for _ in outputs]
+    for start in range(0, rows, step):
+        chunk = [quantize(a[start : start + step], t) for a, t in zip(arrays, inputs)]
+        real_rows = chunk[0].shape[0]
+        if fixed_batch and real_rows < step:
+            chunk = [np.concatenate([c, np.zeros((step - real_rows, *c.shape[1:]), c.dtype)]) for c in chunk]
+        raw = _invoke(interpreter, inputs, outputs, chunk)
+        for store, tensor, value in zip(collected, outputs, raw):
+            store.append(dequantize(value[:real_rows], tensor))
+    return [np.concatenate(parts) if parts else np.zeros((0,), np.float32) for parts in collected]
+
+
+def measure_latency(interpreter, arrays: list[np.ndarray], warmup: int = 10, runs: int = 100) -> dict[str, float]:
+    """Time single-example invocations of a model.
+
+    Each timed call is ``interpreter.invoke()`` alone on one example (batch 1), after
+    ``warmup`` untimed calls, measured with ``time.perf_counter``; the thread count is the
+    one the interpreter was created with.
+
+    Args:
+        interpreter: an interpreter from :func:`make_interpreter`.
+        arrays: one array per model input; the first row of each is used.
+        warmup: untimed invocations first (caches, lazy kernel preparation).
+        runs: timed invocations.
+
+    Returns:
+        ``{"latency_ms_p50", "latency_ms_p90", "latency_ms_mean"}`` in milliseconds.
+    """
+    inputs, outputs = io_tensors(interpreter)
+    example = [quantize(a[:1], t) for a, t in zip(arrays, inputs)]
+    _invoke(interpreter, inputs, outputs, example)
+    for _ in range(warmup):
+        interpreter.invoke()
+    times_ms = np.empty(runs)
+    for i in range(runs):
+        started = time.perf_counter()
+        interpreter.invoke()
+        times_ms[i] = (time.perf_counter() - started) * 1000.0
+    return {
+        "latency_ms_p50": float(np.percentile(times_ms, 50)),
+        "latency_ms_p90": float(np.percentile(times_ms, 90)),
+        "latency_ms_mean": float(times_ms.mean()),
+    }
+
+
+def quantization_mode(interpreter) -> str:
+    """Infer the quantization mode of a loaded model from its tensors and ops.
+
+    Returns one of ``none``, ``dynamic``, ``float16``, ``int8``, ``int8_full``, ``int16x8``:
+    integer model inputs mean ``int8_full``; ``QUANTIZE`` ops with int16 activations mean
+    ``int16x8``, with int8 ones ``int8``; int8 weights without ``QUANTIZE`` ops are
+    dynamic-range; float16 constants are ``float16``.
+    """
+    inputs, _ = io_tensors(interpreter)
+    if any(t.dtype in (np.int8, np.uint8) for t in inputs):
+        return "int8_full"
+    dtypes = {np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
+    op_names = {op["op_name"] for op in interpreter._get_ops_details()}
+    if "QUANTIZE" in op_names:
+        return "int16x8" if np.dtype(np.int16) in dtypes else "int8"
+    if np.dtype(np.int8) in dtypes:
+        return "dynamic"
+    if np.dtype(np.float16) in dtypes:
+        return "float16"
+    return "none"
