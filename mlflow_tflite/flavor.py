@@ -162,7 +162,7 @@ def save_model(
         _save_example(mlflow_model, input_example, path)
     if metadata is not None:
         mlflow_model.metadata = metadata
-    write_to(os.path.join(path, MODEL_FILE_NAME), model_bytes)
+    Path(path, MODEL_FILE_NAME).write_bytes(model_bytes)
 
     flex = runtime.is_flex_interpreter(interpreter)
     inputs, outputs = runtime.io_tensors(interpreter)

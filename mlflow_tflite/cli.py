@@ -1,0 +1,95 @@
+"""``mlflow-tflite`` command line (click): convert one variant; more commands per pipeline stage.
+
+Errors of this project print as one line (``Error: ...``) and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from mlflow_tflite.errors import TFLiteError
+
+# TensorFlow's C++ INFO/WARNING lines drown the CLI's own output; a user's setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No network at run time: MLflow's usage telemetry stays off unless the user turns it on.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+class _OneLineErrors(click.Group):
+    """Turns a TFLiteError into click's one-line ``Error: message`` and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TFLiteError as error:
+            raise click.ClickException(error.message) from None
+
+
+@click.group(cls=_OneLineErrors)
+@click.version_option(package_name="mlflow-tflite")
+def cli():
+    """Convert TensorFlow models to TFLite variants tracked in MLflow."""
+
+
+def _optional_int(value: str | int | None, name: str) -> int | None:
+    """'' / None / 0 -> None; '96' -> 96; anything else -> a one-line error."""
+    if value in (None, "", "0", 0, "native"):
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        raise TFLiteError(f"{name} {value!r} is not a whole number; pass e.g. 96, or nothing for the native size") from None
+
+
+@cli.command()
+@click.option("--model", default="", help="A .keras/.h5 file or SavedModel directory; empty for the digits demo.")
+@click.option("--data", default="", help=".npz with x_train/y_train/x_test/y_test; empty for the digits demo.")
+@click.option("--quant", default="int8", show_default=True, help="none, dynamic, float16, int8, int8_full, int16x8.")
+@click.option("--sparsity", default=0.0, type=float, show_default=True, help="Target pruned fraction in [0, 1).")
+@click.option("--input-size", default="", help="Square input side in pixels; empty for the model's native size.")
+@click.option("--calibration-samples", default=200, type=int, show_default=True, help="Representative dataset size.")
+@click.option("--ops", default="builtins", show_default=True, help="builtins, or select_tf for SELECT_TF_OPS.")
+@click.option("--io-type", default="int8", show_default=True, help="I/O type of int8_full: int8, or uint8 (Edge TPU).")
+@click.option("--registered-model-name", default="", help="Registry name; default derived from the source.")
+@click.option("--num-threads", default=1, type=int, show_default=True, help="LiteRT threads for latency/pyfunc.")
+@click.option("--no-register", is_flag=True, help="Log the run but do not register the model.")
+def convert(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, registered_model_name,
+            num_threads, no_register):
+    """Convert one variant, evaluate it and log it as an MLflow run (the `main` entry point)."""
+    from mlflow_tflite.pipeline import prepare, run_variant
+    from mlflow_tflite.variants import Variant
+
+    requested_size = _optional_int(input_size, "input_size")
+    # Check the parameters before any expensive work.
+    Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type)
+    if num_threads < 1:
+        raise TFLiteError(f"num_threads={num_threads} must be >= 1")
+    prepared = prepare(model or None, data or None)
+    variant = Variant(quant, sparsity, requested_size or prepared.native_input_size, calibration_samples, ops, io_type)
+    result = run_variant(prepared, variant, registered_model_name or None, num_threads, register=not no_register)
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    metrics = result.metrics
+    shown = ", ".join(
+        f"{key}={metrics[key]:.4g}"
+        for key in ("accuracy", "accuracy_drop", "agreement", "size_bytes", "latency_ms_p50")
+        if key in metrics
+    )
+    click.echo(f"run {result.run_id} variant {result.variant.name}: {shown}")
+    if result.registration:
+        r = result.registration
+        status = "champion" if r.champion else "not champion"
+        click.echo(f"registered {r.name} version {r.version} ({status}: {r.reason})")
+
+
+def main():
+    """Entry point for ``python -m mlflow_tflite.cli``."""
+    cli(prog_name="mlflow-tflite")
+
+
+if __name__ == "__main__":
+    main()

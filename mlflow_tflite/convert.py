@@ -1,0 +1,110 @@
+"""Variant + source + representative dataset -> .tflite flatbuffer bytes.
+
+The recipes are TensorFlow Lite's post-training quantization guide
+(https://ai.google.dev/edge/litert/models/post_training_quantization): dynamic range,
+float16, full integer with a representative dataset (float or integer I/O) and 16x8.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.sources import Source
+from mlflow_tflite.variants import Variant
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A converted model: ``tflite_model`` flatbuffer bytes and ``convert_seconds`` (wall time)."""
+
+    tflite_model: bytes
+    convert_seconds: float
+
+
+def representative_dataset(calibration: list[np.ndarray]):
+    """Generator factory for ``converter.representative_dataset``: one example per step.
+
+    Args:
+        calibration: one float32 ``(N, ...)`` array per model input, same N for all.
+    """
+
+    def generate():
+        for i in range(len(calibration[0])):
+            yield [array[i : i + 1].astype(np.float32) for array in calibration]
+
+    return generate
+
+
+def configure(converter, variant: Variant, calibration: list[np.ndarray] | None) -> None:
+    """Set a ``tf.lite.TFLiteConverter`` up for a variant's quantization mode and op set.
+
+    Raises:
+        TFLiteError: a calibrated mode (int8, int8_full, int16x8) without calibration data.
+    """
+    import tensorflow as tf
+
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    if variant.calibrated and (calibration is None or len(calibration[0]) == 0):
+        raise TFLiteError(
+            f"quant={variant.quant} needs a representative dataset but no calibration data was given; "
+            "pass data (x_train) or choose quant=dynamic for weight-only quantization"
+        )
+    if variant.quant != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant.quant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant.calibrated:
+        converter.representative_dataset = representative_dataset(calibration)
+    if variant.quant in ("int8", "int8_full"):
+        # Integer kernels only: a model that cannot be fully quantized fails instead of
+        # silently keeping float ops.
+        builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+    if variant.quant == "int8_full":
+        io_type = tf.uint8 if variant.io_type == "uint8" else tf.int8
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    if variant.quant == "int16x8":
+        builtins = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+    ops = [builtins]
+    if variant.ops == "select_tf":
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    converter.target_spec.supported_ops = ops
+
+
+def convert(source: Source, variant: Variant, calibration: list[np.ndarray] | None = None) -> Conversion:
+    """Convert ``source`` to a .tflite flatbuffer for ``variant``.
+
+    Args:
+        source: the (possibly pruned or resized) model.
+        variant: quantization mode and op set.
+        calibration: representative dataset, one float32 ``(N, ...)`` array per input;
+            required for int8, int8_full and int16x8.
+
+    Returns:
+        :class:`Conversion` with the bytes and the wall time in seconds.
+
+    Raises:
+        TFLiteError: missing calibration data, or the converter failed (the message keeps the
+            converter's first error line and suggests ``ops=select_tf`` for unsupported ops).
+    """
+    converter = source.converter()
+    configure(converter, variant, calibration)
+    started = time.perf_counter()
+    try:
+        tflite_model = converter.convert()
+    except Exception as error:  # the converter raises ConverterError, ValueError, RuntimeError...
+        raise TFLiteError(_conversion_error_message(variant, error)) from None
+    return Conversion(tflite_model, time.perf_counter() - started)
+
+
+def _conversion_error_message(variant: Variant, error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if "error:" in line] or [
+        line.strip() for line in str(error).splitlines() if line.strip()
+    ]
+    reason = (lines[0] if lines else type(error).__name__)[:300]
+    hint = "try ops=select_tf or another quant mode" if variant.ops == "builtins" else "try another quant mode"
+    return f"conversion of variant {variant.name!r} failed: {reason}; {hint}"

@@ -1,0 +1,94 @@
+"""One variant -> one MLflow run: params, tags, metrics, dataset inputs and the ``tflite`` model."""
+
+from __future__ import annotations
+
+import contextlib
+
+import mlflow
+import numpy as np
+from mlflow.entities import RunStatus
+
+from mlflow_tflite import flavor
+from mlflow_tflite.data import DIGITS_SOURCE, Dataset
+from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.variants import Variant
+
+VARIANT_TAG = "mlflow_tflite.variant"
+ROLE_TAG = "mlflow_tflite.role"
+ERROR_TAG = "mlflow_tflite.error"
+MODEL_NAME = "model"
+
+
+def variant_params(variant: Variant, source_uri: str, num_threads: int) -> dict[str, object]:
+    """Run params of a variant (DESIGN.md contract names, plus ``io_type`` and ``num_threads``)."""
+    return {
+        "quant": variant.quant,
+        "sparsity": variant.sparsity,
+        "input_size": variant.input_size,
+        "calibration_samples": variant.calibration_samples,
+        "ops": variant.ops,
+        "source": source_uri,
+        "io_type": variant.io_type,
+        "num_threads": num_threads,
+    }
+
+
+def _mlflow_dataset(features: np.ndarray, targets: np.ndarray | None, dataset: Dataset, split: str):
+    if dataset.source == DIGITS_SOURCE:
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        source = CodeDatasetSource(tags={"loader": DIGITS_SOURCE})
+    else:
+        source = dataset.source
+    return mlflow.data.from_numpy(features, targets=targets, source=source, name=f"{dataset.name}-{split}")
+
+
+def log_dataset_inputs(dataset: Dataset, calibration: np.ndarray | None) -> str:
+    """Record the evaluation (and calibration) data as run inputs; return the evaluation digest."""
+    evaluation = _mlflow_dataset(dataset.x_test, dataset.y_test, dataset, "test")
+    mlflow.log_input(evaluation, context="evaluation")
+    if calibration is not None:
+        mlflow.log_input(_mlflow_dataset(calibration, None, dataset, "calibration"), context="calibration")
+    return evaluation.digest
+
+
+@contextlib.contextmanager
+def variant_run(variant: Variant, nested: bool = False, run_name: str | None = None):
+    """Start (or resume, under ``mlflow run``) a run for one variant.
+
+    An exception inside the block tags the run with the one-line error message
+    (``mlflow_tflite.error``), ends it FAILED and propagates.
+
+    Yields:
+        The active ``mlflow.ActiveRun``.
+    """
+    with mlflow.start_run(nested=nested, run_name=run_name or variant.name) as run:
+        mlflow.set_tags({VARIANT_TAG: variant.name, ROLE_TAG: "variant"})
+        try:
+            yield run
+        except BaseException as error:
+            message = error.message if isinstance(error, TFLiteError) else f"{type(error).__name__}: {error}"
+            mlflow.set_tag(ERROR_TAG, message[:5000])
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
+
+
+def log_variant_model(
+    tflite_model: bytes,
+    variant: Variant,
+    input_example: np.ndarray | None,
+    num_threads: int,
+):
+    """Log the .tflite as an MLflow model of flavor ``tflite`` named ``model`` in the active run.
+
+    Returns:
+        ``mlflow.models.model.ModelInfo`` (its ``model_uri`` is what gets registered).
+    """
+    return flavor.log_model(
+        tflite_model,
+        name=MODEL_NAME,
+        input_example=input_example,
+        quantization=variant.quant,
+        num_threads=num_threads,
+        metadata={"variant": variant.name},
+    )

@@ -1,0 +1,67 @@
+"""Conversion variants: what changes the .tflite artifact, and a stable readable name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow_tflite.errors import TFLiteError
+
+QUANT_MODES = ("none", "dynamic", "float16", "int8", "int8_full", "int16x8")
+CALIBRATED_MODES = ("int8", "int8_full", "int16x8")
+OPS_SETS = ("builtins", "select_tf")
+IO_TYPES = ("int8", "uint8")
+
+
+@dataclass(frozen=True, order=True)
+class Variant:
+    """One conversion variant.
+
+    Attributes:
+        quant: quantization mode, one of :data:`QUANT_MODES`.
+        sparsity: target fraction of pruned weights in [0, 1).
+        input_size: side of the square input image in pixels, or ``None`` for the native size.
+        calibration_samples: representative-dataset size (used by :data:`CALIBRATED_MODES`).
+        ops: ``builtins`` or ``select_tf`` (SELECT_TF_OPS).
+        io_type: integer I/O type of ``int8_full`` (``int8``, or ``uint8`` for Edge TPU).
+    """
+
+    quant: str = "none"
+    sparsity: float = 0.0
+    input_size: int | None = None
+    calibration_samples: int = 200
+    ops: str = "builtins"
+    io_type: str = "int8"
+
+    def __post_init__(self):
+        if self.quant not in QUANT_MODES:
+            raise TFLiteError(f"quant {self.quant!r} is unknown; use one of {', '.join(QUANT_MODES)}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise TFLiteError(f"sparsity {self.sparsity} is outside [0, 1); use e.g. 0, 0.5 or 0.8")
+        if self.input_size is not None and self.input_size <= 0:
+            raise TFLiteError(f"input_size {self.input_size} must be a positive number of pixels")
+        if self.calibration_samples <= 0:
+            raise TFLiteError(
+                f"calibration_samples={self.calibration_samples} must be > 0; 100-500 is typical (default 200)"
+            )
+        if self.ops not in OPS_SETS:
+            raise TFLiteError(f"ops {self.ops!r} is unknown; use builtins or select_tf")
+        if self.io_type not in IO_TYPES:
+            raise TFLiteError(f"io_type {self.io_type!r} is unknown; use int8 or uint8 (Edge TPU)")
+
+    @property
+    def calibrated(self) -> bool:
+        """True when the mode needs a representative dataset."""
+        return self.quant in CALIBRATED_MODES
+
+    @property
+    def name(self) -> str:
+        """Readable name, e.g. ``int8-s0.5-i96``; ``int8_full-uint8-s0-i8`` for uint8 I/O."""
+        parts = [self.quant]
+        if self.quant == "int8_full" and self.io_type != "int8":
+            parts.append(self.io_type)
+        parts.append(f"s{self.sparsity:g}")
+        if self.input_size:
+            parts.append(f"i{self.input_size}")
+        if self.ops != "builtins":
+            parts.append(self.ops)
+        return "-".join(parts)
