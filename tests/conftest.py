@@ -1,0 +1,48 @@
+"""Shared fixtures: a real MLflow sqlite store per test and the digits demo trained once."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import mlflow  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """A fresh sqlite tracking store and registry in a temp dir (also seen by subprocesses)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from mlflow_tflite.data import load_digits_dataset
+
+    return load_digits_dataset()
+
+
+@pytest.fixture(scope="session")
+def demo_prepared():
+    """The demo source (digits CNN trained with the fixed seed), its data and reference outputs."""
+    from mlflow_tflite.pipeline import prepare
+
+    return prepare()
+
+
+@pytest.fixture(scope="session")
+def converted(demo_prepared):
+    """The demo model converted in every quantization mode: {variant name: (Variant, bytes)}."""
+    from mlflow_tflite.convert import convert
+    from mlflow_tflite.variants import QUANT_MODES, Variant
+
+    calibration = [demo_prepared.calibration(200)]
+    variants = [Variant(q, input_size=8) for q in QUANT_MODES] + [Variant("int8_full", input_size=8, io_type="uint8")]
+    return {v.name: (v, convert(demo_prepared.source, v, calibration).tflite_model) for v in variants}

@@ -1,0 +1,140 @@
+"""The tflite flavor: save/log/load, pyfunc round trip for every quantization mode, signatures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import mlflow
+import mlflow_tflite
+from mlflow_tflite import runtime
+from mlflow_tflite.errors import TFLiteError
+
+
+def raw_dequantized_output(tflite_model: bytes, x: np.ndarray) -> np.ndarray:
+    """Reference: the interpreter invoked by hand, one example at a time, output dequantized."""
+    interpreter = runtime.make_interpreter(tflite_model)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    results = []
+    for row in x:
+        value = row[np.newaxis]
+        if inp["dtype"] != np.float32:
+            scale, zero_point = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            value = np.clip(np.round(value / scale + zero_point), info.min, info.max).astype(inp["dtype"])
+        interpreter.resize_tensor_input(inp["index"], list(value.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], value)
+        interpreter.invoke()
+        raw = interpreter.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero_point = out["quantization"]
+            raw = (raw.astype(np.float32) - zero_point) * scale
+        results.append(raw[0])
+    return np.stack(results)
+
+
+MODES = ["none-s0-i8", "dynamic-s0-i8", "float16-s0-i8", "int8-s0-i8", "int8_full-s0-i8",
+         "int8_full-uint8-s0-i8", "int16x8-s0-i8"]
+
+
+@pytest.mark.parametrize("name", MODES)
+def test_pyfunc_round_trip_every_mode(name, converted, demo_prepared, tmp_path):
+    variant, tflite_model = converted[name]
+    x_test, y_test = demo_prepared.dataset.x_test, demo_prepared.dataset.y_test
+    path = tmp_path / "model"
+    mlflow_tflite.save_model(tflite_model, path, input_example=x_test[:2], quantization=variant.quant)
+
+    model = mlflow.pyfunc.load_model(str(path))
+    predicted = model.predict(x_test)
+    expected = raw_dequantized_output(tflite_model, x_test)
+    np.testing.assert_allclose(predicted, expected, rtol=0, atol=1e-6)
+    assert predicted.shape == (len(x_test), 10) and predicted.dtype == np.float32
+
+    float_model = converted["none-s0-i8"][1]
+    float_top1 = raw_dequantized_output(float_model, x_test).argmax(1)
+    agreement = np.mean(predicted.argmax(1) == float_top1)
+    assert agreement >= 0.95, f"{name}: top-1 agreement with the float model {agreement:.3f}"
+    assert np.mean(predicted.argmax(1) == y_test) >= 0.95
+
+
+def test_flavor_configuration_records_model_and_tensors(converted, tmp_path):
+    variant, tflite_model = converted["int8_full-s0-i8"]
+    mlflow_tflite.save_model(tflite_model, tmp_path / "m")
+    mlmodel = yaml.safe_load((tmp_path / "m" / "MLmodel").read_text())
+    conf = mlmodel["flavors"]["tflite"]
+    assert conf["model_file"] == "model.tflite"
+    assert (tmp_path / "m" / "model.tflite").read_bytes() == tflite_model
+    assert conf["quantization"] == "int8_full"  # inferred from the tensors
+    assert conf["runtime_version"] == runtime.runtime_version()
+    assert conf["inputs"][0]["dtype"] == "int8" and conf["inputs"][0]["shape"] == [-1, 8, 8, 1]
+    assert conf["outputs"][0]["dtype"] == "int8" and conf["outputs"][0]["scale"] > 0
+    assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow_tflite.flavor"
+    signature = mlmodel["signature"]
+    assert "float32" in signature["inputs"] and "[-1, 8, 8, 1]" in signature["inputs"]
+    requirements = (tmp_path / "m" / "requirements.txt").read_text()
+    assert "ai-edge-litert==" in requirements and "mlflow-tflite==" in requirements
+
+
+@pytest.mark.parametrize("name", MODES)
+def test_quantization_mode_is_inferred(name, converted):
+    variant, tflite_model = converted[name]
+    assert runtime.quantization_mode(runtime.make_interpreter(tflite_model)) == variant.quant
+
+
+def test_int8_model_internal_tensors_are_int8(converted):
+    interpreter = runtime.make_interpreter(converted["int8-s0-i8"][1])
+    ops = interpreter._get_ops_details()
+    conv_ops = [op for op in ops if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+    assert conv_ops
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    for op in conv_ops:
+        assert all(details[i]["dtype"] == np.int8 for i in op["inputs"][:2]), op
+        assert all(details[i]["dtype"] == np.int8 for i in op["outputs"]), op
+
+
+def test_pyfunc_accepts_dataframe_and_path(converted, demo_prepared, tmp_path):
+    _, tflite_model = converted["dynamic-s0-i8"]
+    file = tmp_path / "digits.tflite"
+    file.write_bytes(tflite_model)
+    mlflow_tflite.save_model(str(file), tmp_path / "m")
+    model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    x = demo_prepared.dataset.x_test[:20]
+    # Through MLflow's schema enforcement: one column holding an image per row.
+    column = pd.DataFrame({"image": list(x)})
+    np.testing.assert_allclose(model.predict(column), model.predict(x), atol=1e-6)
+    # The raw wrapper also takes flattened features, one column per value.
+    wrapper = mlflow_tflite.flavor._load_pyfunc(str(tmp_path / "m"))
+    np.testing.assert_allclose(wrapper.predict(pd.DataFrame(x.reshape(20, -1))), model.predict(x), atol=1e-6)
+    np.testing.assert_allclose(model.predict(x, params={"batch_size": 3}), model.predict(x), atol=1e-6)
+
+
+def test_log_model_and_load_model_return_interpreter(converted, demo_prepared, tracking):
+    _, tflite_model = converted["float16-s0-i8"]
+    x = demo_prepared.dataset.x_test[:2]
+    with mlflow.start_run():
+        info = mlflow_tflite.log_model(tflite_model, name="model", input_example=x, registered_model_name="m16")
+    assert info.flavors["tflite"]["quantization"] == "float16"
+    interpreter = mlflow_tflite.load_model("models:/m16/1")
+    inputs, outputs = runtime.io_tensors(interpreter)
+    assert inputs[0].shape == (-1, 8, 8, 1) and outputs[0].shape == (-1, 10)
+    pyfunc_out = mlflow.pyfunc.load_model(info.model_uri).predict(x)
+    np.testing.assert_allclose(pyfunc_out, runtime.run(interpreter, [x])[0], atol=1e-6)
+
+
+def test_corrupt_tflite_is_rejected_and_nothing_written(tmp_path):
+    target = tmp_path / "m"
+    with pytest.raises(TFLiteError, match="not a valid TFLite flatbuffer"):
+        mlflow_tflite.save_model(b"TFL3" + b"\x00garbage" * 50, target)
+    assert not target.exists()
+    with pytest.raises(TFLiteError, match="does not exist"):
+        mlflow_tflite.save_model(str(tmp_path / "missing.tflite"), target)
+
+
+def test_pyfunc_rejects_wrong_shape(converted, tmp_path):
+    mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m")
+    wrapper = mlflow_tflite.flavor._load_pyfunc(str(tmp_path / "m" / "model.tflite"))
+    with pytest.raises(TFLiteError, match=r"shape \(3, 9, 9, 1\)"):
+        wrapper.predict(np.zeros((3, 9, 9, 1), np.float32))
