@@ -1,0 +1,534 @@
+"""Model optimizations applied before conversion: magnitude pruning, input resizing, sparsity.
+
+Pruning follows TensorFlow Model Optimization's pruning guide
+(https://www.tensorflow.org/model_optimization/guide/pruning/pruning_with_keras):
+``prune_low_magnitude`` with a ``PolynomialDecay`` schedule, fine-tuning with the
+``UpdatePruningStep`` callback, then ``strip_pruning``. TFMOT works only with tf_keras
+(Keras 2), so ``tf_keras`` is imported explicitly; the global Keras mode (``tf.keras`` and
+``TF_USE_LEGACY_KERAS``) is left as the user set it (see :func:`_import_tfmot`).
+
+The achieved sparsity is measured on the converted .tflite flatbuffer
+(:func:`tflite_sparsity`), read with LiteRT's flatbuffer schema, so no TensorFlow import is
+needed for it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from mlflow_tflite.errors import TFLiteError
+
+# Fraction of the fine-tuning steps over which sparsity ramps up to the target; the rest of
+# the steps fine-tune with the final mask fixed (the guide's recipe of pruning, then recovering).
+_RAMP_FRACTION = 0.7
+# Number of mask updates along the ramp (PolynomialDecay's ``frequency`` is derived from it).
+_MASK_UPDATES = 10
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning
+# --------------------------------------------------------------------------------------------
+
+
+def _import_tfmot():
+    """Import ``tensorflow_model_optimization`` without flipping the global Keras mode.
+
+    TFMOT's ``keras/compat.py`` sets ``os.environ["TF_USE_LEGACY_KERAS"] = "1"`` when it is
+    imported and then touches ``tf.keras``; if ``tf.keras`` had not been resolved yet, that
+    would route ``tf.keras`` to tf_keras for the rest of the process, and the variable would
+    leak into child processes. So ``tf.keras`` is resolved first under the user's own setting,
+    and the variable is restored afterwards. TFMOT itself then uses tf_keras (it picks tf_keras
+    whenever ``tf.keras`` is Keras 3).
+    """
+    import tensorflow as tf
+
+    previous = os.environ.get("TF_USE_LEGACY_KERAS")
+    try:
+        getattr(tf.keras, "Model", None)  # resolve the lazy tf.keras loader now
+        import tensorflow_model_optimization as tfmot
+    finally:
+        if previous is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = previous
+    return tfmot
+
+
+def _is_tf_keras_model(model) -> bool:
+    import tf_keras
+
+    return isinstance(model, tf_keras.Model)
+
+
+def _type_name(model) -> str:
+    cls = type(model)
+    return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _clone(model):
+    """A functional/Sequential copy of a tf_keras ``model`` with the same weights (not shared)."""
+    import tf_keras
+
+    try:
+        clone = tf_keras.models.clone_model(model)
+    except Exception as error:  # subclassed models cannot be cloned
+        reason = _first_line(error)
+        raise TFLiteError(
+            f"model {model.name!r} ({_type_name(model)}) cannot be cloned for pruning ({reason}); "
+            "pruning needs a Sequential or functional tf_keras model; use sparsity=0"
+        ) from None
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _first_line(error: Exception, limit: int = 200) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
+def _outputs_probabilities(model, x: np.ndarray) -> bool:
+    """True when the model's outputs on ``x`` look like softmax probabilities (rows sum to 1)."""
+    scores = np.asarray(model(x[:32], training=False))
+    return bool(np.all(scores >= 0.0) and np.all(scores <= 1.0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
+
+
+def pruning_schedule_steps(num_examples: int, epochs: int, batch_size: int) -> tuple[int, int]:
+    """End step and mask-update frequency of the pruning schedule.
+
+    TFMOT's wrappers count training steps from 1 and update the masks at steps ``s`` with
+    ``s % frequency == 0`` and ``s <= end_step``; ``PolynomialDecay`` reaches its final
+    sparsity at ``end_step``. The end step is ~70% of the fine-tuning steps and a multiple of
+    the frequency, so the target sparsity is really applied and the remaining ~30% of the steps
+    recover accuracy with the final mask.
+
+    Args:
+        num_examples: rows of the training split.
+        epochs: fine-tuning epochs (>= 1).
+        batch_size: examples per step (>= 1).
+
+    Returns:
+        ``(end_step, frequency)``, both >= 1, with ``end_step <= epochs * ceil(num_examples / batch_size)``.
+    """
+    total_steps = math.ceil(num_examples / batch_size) * epochs
+    end_step = max(1, round(total_steps * _RAMP_FRACTION))
+    frequency = max(1, end_step // _MASK_UPDATES)
+    return frequency * (end_step // frequency), frequency
+
+
+def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch_size: int = 32, seed: int = 0):
+    """Magnitude-prune a tf_keras classifier to ``sparsity`` and fine-tune it on the train split.
+
+    The recipe is TFMOT's pruning guide: ``tfmot.sparsity.keras.prune_low_magnitude`` on the
+    whole model (the kernels of Conv/Dense layers are pruned, biases are not) with a
+    ``PolynomialDecay`` schedule from 0 to ``sparsity`` (see :func:`pruning_schedule_steps`),
+    fine-tuned with Adam (learning rate 1e-3) and sparse categorical cross-entropy
+    (``from_logits`` is chosen by checking whether the outputs are probabilities), the
+    ``UpdatePruningStep`` callback, then ``tfmot.sparsity.keras.strip_pruning``. The source
+    model is cloned first and is not modified.
+
+    Args:
+        model: a Sequential or functional ``tf_keras.Model`` with one ``(N, C)`` class-score
+            output (softmax probabilities or logits).
+        x_train: float32 ``(N, ...)`` training inputs matching the model input.
+        y_train: int ``(N,)`` class labels in ``[0, C)``.
+        sparsity: target fraction of zero weights per pruned kernel, in ``[0, 1)``; 0 returns
+            ``model`` itself unchanged.
+        epochs: fine-tuning passes over the training split (>= 1).
+        batch_size: examples per step (>= 1).
+        seed: seeds Python, NumPy and TensorFlow (``tf_keras.utils.set_random_seed``), so the
+            same inputs give the same pruned weights.
+
+    Returns:
+        A new, uncompiled ``tf_keras.Model`` with the same architecture and name whose kernels
+        have ~``sparsity`` exact zeros (``model`` itself when ``sparsity == 0``).
+
+    Raises:
+        TFLiteError: the model is not a tf_keras model (e.g. Keras 3, a SavedModel or ``None``),
+            cannot be cloned or pruned (subclassed model, unsupported layer), has no single
+            class-score output; ``y_train`` is ``None`` or does not match ``x_train``;
+            ``sparsity``, ``epochs`` or ``batch_size`` is out of range.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise TFLiteError(f"sparsity {sparsity} is outside [0, 1); use e.g. 0, 0.5 or 0.8")
+    if sparsity == 0:
+        return model
+    if model is None or not _is_tf_keras_model(model):
+        raise TFLiteError(
+            f"cannot prune a {_type_name(model)}: pruning needs a tf_keras model (.h5 or built with tf_keras); "
+            "use sparsity=0"
+        )
+    if y_train is None:
+        raise TFLiteError(
+            f"sparsity={sparsity:g} needs labels: pruning fine-tunes on y_train but the data has none; "
+            "add y_train or use sparsity=0"
+        )
+    if epochs < 1 or batch_size < 1:
+        raise TFLiteError(f"pruning needs epochs >= 1 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
+    x_train = np.asarray(x_train, dtype=np.float32)
+    y_train = np.asarray(y_train)
+    if len(x_train) == 0 or len(x_train) != len(y_train):
+        raise TFLiteError(
+            f"pruning needs as many labels as examples, got {len(x_train)} examples and {len(y_train)} labels"
+        )
+    outputs = model.outputs or []
+    if len(outputs) != 1 or len(outputs[0].shape) != 2 or not (outputs[0].shape[-1] or 0) > 1:
+        shapes = [tuple(o.shape) for o in outputs]
+        raise TFLiteError(
+            f"pruning fine-tunes a classifier but model {model.name!r} has outputs {shapes}, not one (N, classes) "
+            "output; use sparsity=0"
+        )
+
+    import tf_keras
+
+    tfmot = _import_tfmot()
+    tf_keras.utils.set_random_seed(seed)
+    clone = _clone(model)
+    end_step, frequency = pruning_schedule_steps(len(x_train), epochs, batch_size)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=float(sparsity), begin_step=0, end_step=end_step, frequency=frequency
+    )
+    try:
+        pruned = tfmot.sparsity.keras.prune_low_magnitude(clone, pruning_schedule=schedule)
+    except ValueError as error:
+        raise TFLiteError(
+            f"model {model.name!r} cannot be pruned: {_first_line(error)}; use sparsity=0"
+        ) from None
+    from_logits = not _outputs_probabilities(model, x_train)
+    pruned.compile(
+        optimizer=tf_keras.optimizers.Adam(1e-3),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=["accuracy"],
+    )
+    pruned.fit(
+        x_train,
+        y_train,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
+    return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+# --------------------------------------------------------------------------------------------
+# Sparsity of a converted model
+# --------------------------------------------------------------------------------------------
+
+# Ops whose constant inputs of rank >= 2 are weights (kernels, matrices, embedding tables).
+_KERNEL_OPS = (
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "FULLY_CONNECTED",
+    "TRANSPOSE_CONV",
+    "CONV_3D",
+    "CONV_3D_TRANSPOSE",
+    "BATCH_MATMUL",
+    "EMBEDDING_LOOKUP",
+    "LSTM",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM",
+    "BIDIRECTIONAL_SEQUENCE_LSTM",
+    "RNN",
+    "UNIDIRECTIONAL_SEQUENCE_RNN",
+    "BIDIRECTIONAL_SEQUENCE_RNN",
+    "SVDF",
+)
+# Ops that turn a stored constant into the weight the kernel reads: float16 -> float32 (or int8
+# -> float32) DEQUANTIZE, and DENSIFY of sparse-format weights.
+_PASS_THROUGH_OPS = ("DEQUANTIZE", "DENSIFY")
+# Stored weight types: TensorType name -> numpy dtype (bfloat16 is read as raw uint16 bits).
+_WEIGHT_DTYPES = {
+    "FLOAT32": np.float32,
+    "FLOAT16": np.float16,
+    "FLOAT64": np.float64,
+    "BFLOAT16": np.uint16,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "INT16": np.int16,
+    "INT4": np.uint8,
+}
+
+
+def _weight_values(tensor, data: np.ndarray, type_name: str) -> np.ndarray:
+    """The stored values of a constant tensor, in the stored type (int4 unpacked to int8)."""
+    raw = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype=_WEIGHT_DTYPES[type_name])
+    if type_name == "INT4":  # two values per byte, low nibble first, two's complement
+        nibbles = np.stack([raw & 0x0F, raw >> 4], axis=1).reshape(-1).astype(np.int8)
+        return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
+    return raw
+
+
+def _zero_mask(tensor, values: np.ndarray, type_name: str, dense: bool) -> np.ndarray:
+    """Boolean mask of the values that stand for 0.0 (the zero point for quantized integers)."""
+    if type_name == "BFLOAT16":
+        return (values & 0x7FFF) == 0  # +0.0 and -0.0
+    if values.dtype.kind == "f":
+        return values == 0
+    zero_points = np.asarray(getattr(tensor.quantization, "zeroPoint", None) if tensor.quantization else None)
+    if zero_points.ndim == 0 or zero_points.size == 0:
+        return values == 0
+    if zero_points.size == 1 or np.all(zero_points == zero_points.flat[0]):
+        return values == zero_points.flat[0]
+    # Per-channel zero points along the quantized dimension (only meaningful for dense tensors).
+    axis = tensor.quantization.quantizedDimension
+    shape = list(tensor.shape)
+    if not dense or axis >= len(shape) or shape[axis] != zero_points.size:
+        return values == 0
+    broadcast = [1] * len(shape)
+    broadcast[axis] = zero_points.size
+    return values.reshape(shape) == zero_points.reshape(broadcast)
+
+
+def tflite_tensor_sparsity(tflite_model: bytes) -> dict[str, tuple[int, int]]:
+    """Zero and total counts of every weight tensor of a .tflite model.
+
+    Weight tensors are the constant inputs of rank >= 2 of conv, depthwise conv, transpose
+    conv, fully-connected, batch-matmul, embedding and RNN/LSTM ops, followed back through
+    DEQUANTIZE and DENSIFY ops to the stored constant: so float16 models count their float16
+    constants (not the float32 values DEQUANTIZE produces at run time), and dynamic-range and
+    int8 models count their int8 constants. Biases (rank 1), activations, shape/index tensors
+    and quantization parameters are not weights. A quantized value counts as zero when it
+    equals its zero point (per channel; weights are symmetric, zero point 0); float values
+    when they are +0.0 or -0.0. Sparse-format tensors count their implicit zeros. Each stored
+    buffer is counted once even if several ops or subgraphs share it.
+
+    Args:
+        tflite_model: .tflite flatbuffer bytes.
+
+    Returns:
+        ``{tensor name: (zero values, total values)}``, in subgraph and op order; a name that
+        occurs twice gets a ``#k`` suffix. Empty when the model has no weight tensors.
+
+    Raises:
+        TFLiteError: the bytes are not a .tflite flatbuffer.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    data = bytes(tflite_model) if not isinstance(tflite_model, (bytes, bytearray)) else tflite_model
+    if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
+        raise TFLiteError(
+            f"these {len(data)} bytes are not a .tflite model (no TFL3 identifier); pass the converter's output"
+        )
+    try:
+        model = flatbuffer_utils.read_model_from_bytearray(data)
+    except Exception as error:
+        raise TFLiteError(f"the .tflite model could not be parsed ({_first_line(error)})") from None
+
+    op_names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    type_names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+    codes = [op_names.get(flatbuffer_utils.get_builtin_code_from_operator_code(c)) for c in model.operatorCodes or []]
+
+    counts: dict[str, tuple[int, int]] = {}
+    seen: set = set()
+    for s, subgraph in enumerate(model.subgraphs or []):
+        tensors = subgraph.tensors or []
+        operators = subgraph.operators or []
+        producers = {out: op for op in operators for out in (op.outputs or [])}
+
+        def stored(index: int) -> int:
+            while index in producers and codes[producers[index].opcodeIndex] in _PASS_THROUGH_OPS:
+                index = producers[index].inputs[0]
+            return index
+
+        for op in operators:
+            if codes[op.opcodeIndex] not in _KERNEL_OPS:
+                continue
+            for index in op.inputs or []:
+                if index < 0:
+                    continue
+                index = stored(index)
+                tensor = tensors[index]
+                buffer = model.buffers[tensor.buffer] if 0 < tensor.buffer < len(model.buffers or []) else None
+                type_name = type_names.get(tensor.type)
+                shape = list(tensor.shape) if tensor.shape is not None else []
+                if (
+                    index in producers
+                    or buffer is None
+                    or buffer.data is None
+                    or len(buffer.data) == 0
+                    or type_name not in _WEIGHT_DTYPES
+                    or len(shape) < 2
+                ):
+                    continue
+                key = ("buffer", tensor.buffer)
+                if key in seen:
+                    continue
+                seen.add(key)
+                values = _weight_values(tensor, buffer.data, type_name)
+                dense = tensor.sparsity is None
+                total = int(np.prod(shape))
+                values = values[:total]
+                zeros = int(np.count_nonzero(_zero_mask(tensor, values, type_name, dense)))
+                if not dense:  # only the non-zero blocks are stored
+                    zeros += total - len(values)
+                name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name or f"{s}:{index}")
+                unique, k = name, 1
+                while unique in counts:
+                    k += 1
+                    unique = f"{name}#{k}"
+                counts[unique] = (zeros, total)
+    return counts
+
+
+def tflite_sparsity(tflite_model: bytes) -> float:
+    """Fraction of exactly-zero weight values in a .tflite model (the run's ``sparsity_achieved``).
+
+    Weighted over all weight tensors (conv / fully-connected kernels and the like, see
+    :func:`tflite_tensor_sparsity`), read from the flatbuffer's constants in their stored type:
+    float32 for ``none``, int8 for ``dynamic`` / ``int8`` / ``int8_full`` / ``int16x8``, float16
+    for ``float16``. Quantization can add a few zeros (weights smaller than half a quantization
+    step round to 0), so an unpruned int8 model is slightly above 0.
+
+    Args:
+        tflite_model: .tflite flatbuffer bytes.
+
+    Returns:
+        A fraction in ``[0, 1]``; 0.0 for a model without weight tensors.
+
+    Raises:
+        TFLiteError: the bytes are not a .tflite flatbuffer.
+    """
+    counts = tflite_tensor_sparsity(tflite_model).values()
+    total = sum(t for _, t in counts)
+    return float(sum(z for z, _ in counts) / total) if total else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Input size
+# --------------------------------------------------------------------------------------------
+
+
+def _resize_error(input_size, why: str) -> TFLiteError:
+    return TFLiteError(f"cannot build the model at input_size={input_size}: {why}; drop input_size")
+
+
+def resize_model(model, input_size: int):
+    """The same tf_keras image model at another square input size, sharing no state with ``model``.
+
+    The model is rebuilt from its config (``get_config`` / ``from_config``) with the input
+    shape ``(None, input_size, input_size, C)`` (channels-last, C unchanged) and given the
+    source's weights with ``set_weights``. That works when no weight shape depends on the
+    spatial size, e.g. convolutions followed by global pooling; a ``Flatten`` + ``Dense`` head
+    does not.
+
+    Args:
+        model: a Sequential or functional ``tf_keras.Model`` with one 4-D ``(N, H, W, C)`` input.
+        input_size: new height and width in pixels (> 0).
+
+    Returns:
+        A new ``tf_keras.Model`` with input shape ``(None, input_size, input_size, C)``, the
+        same layers, name and weights, uncompiled; ``model`` itself when its input is already
+        ``input_size`` x ``input_size``.
+
+    Raises:
+        TFLiteError: ``input_size`` is not a positive integer; the model is not a tf_keras
+            model, is subclassed, has no single 4-D image input; or the model cannot be built
+            at that size (a weight shape would change, or a layer rejects the size).
+    """
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size <= 0:
+        raise TFLiteError(f"input_size {input_size!r} must be a positive number of pixels, e.g. 96")
+    input_size = int(input_size)
+    if model is None or not _is_tf_keras_model(model):
+        raise _resize_error(input_size, f"resizing needs a tf_keras model (.h5 or built with tf_keras), got a {_type_name(model)}")
+    inputs = model.inputs or []
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        shapes = [tuple(t.shape) for t in inputs]
+        raise _resize_error(input_size, f"model {model.name!r} has inputs {shapes}, not one 4-D (N, H, W, C) image input")
+    _, height, width, channels = tuple(inputs[0].shape)
+    if height == input_size and width == input_size:
+        return model
+
+    import tf_keras
+
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        raise _resize_error(input_size, f"model {model.name!r} is subclassed and has no config to rebuild it from") from None
+    new_shape = [None, input_size, input_size, channels]
+    replaced = _set_input_shapes(config, new_shape)
+    if not replaced:
+        raise _resize_error(input_size, f"the config of model {model.name!r} names no input shape to change")
+    custom_objects = {}
+    for layer in _all_layers(model):
+        custom_objects[type(layer).__name__] = type(layer)
+        custom_objects[tf_keras.utils.get_registered_name(type(layer))] = type(layer)
+    try:
+        with tf_keras.utils.custom_object_scope(custom_objects):
+            resized = type(model).from_config(config)
+    except Exception as error:
+        raise _resize_error(input_size, f"a layer rejects that size ({_first_line(error)})") from None
+    for old, new in zip(model.weights, resized.weights):
+        if tuple(old.shape) != tuple(new.shape):
+            raise _resize_error(
+                input_size,
+                f"weight {old.name!r} would change shape from {tuple(old.shape)} to {tuple(new.shape)} "
+                "(a layer such as Flatten + Dense fixes the input size)",
+            )
+    if len(model.weights) != len(resized.weights):
+        raise _resize_error(input_size, "the rebuilt model has a different number of weights")
+    resized.set_weights(model.get_weights())
+    return resized
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _set_input_shapes(config: dict, new_shape: list) -> int:
+    """Replace ``batch_input_shape`` of 4-D inputs in a Sequential or functional config, in place."""
+    replaced = 0
+    for layer in config.get("layers", []):
+        layer_config = layer.get("config", {})
+        shape = layer_config.get("batch_input_shape")
+        if shape is not None and len(shape) == 4:
+            layer_config["batch_input_shape"] = list(new_shape)
+            replaced += 1
+    if "build_input_shape" in config and config["build_input_shape"] is not None:
+        if len(config["build_input_shape"]) == 4:
+            config["build_input_shape"] = list(new_shape)
+    return replaced
+
+
+def resize_images(x: np.ndarray, input_size: int) -> np.ndarray:
+    """Resize ``(N, H, W, C)`` images to ``(N, input_size, input_size, C)`` (bilinear, no antialias).
+
+    Uses ``tf.image.resize(method="bilinear", antialias=False)``, in chunks of 1,024 images.
+    Values keep their units (no rescaling); bilinear interpolation stays within the input range.
+
+    Args:
+        x: ``(N, H, W, C)`` array (cast to float32).
+        input_size: new height and width in pixels (> 0).
+
+    Returns:
+        float32 ``(N, input_size, input_size, C)``; a float32 copy of ``x`` when it already has
+        that size.
+
+    Raises:
+        TFLiteError: ``x`` is not 4-D or ``input_size`` is not a positive integer.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 4:
+        raise TFLiteError(
+            f"input_size={input_size} resizes (N, H, W, C) images but the data has shape {x.shape}; drop input_size"
+        )
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size <= 0:
+        raise TFLiteError(f"input_size {input_size!r} must be a positive number of pixels, e.g. 96")
+    if x.shape[1] == input_size and x.shape[2] == input_size:
+        return x.copy()
+    import tensorflow as tf
+
+    size = (int(input_size), int(input_size))
+    parts = [
+        tf.image.resize(x[i : i + 1024], size, method="bilinear", antialias=False).numpy()
+        for i in range(0, len(x), 1024)
+    ]
+    if not parts:
+        return np.zeros((0, *size, x.shape[3]), np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)

@@ -1,0 +1,141 @@
+"""The main job through the MLflow client: run, params, metrics, tags, inputs, model, registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow_tflite import runtime
+from mlflow_tflite.cli import cli
+from mlflow_tflite.pipeline import run_variant
+from mlflow_tflite.variants import Variant
+
+CONTRACT_METRICS = {
+    "accuracy", "source_accuracy", "accuracy_drop", "agreement", "max_abs_error", "size_bytes",
+    "gzip_size_bytes", "latency_ms_p50", "latency_ms_p90", "latency_ms_mean", "convert_seconds",
+}
+CONTRACT_PARAMS = {"quant", "sparsity", "input_size", "calibration_samples", "ops", "source"}
+
+
+def test_int8_variant_run_is_complete(demo_prepared, tracking):
+    result = run_variant(demo_prepared, Variant("int8", input_size=8))
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert CONTRACT_PARAMS <= run.data.params.keys()
+    assert run.data.params["quant"] == "int8" and run.data.params["source"] == "demo:digits-cnn"
+    assert CONTRACT_METRICS <= run.data.metrics.keys()
+    metrics = run.data.metrics
+    assert metrics["accuracy_drop"] == pytest.approx(metrics["source_accuracy"] - metrics["accuracy"])
+    assert metrics["accuracy"] >= 0.95 and metrics["accuracy_drop"] <= 0.01
+    assert metrics["size_bytes"] < 100_000 and metrics["gzip_size_bytes"] < metrics["size_bytes"]
+    assert run.data.tags["mlflow_tflite.variant"] == "int8-s0-i8"
+    assert run.data.tags["mlflow_tflite.role"] == "variant"
+    contexts = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(contexts) == {"evaluation", "calibration"}
+    assert contexts["evaluation"].name == "digits-test"
+
+    logged = mlflow.models.get_model_info(result.model_uri)
+    assert logged.flavors["tflite"]["quantization"] == "int8"
+    assert logged.signature is not None and logged.saved_input_example_info is not None
+
+    version = client.get_model_version_by_alias("digits-cnn", "champion")
+    assert str(version.version) == "1" and version.tags["mlflow_tflite.variant"] == "int8-s0-i8"
+    model = mlflow.pyfunc.load_model("models:/digits-cnn@champion")
+    predictions = model.predict(demo_prepared.dataset.x_test)
+    assert np.mean(predictions.argmax(1) == demo_prepared.dataset.y_test) >= 0.95
+    interpreter = mlflow_tflite_interpreter("models:/digits-cnn@champion")
+    assert runtime.quantization_mode(interpreter) == "int8"
+
+
+def mlflow_tflite_interpreter(uri):
+    import mlflow_tflite
+
+    return mlflow_tflite.load_model(uri)
+
+
+def test_champion_moves_only_for_a_better_score_on_the_same_data(demo_prepared, tracking):
+    client = MlflowClient()
+    first = run_variant(demo_prepared, Variant("int8", input_size=8))
+    assert first.registration.champion
+    # The same variant again scores the same accuracy: it does not beat the champion.
+    second = run_variant(demo_prepared, Variant("int8", input_size=8))
+    assert not second.registration.champion
+    assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == first.registration.version
+    # A version whose champion was evaluated on other data is not compared: alias stays.
+    client.set_model_version_tag("digits-cnn", first.registration.version, "mlflow_tflite.eval_digest", "other")
+    third = run_variant(demo_prepared, Variant("none", input_size=8))
+    assert not third.registration.champion and "other data" in third.registration.reason
+    # A worse champion on the same data is beaten.
+    client.set_model_version_tag("digits-cnn", first.registration.version, "mlflow_tflite.eval_digest",
+                                 client.get_model_version("digits-cnn", third.registration.version).tags["mlflow_tflite.eval_digest"])
+    client.set_model_version_tag("digits-cnn", first.registration.version, "accuracy", "0.5")
+    fourth = run_variant(demo_prepared, Variant("dynamic", input_size=8))
+    assert fourth.registration.champion
+    assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == fourth.registration.version
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, digits):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "notes.h5").write_text("not a model")
+    (folder / "weights.bin").write_bytes(b"\x00" * 10)
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 1)), tf_keras.layers.Flatten(), tf_keras.layers.Dense(10, activation="softmax")])
+    model.save(folder / "tiny.h5")
+    x_train, x_test = digits.x_train[:64], digits.x_test[:32]
+    y_train, y_test = digits.y_train[:64], digits.y_test[:32]
+    np.savez(folder / "wrong_shape.npz", x_train=x_train[:, :4], y_train=y_train, x_test=x_test[:, :4], y_test=y_test)
+    np.savez(folder / "bad_labels.npz", x_train=x_train, y_train=y_train + 5, x_test=x_test, y_test=y_test + 5)
+    nan_x = x_test.copy()
+    nan_x[0, 0, 0, 0] = np.nan
+    np.savez(folder / "nan.npz", x_train=x_train, y_train=y_train, x_test=nan_x, y_test=y_test)
+    inf_x = x_train.copy()
+    inf_x[1, 1, 1, 0] = np.inf
+    np.savez(folder / "inf.npz", x_train=inf_x, y_train=y_train, x_test=x_test, y_test=y_test)
+    np.savez(folder / "good.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "{d}/missing.keras"], "does not exist"),
+        (["--model", "{d}/notes.h5", "--data", "{d}/good.npz"], "could not be loaded as a Keras model"),
+        (["--model", "{d}/weights.bin"], "unknown format"),
+        (["--quant", "int4"], "quant 'int4' is unknown"),
+        (["--model", "{d}/tiny.h5", "--quant", "int8"], "needs a representative dataset"),
+        (["--model", "{d}/tiny.h5", "--quant", "int16x8"], "needs a representative dataset"),
+        (["--calibration-samples", "0"], "calibration_samples=0 must be > 0"),
+        (["--model", "{d}/tiny.h5", "--data", "{d}/wrong_shape.npz"], "expects (8, 8, 1)"),
+        (["--model", "{d}/tiny.h5", "--data", "{d}/bad_labels.npz"], "labels in [5, 14]"),
+        (["--model", "{d}/tiny.h5", "--data", "{d}/nan.npz"], "x_test of"),
+        (["--model", "{d}/tiny.h5", "--data", "{d}/inf.npz"], "NaN or inf"),
+        (["--sparsity", "1.5"], "outside [0, 1)"),
+    ],
+)
+def test_bad_input_is_one_line_and_registers_nothing(args, message, bad_inputs, tracking):
+    result = _invoke(["convert", *[a.format(d=bad_inputs) for a in args]])
+    assert result.exit_code == 1
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.output
+    assert "Traceback" not in result.output
+    assert MlflowClient().search_registered_models() == []
+
+
+def test_cli_convert_with_npz_data_and_tf_keras_file(bad_inputs, tracking):
+    result = _invoke(["convert", "--model", f"{bad_inputs}/tiny.h5", "--data", f"{bad_inputs}/good.npz",
+                      "--quant", "dynamic"])
+    assert result.exit_code == 0, result.output
+    version = MlflowClient().get_model_version_by_alias("tiny", "champion")
+    run = MlflowClient().get_run(version.run_id)
+    assert run.data.params["source"].endswith("tiny.h5")
+    assert {"accuracy", "agreement", "max_abs_error"} <= run.data.metrics.keys()
