@@ -17,6 +17,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+# MLproject defaults: words rather than empty strings, which MLflow would log as "''".
+DEMO = "demo"
+NATIVE = "native"
+AUTO = "auto"
+
+
+def _given(value: str | None) -> str | None:
+    """None for an unset path or name ('', 'demo', 'auto'), else the value."""
+    return None if value in (None, "", DEMO, AUTO) else value
+
+
 class _OneLineErrors(click.Group):
     """Turns a TFLiteError into click's one-line ``Error: message`` and exit status 1."""
 
@@ -35,7 +46,7 @@ def cli():
 
 def _optional_int(value: str | int | None, name: str) -> int | None:
     """'' / None / 0 -> None; '96' -> 96; anything else -> a one-line error."""
-    if value in (None, "", "0", 0, "native"):
+    if value in (None, "", "0", 0, NATIVE):
         return None
     try:
         return int(float(value))
@@ -44,15 +55,16 @@ def _optional_int(value: str | int | None, name: str) -> int | None:
 
 
 @cli.command()
-@click.option("--model", default="", help="A .keras/.h5 file or SavedModel directory; empty for the digits demo.")
-@click.option("--data", default="", help=".npz with x_train/y_train/x_test/y_test; empty for the digits demo.")
+@click.option("--model", default=DEMO, show_default=True, help="A .keras/.h5 file or SavedModel directory, or demo.")
+@click.option("--data", default=DEMO, show_default=True, help=".npz with x_train/y_train/x_test/y_test, or demo.")
 @click.option("--quant", default="int8", show_default=True, help="none, dynamic, float16, int8, int8_full, int16x8.")
 @click.option("--sparsity", default=0.0, type=float, show_default=True, help="Target pruned fraction in [0, 1).")
-@click.option("--input-size", default="", help="Square input side in pixels; empty for the model's native size.")
+@click.option("--input-size", default=NATIVE, show_default=True, help="Square input side in pixels, or native.")
 @click.option("--calibration-samples", default=200, type=int, show_default=True, help="Representative dataset size.")
 @click.option("--ops", default="builtins", show_default=True, help="builtins, or select_tf for SELECT_TF_OPS.")
 @click.option("--io-type", default="int8", show_default=True, help="I/O type of int8_full: int8, or uint8 (Edge TPU).")
-@click.option("--registered-model-name", default="", help="Registry name; default derived from the source.")
+@click.option("--registered-model-name", default=AUTO, show_default=True,
+              help="Registry name; auto derives it from the source (digits-cnn for the demo).")
 @click.option("--num-threads", default=1, type=int, show_default=True, help="LiteRT threads for latency/pyfunc.")
 @click.option("--no-register", is_flag=True, help="Log the run but do not register the model.")
 def convert(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, registered_model_name,
@@ -66,9 +78,9 @@ def convert(model, data, quant, sparsity, input_size, calibration_samples, ops, 
     Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type)
     if num_threads < 1:
         raise TFLiteError(f"num_threads={num_threads} must be >= 1")
-    prepared = prepare(model or None, data or None)
+    prepared = prepare(_given(model), _given(data))
     variant = Variant(quant, sparsity, requested_size or prepared.native_input_size, calibration_samples, ops, io_type)
-    result = run_variant(prepared, variant, registered_model_name or None, num_threads, register=not no_register)
+    result = run_variant(prepared, variant, _given(registered_model_name), num_threads, register=not no_register)
     _print_result(result)
 
 

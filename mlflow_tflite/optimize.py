@@ -85,8 +85,16 @@ def _clone(model):
 
 
 def _first_line(error: Exception, limit: int = 200) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+    """The informative first line of an error; Keras's "Exception encountered when calling
+    layer X" preamble is folded into the line that says what went wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    reason = lines[0]
+    if reason.startswith("Exception encountered when calling layer") and len(lines) > 1:
+        layer = reason.removeprefix("Exception encountered when calling ").rstrip(".")
+        reason = f"{layer}: {lines[1]}"
+    return reason.split(" for '{{node")[0][:limit]  # drop TensorFlow's graph-node dump
 
 
 def _outputs_probabilities(model, x: np.ndarray) -> bool:
@@ -166,7 +174,9 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
             "add y_train or use sparsity=0"
         )
     if epochs < 1 or batch_size < 1:
-        raise TFLiteError(f"pruning needs epochs >= 1 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
+        raise TFLiteError(
+            f"pruning needs epochs >= 1 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}"
+        )
     x_train = np.asarray(x_train, dtype=np.float32)
     y_train = np.asarray(y_train)
     if len(x_train) == 0 or len(x_train) != len(y_train):
@@ -252,7 +262,7 @@ _WEIGHT_DTYPES = {
 }
 
 
-def _weight_values(tensor, data: np.ndarray, type_name: str) -> np.ndarray:
+def _weight_values(data: np.ndarray, type_name: str) -> np.ndarray:
     """The stored values of a constant tensor, in the stored type (int4 unpacked to int8)."""
     raw = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype=_WEIGHT_DTYPES[type_name])
     if type_name == "INT4":  # two values per byte, low nibble first, two's complement
@@ -358,7 +368,7 @@ def tflite_tensor_sparsity(tflite_model: bytes) -> dict[str, tuple[int, int]]:
                 if key in seen:
                     continue
                 seen.add(key)
-                values = _weight_values(tensor, buffer.data, type_name)
+                values = _weight_values(buffer.data, type_name)
                 dense = tensor.sparsity is None
                 total = int(np.prod(shape))
                 values = values[:total]
@@ -433,11 +443,15 @@ def resize_model(model, input_size: int):
         raise TFLiteError(f"input_size {input_size!r} must be a positive number of pixels, e.g. 96")
     input_size = int(input_size)
     if model is None or not _is_tf_keras_model(model):
-        raise _resize_error(input_size, f"resizing needs a tf_keras model (.h5 or built with tf_keras), got a {_type_name(model)}")
+        raise _resize_error(
+            input_size, f"resizing needs a tf_keras model (.h5 or built with tf_keras), got a {_type_name(model)}"
+        )
     inputs = model.inputs or []
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         shapes = [tuple(t.shape) for t in inputs]
-        raise _resize_error(input_size, f"model {model.name!r} has inputs {shapes}, not one 4-D (N, H, W, C) image input")
+        raise _resize_error(
+            input_size, f"model {model.name!r} has inputs {shapes}, not one 4-D (N, H, W, C) image input"
+        )
     _, height, width, channels = tuple(inputs[0].shape)
     if height == input_size and width == input_size:
         return model
@@ -447,7 +461,9 @@ def resize_model(model, input_size: int):
     try:
         config = model.get_config()
     except NotImplementedError:
-        raise _resize_error(input_size, f"model {model.name!r} is subclassed and has no config to rebuild it from") from None
+        raise _resize_error(
+            input_size, f"model {model.name!r} is subclassed and has no config to rebuild it from"
+        ) from None
     new_shape = [None, input_size, input_size, channels]
     replaced = _set_input_shapes(config, new_shape)
     if not replaced:
@@ -485,6 +501,7 @@ def _set_input_shapes(config: dict, new_shape: list) -> int:
     """Replace ``batch_input_shape`` of 4-D inputs in a Sequential or functional config, in place."""
     replaced = 0
     for layer in config.get("layers", []):
+        layer.pop("build_config", None)  # built for the old input shape; rebuild at the new one
         layer_config = layer.get("config", {})
         shape = layer_config.get("batch_input_shape")
         if shape is not None and len(shape) == 4:

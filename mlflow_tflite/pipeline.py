@@ -130,7 +130,7 @@ def run_variant(
             is then FAILED with the message and nothing is registered.
     """
     with tracking.variant_run(variant, nested=nested) as run:
-        mlflow.log_params(tracking.variant_params(variant, prepared.source.uri, num_threads))
+        tracking.log_params_once(tracking.variant_params(variant, prepared.source.uri, num_threads))
         calibration = prepared.calibration(variant.calibration_samples) if variant.calibrated else None
         conversion = convert.convert(prepared.source, variant, None if calibration is None else [calibration])
         metrics = {**variant_metrics(prepared, conversion.tflite_model, num_threads)}

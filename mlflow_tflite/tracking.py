@@ -33,6 +33,19 @@ def variant_params(variant: Variant, source_uri: str, num_threads: int) -> dict[
     }
 
 
+def log_params_once(params: dict[str, object]) -> None:
+    """Log params the active run does not have yet.
+
+    Under ``mlflow run`` the entry point's parameters are already logged as the user typed them
+    (``sparsity=0``, ``input_size=native``); MLflow forbids changing a param, so those stay and
+    the resolved values show in the variant tag (``int8-s0-i8``).
+    """
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    missing = {key: value for key, value in params.items() if key not in logged}
+    if missing:
+        mlflow.log_params(missing)
+
+
 def _mlflow_dataset(features: np.ndarray, targets: np.ndarray | None, dataset: Dataset, split: str):
     if dataset.source == DIGITS_SOURCE:
         from mlflow.data.code_dataset_source import CodeDatasetSource

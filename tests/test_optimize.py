@@ -195,7 +195,8 @@ def test_pruning_keeps_the_global_keras_mode(pruned):
 def test_pruning_a_keras3_model_is_an_error(digits):
     import keras
 
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    layers = [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]
+    model = keras.Sequential(layers)
     with pytest.raises(TFLiteError) as raised:
         prune_model(model, digits.x_train, digits.y_train, 0.5)
     message = str(raised.value.message)
