@@ -84,6 +84,71 @@ def convert(model, data, quant, sparsity, input_size, calibration_samples, ops, 
     _print_result(result)
 
 
+def _optional_float(value: str | float | None, name: str) -> float | None:
+    """'' / 'none' / None -> None; '65536' -> 65536.0; anything else -> a one-line error."""
+    if value in (None, "", "none"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise TFLiteError(f"{name} {value!r} is not a number; pass e.g. 100000, or none for no budget") from None
+
+
+@cli.command()
+@click.option("--model", default=DEMO, show_default=True, help="A .keras/.h5 file or SavedModel directory, or demo.")
+@click.option("--data", default=DEMO, show_default=True, help=".npz data, or demo.")
+@click.option("--quant", default="none,dynamic,float16,int8", show_default=True, help="Comma-separated modes.")
+@click.option("--sparsity", default="0,0.5,0.8", show_default=True, help="Comma-separated target sparsities.")
+@click.option("--input-size", default=NATIVE, show_default=True, help="Comma-separated input sizes, or native.")
+@click.option("--calibration-samples", default=200, type=int, show_default=True, help="Representative dataset size.")
+@click.option("--ops", default="builtins", show_default=True, help="builtins or select_tf.")
+@click.option("--io-type", default="int8", show_default=True, help="I/O type of int8_full: int8 or uint8.")
+@click.option("--max-accuracy-drop", default=0.01, type=float, show_default=True, help="Absolute tolerance.")
+@click.option("--objective", default="latency", show_default=True, help="latency, size or accuracy.")
+@click.option("--max-size-bytes", default="none", show_default=True, help="Size budget in bytes, or none.")
+@click.option("--max-latency-ms", default="none", show_default=True, help="Latency p50 budget in ms, or none.")
+@click.option("--registered-model-name", default=AUTO, show_default=True, help="Registry name, or auto.")
+@click.option("--workers", default=1, type=int, show_default=True, help="Worker processes.")
+@click.option("--num-threads", default=1, type=int, show_default=True, help="LiteRT threads.")
+@click.option("--resume", default="", help="Parent run id of an interrupted sweep: FINISHED variants are skipped.")
+@click.option("--no-register", is_flag=True, help="Compare only; do not register the best variant.")
+def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, max_accuracy_drop, objective,
+          max_size_bytes, max_latency_ms, registered_model_name, workers, num_threads, resume, no_register):
+    """Run a grid of variants as child runs of one parent run; register the best (`sweep` entry point)."""
+    from mlflow_tflite.sweep import SweepConfig, run_sweep
+    from mlflow_tflite.variants import expand_grid, parse_list
+
+    sizes = [_optional_int(v, "input_size") for v in parse_list(input_size, "input_size")]
+    variants = expand_grid(
+        parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float), sizes, calibration_samples, ops, io_type
+    )
+    config = SweepConfig(
+        variants, _given(model), _given(data), objective, max_accuracy_drop,
+        _optional_float(max_size_bytes, "max_size_bytes"), _optional_float(max_latency_ms, "max_latency_ms"),
+        _given(registered_model_name), workers, num_threads, resume or None, not no_register,
+    )
+    result = run_sweep(config)
+    for row in result.rows:
+        shown = ", ".join(f"{k}={row['metrics'][k]:.4g}" for k in ("accuracy_drop", "size_bytes", "latency_ms_p50")
+                          if k in row["metrics"])
+        click.echo(f"  {row['variant']:<28} {row['status']:<9} {shown or row['error']}")
+    click.echo(f"sweep run {result.parent_run_id}: {result.message}")
+    if result.registration:
+        r = result.registration
+        click.echo(f"registered {r.name} version {r.version} ({'champion' if r.champion else 'challenger'}: {r.reason})")
+
+
+@cli.command()
+@click.option("--model-uri", required=True, help="A logged tflite model: runs:/<run_id>/model or models:/m-<id>.")
+@click.option("--registered-model-name", required=True, help="Registry name.")
+def promote(model_uri, registered_model_name):
+    """Register a logged model; it becomes champion only if it beats the champion on the same data."""
+    from mlflow_tflite.selection import promote_logged_model
+
+    r = promote_logged_model(model_uri, registered_model_name)
+    click.echo(f"registered {r.name} version {r.version} ({'champion' if r.champion else 'challenger'}: {r.reason})")
+
+
 def _print_result(result) -> None:
     metrics = result.metrics
     shown = ", ".join(
@@ -94,7 +159,7 @@ def _print_result(result) -> None:
     click.echo(f"run {result.run_id} variant {result.variant.name}: {shown}")
     if result.registration:
         r = result.registration
-        status = "champion" if r.champion else "not champion"
+        status = "champion" if r.champion else "challenger"
         click.echo(f"registered {r.name} version {r.version} ({status}: {r.reason})")
 
 

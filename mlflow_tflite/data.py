@@ -102,8 +102,8 @@ def _split(x, y, test_fraction: float, seed: int):
 
 
 def load_dataset(data: str | None) -> Dataset:
-    """The data set named by the ``data`` parameter: empty -> digits demo, else a .npz file."""
-    if not data:
+    """The data set named by the ``data`` parameter: empty or ``digits`` -> scikit-learn digits, else a .npz file."""
+    if not data or data == "digits":
         return load_digits_dataset()
     if Path(data).suffix != ".npz":
         raise TFLiteError(f"data {data!r} is not a .npz file; pass a .npz with x_train/x_test arrays")

@@ -64,6 +64,8 @@ def _is_tf_keras_model(model) -> bool:
 
 
 def _type_name(model) -> str:
+    if model is None:
+        return "None (no Keras model: a SavedModel or Keras 3 source has no tf_keras model)"
     cls = type(model)
     return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 

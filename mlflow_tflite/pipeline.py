@@ -1,25 +1,38 @@
-"""One variant end to end: source -> convert -> evaluate -> log -> register.
+"""One variant end to end: source -> variant model -> convert -> evaluate -> log -> register.
 
 :func:`prepare` does the work every variant shares (open the source, load and check the data,
-draw the representative dataset, compute the source model's reference outputs) once;
-:func:`run_variant` does the rest for one variant inside its own MLflow run.
+compute the source model's reference outputs) once. :func:`variant_model` resizes and prunes
+the source for a variant (cached per input size and sparsity), :func:`convert_and_evaluate`
+produces the .tflite and its metrics, and :func:`log_outcome` records them as an MLflow run.
+``run_variant`` chains them for the ``main`` entry point; ``sweep.py`` spreads them over
+worker processes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
 
 from mlflow_tflite import convert, evaluate, selection, tracking
 from mlflow_tflite.data import Dataset, calibration_sample, load_dataset, validate_dataset
+from mlflow_tflite.demo import DEMO_MODEL_NAME
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.sources import Source, open_source
+from mlflow_tflite.sources import Source, from_tf_keras, open_source
 from mlflow_tflite.variants import Variant
 
 DEMO_URI = "demo:digits-cnn"
+DEMO_NAME = DEMO_MODEL_NAME
+
+
+@dataclass
+class VariantModel:
+    """A source adapted to one (input size, sparsity): the model and its data at that size."""
+
+    source: Source
+    x_train: np.ndarray | None
+    x_test: np.ndarray | None
 
 
 @dataclass
@@ -29,41 +42,46 @@ class Prepared:
     Attributes:
         source: the opened model.
         dataset: its data (``None`` when a model is given without data).
-        reference: source outputs on ``dataset.x_test`` (one float32 array per output).
+        reference: source outputs on ``dataset.x_test`` (one float32 array per output); every
+            variant, resized or pruned, is compared against these.
     """
 
     source: Source
     dataset: Dataset | None
     reference: list[np.ndarray] | None
-
-    def calibration(self, samples: int) -> np.ndarray | None:
-        """``samples`` rows of the train split (the representative dataset), or ``None`` without data."""
-        return None if self.dataset is None else calibration_sample(self.dataset.x_train, samples)
+    _variant_models: dict = field(default_factory=dict, repr=False)
 
     @property
     def native_input_size(self) -> int | None:
         """Side of a square image input (e.g. 8 for digits), or ``None`` for other inputs."""
-        shape = self.source.input_shapes[0]
-        return shape[1] if len(shape) == 4 and shape[1] == shape[2] and shape[1] > 0 else None
+        return native_input_size(self.source)
 
 
-def prepare(model: Any = None, data: str | None = None) -> Prepared:
+def native_input_size(source: Source) -> int | None:
+    """Side of the source's square image input ``(N, S, S, C)``, or ``None``."""
+    shape = source.input_shapes[0]
+    return shape[1] if len(shape) == 4 and shape[1] == shape[2] and shape[1] > 0 else None
+
+
+def prepare(model=None, data: str | None = None) -> Prepared:
     """Open the source and data and compute the reference outputs.
 
-    With neither ``model`` nor ``data``, trains the digits demo CNN (``demo.py``).
+    Args:
+        model: a Keras model object or path (see ``sources.open_source``); ``None`` with no
+            ``data`` trains the digits demo CNN (``demo.py``).
+        data: a .npz path, ``"digits"``, or ``None``.
 
     Raises:
-        TFLiteError: a bad model path or format, data missing for a demo-less model, or data
-            that does not fit the model (see ``data.validate_dataset``).
+        TFLiteError: a bad model path or format, data without a model, or data that does not
+            fit the model (see ``data.validate_dataset``).
     """
-    if model in (None, "") and data in (None, ""):
-        from mlflow_tflite.demo import DEMO_MODEL_NAME, train_digits_cnn
-        from mlflow_tflite.sources import from_tf_keras
+    if model is None and data is None:
+        from mlflow_tflite.demo import train_digits_cnn
 
         dataset = load_dataset(None)
         source = from_tf_keras(train_digits_cnn(dataset), uri=DEMO_URI)
-        source.name = DEMO_MODEL_NAME
-    elif model in (None, ""):
+        source.name = DEMO_NAME
+    elif model is None:
         raise TFLiteError(f"data {data!r} was given without a model; pass model too (or neither for the demo)")
     else:
         source = open_source(model)
@@ -72,6 +90,139 @@ def prepare(model: Any = None, data: str | None = None) -> Prepared:
         return Prepared(source, None, None)
     validate_dataset(dataset, source.input_shapes[0], source.num_classes)
     return Prepared(source, dataset, source.predict([dataset.x_test]))
+
+
+def variant_model(prepared: Prepared, variant: Variant, seed: int = 0) -> VariantModel:
+    """The source resized to ``variant.input_size`` and pruned to ``variant.sparsity``.
+
+    Built once per (input size, sparsity) and cached on ``prepared``, so every quantization
+    mode of a pruned model reuses the same pruning.
+
+    Raises:
+        TFLiteError: the source cannot be resized or pruned (not a tf_keras model, layers that
+            depend on the input size, no labels to fine-tune on).
+    """
+    key = (variant.input_size, variant.sparsity)
+    if key not in prepared._variant_models:
+        prepared._variant_models[key] = _build_variant_model(prepared, variant, seed)
+    return prepared._variant_models[key]
+
+
+def _resized(prepared: Prepared, variant: Variant) -> bool:
+    return variant.input_size not in (None, prepared.native_input_size)
+
+
+def _variant_data(prepared: Prepared, variant: Variant) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(x_train, x_test) at the variant's input size (bilinear resize), or ``(None, None)``."""
+    dataset = prepared.dataset
+    if dataset is None:
+        return None, None
+    if not _resized(prepared, variant):
+        return dataset.x_train, dataset.x_test
+    from mlflow_tflite.optimize import resize_images
+
+    return resize_images(dataset.x_train, variant.input_size), resize_images(dataset.x_test, variant.input_size)
+
+
+def _adapted(prepared: Prepared, variant: Variant, keras_model) -> VariantModel:
+    source = from_tf_keras(keras_model, uri=prepared.source.uri)
+    source.name = prepared.source.name
+    return VariantModel(source, *_variant_data(prepared, variant))
+
+
+def _build_variant_model(prepared: Prepared, variant: Variant, seed: int) -> VariantModel:
+    if not _resized(prepared, variant) and variant.sparsity == 0:
+        return VariantModel(prepared.source, *_variant_data(prepared, variant))
+    from mlflow_tflite import optimize
+
+    keras_model = prepared.source.keras_model
+    what = f"input_size={variant.input_size}" if _resized(prepared, variant) else f"sparsity={variant.sparsity:g}"
+    if keras_model is None:
+        raise TFLiteError(
+            f"{what} needs a tf_keras model but the source is a {prepared.source.kind} model "
+            f"({prepared.source.uri}); give an .h5/tf_keras model or drop that option"
+        )
+    if _resized(prepared, variant):
+        keras_model = optimize.resize_model(keras_model, variant.input_size)
+    if variant.sparsity > 0:
+        if prepared.dataset is None:
+            raise TFLiteError(f"sparsity={variant.sparsity:g} needs training data to fine-tune; pass data")
+        x_train, _ = _variant_data(prepared, variant)
+        keras_model = optimize.prune_model(keras_model, x_train, prepared.dataset.y_train, variant.sparsity, seed=seed)
+    return _adapted(prepared, variant, keras_model)
+
+
+def load_variant_model(prepared: Prepared, variant: Variant, path) -> VariantModel:
+    """A resized/pruned model saved by another worker (``.h5``), with its data at that size."""
+    import tf_keras
+
+    return _adapted(prepared, variant, tf_keras.models.load_model(path, compile=False))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A converted and evaluated variant, ready to log (picklable: it crosses processes).
+
+    Attributes:
+        tflite_model: flatbuffer bytes.
+        metrics: run metrics (see DESIGN.md contracts).
+        calibration: the representative dataset used (float32 ``(n, ...)``) or ``None``.
+        input_example: two test examples at the variant's input size.
+    """
+
+    tflite_model: bytes
+    metrics: dict[str, float]
+    calibration: np.ndarray | None
+    input_example: np.ndarray
+
+
+def _probe_input(source: Source) -> np.ndarray:
+    """A zero example for latency timing when there is no data."""
+    return np.zeros([1 if d == -1 else d for d in source.input_shapes[0]], np.float32)
+
+
+def convert_and_evaluate(prepared: Prepared, variant: Variant, num_threads: int = 1) -> Outcome:
+    """Convert the variant's model and measure it against the original source.
+
+    Accuracy and fidelity compare the variant (on test images at its input size) with the
+    original source model's reference outputs, so resizing and pruning losses both show.
+
+    Raises:
+        TFLiteError: resizing, pruning or conversion failed, or a calibrated mode has no data.
+    """
+    from mlflow_tflite import optimize, runtime
+
+    adapted = variant_model(prepared, variant)
+    calibration = None
+    if variant.calibrated and adapted.x_train is not None:
+        calibration = calibration_sample(adapted.x_train, variant.calibration_samples)
+    conversion = convert.convert(adapted.source, variant, None if calibration is None else [calibration])
+    if prepared.dataset is None:
+        probe = _probe_input(adapted.source)
+        interpreter = runtime.make_interpreter(conversion.tflite_model, num_threads)
+        metrics = {**evaluate.size_metrics(conversion.tflite_model), **runtime.measure_latency(interpreter, [probe])}
+        example = probe
+    else:
+        metrics = evaluate.evaluate(
+            conversion.tflite_model, prepared.reference, [adapted.x_test], prepared.dataset.y_test, num_threads
+        )
+        example = adapted.x_test[:2]
+    metrics["sparsity_achieved"] = optimize.tflite_sparsity(conversion.tflite_model)
+    metrics["convert_seconds"] = conversion.convert_seconds
+    return Outcome(conversion.tflite_model, metrics, calibration, example)
+
+
+def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num_threads: int):
+    """Log metrics, data set inputs and the ``tflite`` model into the active run.
+
+    Returns:
+        ``(model_info, eval_digest)``: the logged model and the evaluation data digest (or ``None``).
+    """
+    mlflow.log_metrics(outcome.metrics)
+    eval_digest = tracking.log_dataset_inputs(dataset, outcome.calibration) if dataset else None
+    model_info = tracking.log_variant_model(outcome.tflite_model, variant, outcome.input_example, num_threads)
+    mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
+    return model_info, eval_digest
 
 
 @dataclass(frozen=True)
@@ -85,65 +236,37 @@ class VariantResult:
     registration: selection.Registration | None
 
 
-def _probe_input(source: Source) -> np.ndarray:
-    """A zero example for latency timing when there is no data."""
-    shape = [1 if d == -1 else d for d in source.input_shapes[0]]
-    return np.zeros(shape, np.float32)
-
-
-def variant_metrics(prepared: Prepared, tflite_model: bytes, num_threads: int) -> dict[str, float]:
-    """Evaluate a converted model on the prepared test split (size and latency only without data)."""
-    if prepared.dataset is None:
-        interpreter_metrics = evaluate.size_metrics(tflite_model)
-        from mlflow_tflite import runtime
-
-        interpreter = runtime.make_interpreter(tflite_model, num_threads)
-        return {**interpreter_metrics, **runtime.measure_latency(interpreter, [_probe_input(prepared.source)])}
-    return evaluate.evaluate(
-        tflite_model, prepared.reference, [prepared.dataset.x_test], prepared.dataset.y_test, num_threads
-    )
-
-
 def run_variant(
     prepared: Prepared,
     variant: Variant,
     registered_model_name: str | None = None,
     num_threads: int = 1,
     register: bool = True,
-    nested: bool = False,
 ) -> VariantResult:
     """Convert, evaluate and log one variant as an MLflow run; register it if asked.
 
     Args:
         prepared: shared inputs from :func:`prepare`.
-        variant: the variant (its ``input_size`` is the native size or ``None``).
+        variant: the variant (``input_size`` the native size, another size, or ``None``).
         registered_model_name: registry name; default the source's name (``digits-cnn``).
         num_threads: LiteRT interpreter threads for latency and the pyfunc.
         register: register the model version and apply the ``champion`` alias guard.
-        nested: start the run as a child of the active run (sweeps).
 
     Returns:
         :class:`VariantResult`.
 
     Raises:
-        TFLiteError: the conversion failed or the data cannot calibrate the variant; the run
-            is then FAILED with the message and nothing is registered.
+        TFLiteError: the variant failed; the run is then FAILED with the message and nothing
+            is registered.
     """
-    with tracking.variant_run(variant, nested=nested) as run:
+    with tracking.variant_run(variant) as run:
         tracking.log_params_once(tracking.variant_params(variant, prepared.source.uri, num_threads))
-        calibration = prepared.calibration(variant.calibration_samples) if variant.calibrated else None
-        conversion = convert.convert(prepared.source, variant, None if calibration is None else [calibration])
-        metrics = {**variant_metrics(prepared, conversion.tflite_model, num_threads)}
-        metrics["convert_seconds"] = conversion.convert_seconds
-        mlflow.log_metrics(metrics)
-        eval_digest = tracking.log_dataset_inputs(prepared.dataset, calibration) if prepared.dataset else None
-        example = prepared.dataset.x_test[:2] if prepared.dataset else _probe_input(prepared.source)
-        model_info = tracking.log_variant_model(conversion.tflite_model, variant, example, num_threads)
+        outcome = convert_and_evaluate(prepared, variant, num_threads)
+        model_info, eval_digest = log_outcome(outcome, variant, prepared.dataset, num_threads)
         registration = None
         if register:
             name = registered_model_name or prepared.source.name
             registration = selection.register_and_promote(
-                model_info.model_uri, name, metrics, eval_digest, variant.name
+                model_info.model_uri, name, outcome.metrics, eval_digest, variant.name
             )
-            mlflow.set_tags({"mlflow_tflite.registered_model": name, "mlflow_tflite.registered_version": registration.version})
-    return VariantResult(run.info.run_id, variant, metrics, model_info.model_uri, registration)
+    return VariantResult(run.info.run_id, variant, outcome.metrics, model_info.model_uri, registration)

@@ -13,6 +13,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"
+OBJECTIVES = ("latency", "size", "accuracy")
 EVAL_DIGEST_TAG = "mlflow_tflite.eval_digest"
 VARIANT_TAG = "mlflow_tflite.variant"
 VERSION_METRIC_TAGS = ("accuracy", "accuracy_drop", "agreement", "max_abs_error", "size_bytes", "latency_ms_p50")
@@ -72,7 +74,9 @@ def register_and_promote(
     eval_digest: str | None,
     variant_name: str,
 ) -> Registration:
-    """Register ``model_uri`` under ``name``, tag the version, and move ``champion`` if it wins.
+    """Register ``model_uri`` under ``name``, tag and describe the version, and set an alias.
+
+    The version takes ``champion`` if it wins (see module doc), otherwise ``challenger``.
 
     Args:
         model_uri: the logged model (``models:/m-...`` or ``runs:/<id>/model``).
@@ -92,6 +96,86 @@ def register_and_promote(
         tags[EVAL_DIGEST_TAG] = eval_digest
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    if take_champion:
-        client.set_registered_model_alias(name, CHAMPION, version)
+    client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
+    client.set_registered_model_alias(name, CHAMPION if take_champion else CHALLENGER, version)
     return Registration(name, str(version), take_champion, reason)
+
+
+def version_description(variant_name: str, metrics: dict[str, float], reason: str) -> str:
+    """Markdown for the model version page: the variant, its metrics table, the alias decision."""
+    rows = "\n".join(f"| {key} | {metrics[key]:.6g} |" for key in sorted(metrics))
+    return f"**Variant** `{variant_name}`\n\n| metric | value |\n|---|---|\n{rows}\n\n**Alias**: {reason}\n"
+
+
+def promote_logged_model(model_uri: str, name: str) -> Registration:
+    """Register any logged ``tflite`` model and apply the alias guard (the ``promote`` command).
+
+    The metrics, the variant name and the evaluation data digest are read from the run that
+    logged the model.
+
+    Args:
+        model_uri: ``runs:/<run_id>/model`` or ``models:/m-<id>`` of a logged model.
+        name: registered model name.
+
+    Raises:
+        TFLiteError: the URI does not name a logged model of a run.
+    """
+    from mlflow_tflite.errors import TFLiteError
+
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+    except Exception:
+        raise TFLiteError(f"model URI {model_uri!r} does not name a logged model; pass runs:/<run_id>/model") from None
+    if info.run_id is None:
+        raise TFLiteError(f"model {model_uri!r} was not logged by a run, so it has no metrics to compare")
+    if "tflite" not in info.flavors:
+        raise TFLiteError(f"model {model_uri!r} is not of flavor tflite (it has {sorted(info.flavors)})")
+    from mlflow_tflite.tracking import evaluation_digest
+
+    run = MlflowClient().get_run(info.run_id)
+    variant = run.data.tags.get(VARIANT_TAG, "unknown")
+    return register_and_promote(model_uri, name, run.data.metrics, evaluation_digest(run), variant)
+
+
+def qualifies(metrics: dict[str, float], max_accuracy_drop: float, max_size_bytes: float | None = None,
+              max_latency_ms: float | None = None) -> bool:
+    """Whether a variant meets the accuracy tolerance and the budgets.
+
+    The tolerance applies to ``accuracy_drop`` (absolute, a fraction), or to
+    ``1 - agreement`` for fidelity-only variants without labels.
+    """
+    drop = metrics.get("accuracy_drop", 1.0 - metrics["agreement"] if "agreement" in metrics else 0.0)
+    if drop > max_accuracy_drop + 1e-12:
+        return False
+    if max_size_bytes is not None and metrics["size_bytes"] > max_size_bytes:
+        return False
+    return max_latency_ms is None or metrics["latency_ms_p50"] <= max_latency_ms
+
+
+def objective_key(metrics: dict[str, float], variant_name: str, objective: str) -> tuple:
+    """Sort key, smaller is better: the objective first, then accuracy, size, latency, name."""
+    accuracy = metrics.get("accuracy", metrics.get("agreement", 0.0))
+    primary = {
+        "latency": metrics["latency_ms_p50"],
+        "size": metrics["size_bytes"],
+        "accuracy": -accuracy,
+    }[objective]
+    return (primary, -accuracy, metrics["size_bytes"], metrics["latency_ms_p50"], variant_name)
+
+
+def select_best(candidates: list[dict], objective: str, max_accuracy_drop: float,
+                max_size_bytes: float | None = None, max_latency_ms: float | None = None) -> dict | None:
+    """The best candidate by ``objective`` among those that qualify, or ``None``.
+
+    Args:
+        candidates: dicts with ``variant`` (name) and ``metrics`` (run metrics).
+        objective: ``latency`` (p50 ms), ``size`` (bytes) or ``accuracy``.
+        max_accuracy_drop: absolute tolerance on ``accuracy_drop`` (fraction, >= 0).
+        max_size_bytes, max_latency_ms: optional budgets.
+
+    Ties are broken by accuracy, then size, latency and variant name, so the choice is stable.
+    """
+    eligible = [c for c in candidates if qualifies(c["metrics"], max_accuracy_drop, max_size_bytes, max_latency_ms)]
+    if not eligible:
+        return None
+    return min(eligible, key=lambda c: objective_key(c["metrics"], c["variant"], objective))

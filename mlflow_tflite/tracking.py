@@ -16,6 +16,7 @@ from mlflow_tflite.variants import Variant
 VARIANT_TAG = "mlflow_tflite.variant"
 ROLE_TAG = "mlflow_tflite.role"
 ERROR_TAG = "mlflow_tflite.error"
+MODEL_URI_TAG = "mlflow_tflite.model_uri"
 MODEL_NAME = "model"
 
 
@@ -65,8 +66,16 @@ def log_dataset_inputs(dataset: Dataset, calibration: np.ndarray | None) -> str:
     return evaluation.digest
 
 
+def evaluation_digest(run) -> str | None:
+    """Digest of the data set a run logged as its ``evaluation`` input, or ``None``."""
+    for dataset_input in run.inputs.dataset_inputs:
+        if any(tag.value == "evaluation" for tag in dataset_input.tags):
+            return dataset_input.dataset.digest
+    return None
+
+
 @contextlib.contextmanager
-def variant_run(variant: Variant, nested: bool = False, run_name: str | None = None):
+def variant_run(variant: Variant, nested: bool = False):
     """Start (or resume, under ``mlflow run``) a run for one variant.
 
     An exception inside the block tags the run with the one-line error message
@@ -75,7 +84,7 @@ def variant_run(variant: Variant, nested: bool = False, run_name: str | None = N
     Yields:
         The active ``mlflow.ActiveRun``.
     """
-    with mlflow.start_run(nested=nested, run_name=run_name or variant.name) as run:
+    with mlflow.start_run(nested=nested, run_name=variant.name) as run:
         mlflow.set_tags({VARIANT_TAG: variant.name, ROLE_TAG: "variant"})
         try:
             yield run

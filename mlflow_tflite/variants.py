@@ -65,3 +65,48 @@ class Variant:
         if self.ops != "builtins":
             parts.append(self.ops)
         return "-".join(parts)
+
+
+def parse_list(value: str | list, name: str, cast=str) -> list:
+    """Split a comma-separated parameter (``"none,dynamic"``) into cast, de-duplicated values.
+
+    Raises:
+        TFLiteError: the list is empty or an item cannot be cast (the message names the item).
+    """
+    items = value if isinstance(value, (list, tuple)) else [part.strip() for part in str(value).split(",")]
+    items = [item for item in items if item not in ("", None)]
+    if not items:
+        raise TFLiteError(f"{name} is an empty list; give at least one value, e.g. {name}=none,int8")
+    parsed = []
+    for item in items:
+        try:
+            value = cast(item)
+        except (TypeError, ValueError):
+            raise TFLiteError(f"{name} item {item!r} is not a valid {cast.__name__}") from None
+        if value not in parsed:
+            parsed.append(value)
+    return parsed
+
+
+def expand_grid(
+    quants: list[str],
+    sparsities: list[float],
+    input_sizes: list[int | None],
+    calibration_samples: int = 200,
+    ops: str = "builtins",
+    io_type: str = "int8",
+) -> list[Variant]:
+    """The cross product of the lists as Variants, in a stable order.
+
+    Order: input size, then sparsity (so variants sharing a resized or pruned model are
+    adjacent), then quantization mode in the order given.
+
+    Raises:
+        TFLiteError: an invalid value in any list (see :class:`Variant`).
+    """
+    return [
+        Variant(quant, float(sparsity), size, calibration_samples, ops, io_type)
+        for size in input_sizes
+        for sparsity in sparsities
+        for quant in quants
+    ]

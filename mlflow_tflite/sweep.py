@@ -1,0 +1,376 @@
+"""Sweeps: a grid of variants as child runs of one parent run, compared, and the best registered.
+
+Execution: variants run in ``workers`` worker processes (``concurrent.futures`` with the spawn
+start method). Each worker imports TensorFlow and opens the source once; the demo CNN is trained
+once and shared through a saved .h5; each pruned or resized model is built once (phase 2) and
+shared the same way. Workers return results; only the parent process writes to MLflow, so the
+tracking store has a single writer. A worker that crashes fails only its variant: the remaining
+variants run one at a time in a fresh worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from mlflow_tflite import pipeline, selection, tracking
+from mlflow_tflite.data import load_dataset
+from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.variants import Variant
+
+# Test hook: a worker aborts (as a native crash would) when it starts this variant.
+CRASH_VARIANT_ENV = "MLFLOW_TFLITE_CRASH_VARIANT"
+PARENT_TAGS = {tracking.ROLE_TAG: "sweep"}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to sweep and how to choose.
+
+    Attributes:
+        variants: the grid (``variants.expand_grid``); ``input_size=None`` means native.
+        model, data: the ``model`` / ``data`` parameters (``None`` and ``None`` for the demo).
+        objective: ``latency``, ``size`` or ``accuracy`` (see ``selection.select_best``).
+        max_accuracy_drop: absolute tolerance on ``accuracy_drop`` (fraction >= 0).
+        max_size_bytes, max_latency_ms: optional budgets (bytes, ms).
+        registered_model_name: registry name (default from the source).
+        workers: worker processes (>= 1).
+        num_threads: LiteRT threads per interpreter.
+        resume: parent run id of an earlier sweep to continue (FINISHED variants are skipped).
+        register: register the best variant.
+    """
+
+    variants: list[Variant]
+    model: str | None = None
+    data: str | None = None
+    objective: str = "latency"
+    max_accuracy_drop: float = 0.01
+    max_size_bytes: float | None = None
+    max_latency_ms: float | None = None
+    registered_model_name: str | None = None
+    workers: int = 1
+    num_threads: int = 1
+    resume: str | None = None
+    register: bool = True
+
+    def __post_init__(self):
+        if not self.variants:
+            raise TFLiteError("the sweep has no variants; give at least one quant, sparsity and input_size")
+        if self.objective not in selection.OBJECTIVES:
+            raise TFLiteError(f"objective {self.objective!r} is unknown; use one of {', '.join(selection.OBJECTIVES)}")
+        if not self.max_accuracy_drop >= 0:
+            raise TFLiteError(f"max_accuracy_drop={self.max_accuracy_drop} must be >= 0 (an absolute fraction, e.g. 0.01)")
+        for name in ("max_size_bytes", "max_latency_ms"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise TFLiteError(f"{name}={value} must be > 0, or left out for no budget")
+        if self.workers < 1:
+            raise TFLiteError(f"workers={self.workers} must be >= 1")
+
+
+@dataclass
+class SweepResult:
+    """The parent run, every variant's outcome and the registration (if any)."""
+
+    parent_run_id: str
+    rows: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    registration: selection.Registration | None = None
+    message: str = ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker side: module-level state and task functions (picklable for the spawn start method).
+# ----------------------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _worker_init(model: str | None, data: str | None, workdir: str, num_threads: int) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    _WORKER.update(model=model, data=data, workdir=Path(workdir), num_threads=num_threads)
+
+
+def _prepared() -> pipeline.Prepared:
+    """This worker's shared inputs; the demo is trained by the first worker and saved for the rest."""
+    if "prepared" in _WORKER:
+        return _WORKER["prepared"]
+    model, data, saved = _WORKER["model"], _WORKER["data"], _WORKER["workdir"] / "demo-source.h5"
+    if model is None and data is None and saved.exists():
+        prepared = pipeline.prepare(str(saved), "digits")
+        prepared.source.name, prepared.source.uri = pipeline.DEMO_NAME, pipeline.DEMO_URI
+    else:
+        prepared = pipeline.prepare(model, data)
+        if model is None and data is None:
+            prepared.source.keras_model.save(saved)
+    _WORKER["prepared"] = prepared
+    return prepared
+
+
+def _model_file(variant: Variant) -> Path:
+    return _WORKER["workdir"] / f"model-i{variant.input_size}-s{variant.sparsity:g}.h5"
+
+
+def _guarded(task):
+    """Decorator for worker tasks: return ("ok", value) or ("error", one-line message), never raise."""
+
+    @functools.wraps(task)
+    def run(item):
+        try:
+            return "ok", task(item)
+        except TFLiteError as error:
+            return "error", error.message
+        except Exception as error:  # any other failure of a variant is reported, not raised
+            lines = str(error).strip().splitlines()
+            return "error", f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+    return run
+
+
+@_guarded
+def describe(_: object) -> dict:
+    """Phase 1: open the source (train the demo) in a worker; its name, URI and native size."""
+    prepared = _prepared()
+    return {"name": prepared.source.name, "uri": prepared.source.uri, "native_input_size": prepared.native_input_size}
+
+
+@_guarded
+def build_variant_model(variant: Variant) -> str:
+    """Phase 2: resize/prune once, save it for the other workers."""
+    adapted = pipeline.variant_model(_prepared(), variant)
+    adapted.source.keras_model.save(_model_file(variant))
+    return str(_model_file(variant))
+
+
+@_guarded
+def run_variant_task(variant: Variant) -> pipeline.Outcome:
+    """Phase 3: convert and evaluate one variant (the pruned/resized model comes from phase 2)."""
+    if os.environ.get(CRASH_VARIANT_ENV) == variant.name:
+        os.abort()
+    prepared = _prepared()
+    key = (variant.input_size, variant.sparsity)
+    if key not in prepared._variant_models and _model_file(variant).exists():
+        prepared._variant_models[key] = pipeline.load_variant_model(prepared, variant, _model_file(variant))
+    return pipeline.convert_and_evaluate(prepared, variant, _WORKER["num_threads"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent side
+# ----------------------------------------------------------------------------------------------
+
+
+class Workers:
+    """A pool of worker processes that survives a worker crash.
+
+    ``run`` yields ``(item, status, value)`` as tasks finish. If a worker dies (the pool breaks),
+    the unfinished tasks are rerun one at a time in a fresh pool, so the one that crashes again
+    is identified and reported as ``("error", "worker process crashed ...")``.
+    """
+
+    def __init__(self, count: int, initargs: tuple):
+        self.count, self.initargs, self.pool = count, initargs, None
+
+    def _pool(self, count: int | None = None) -> ProcessPoolExecutor:
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(
+                count or self.count, mp_context=get_context("spawn"), initializer=_worker_init, initargs=self.initargs
+            )
+        return self.pool
+
+    def _reset(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        self.pool = None
+
+    def run(self, task, items: list):
+        futures = {self._pool().submit(task, item): item for item in items}
+        unfinished = []
+        for future in as_completed(futures):
+            try:
+                status, value = future.result()
+            except BrokenProcessPool:
+                unfinished.append(futures[future])
+                continue
+            yield futures[future], status, value
+        if not unfinished:
+            return
+        self._reset()
+        for item in sorted(unfinished, key=items.index):
+            try:
+                status, value = self._pool(1).submit(task, item).result()
+            except BrokenProcessPool:
+                self._reset()
+                status, value = "error", f"worker process crashed while running {getattr(item, 'name', item)}"
+            yield item, status, value
+        self._reset()
+
+
+def _children(parent_run_id: str) -> list:
+    """All child runs of a parent run, oldest first."""
+    client = MlflowClient()
+    return client.search_runs(
+        [client.get_run(parent_run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=10000,
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+def _finished_children(parent_run_id: str) -> dict[str, object]:
+    """FINISHED child runs of a parent, by variant name; stale RUNNING ones are marked KILLED."""
+    client = MlflowClient()
+    finished = {}
+    for run in _children(parent_run_id):
+        if run.info.status == "FINISHED" and tracking.VARIANT_TAG in run.data.tags:
+            finished.setdefault(run.data.tags[tracking.VARIANT_TAG], run)
+        elif run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+    return finished
+
+
+def _log_child(parent_run_id: str, variant: Variant, source_uri: str, status: str, value, dataset, num_threads):
+    """One child run: FINISHED with the outcome, or FAILED with the error message."""
+    try:
+        with tracking.variant_run(variant, nested=True) as run:
+            tracking.log_params_once(tracking.variant_params(variant, source_uri, num_threads))
+            if status != "ok":
+                raise TFLiteError(value)
+            pipeline.log_outcome(value, variant, dataset, num_threads)
+        return run
+    except TFLiteError:
+        return mlflow.get_run(run.info.run_id)
+
+
+def _row(run) -> dict:
+    return {
+        "variant": run.data.tags[tracking.VARIANT_TAG],
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "metrics": dict(run.data.metrics),
+        "model_uri": run.data.tags.get(tracking.MODEL_URI_TAG),
+        "error": run.data.tags.get(tracking.ERROR_TAG, ""),
+    }
+
+
+def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
+    """Run every variant of ``config`` as a child run, then compare, choose and register.
+
+    Returns:
+        :class:`SweepResult`; ``best`` is ``None`` (and nothing registered) when no variant
+        meets the tolerance and budgets.
+
+    Raises:
+        TFLiteError: bad configuration or an unusable source/data (before any child run).
+    """
+    from tqdm.auto import tqdm
+
+    dataset = load_dataset(config.data) if (config.data or config.model is None) else None
+    workdir = tempfile.TemporaryDirectory(prefix="mlflow-tflite-sweep-")
+    workers = Workers(config.workers, (config.model, config.data, workdir.name, config.num_threads))
+    try:
+        with mlflow.start_run(run_id=config.resume, run_name=None if config.resume else "sweep") as parent:
+            mlflow.set_tags(PARENT_TAGS)
+            (_, status, meta), = list(workers.run(describe, [None]))
+            if status != "ok":
+                raise TFLiteError(meta)
+            variants = [v if v.input_size else replace(v, input_size=meta["native_input_size"]) for v in config.variants]
+            tracking.log_params_once(_sweep_params(config, variants, meta["uri"]))
+            done = _finished_children(parent.info.run_id)
+            todo = [v for v in variants if v.name not in done]
+            bar = tqdm(total=len(variants), initial=len(variants) - len(todo), desc="variants", disable=not progress)
+            model_errors = _build_variant_models(workers, todo, meta["native_input_size"])
+            runnable = [v for v in todo if (v.input_size, v.sparsity) not in model_errors]
+            for variant in todo:
+                if variant not in runnable:
+                    _log_child(parent.info.run_id, variant, meta["uri"], "error",
+                               model_errors[(variant.input_size, variant.sparsity)], dataset, config.num_threads)
+                    bar.update(1)
+            for variant, status, value in workers.run(run_variant_task, runnable):
+                bar.set_postfix_str(variant.name)
+                _log_child(parent.info.run_id, variant, meta["uri"], status, value, dataset, config.num_threads)
+                bar.update(1)
+            bar.close()
+            result = _choose_and_register(parent.info.run_id, variants, config, meta["name"])
+        return result
+    finally:
+        workers.close()
+        workdir.cleanup()
+
+
+def _build_variant_models(workers: Workers, variants: list[Variant], native: int | None) -> dict:
+    """Phase 2: build each resized/pruned model once; return {(size, sparsity): error message}."""
+    needed = []
+    for v in variants:
+        if (v.sparsity > 0 or v.input_size not in (None, native)) and v not in needed and not any(
+            (n.input_size, n.sparsity) == (v.input_size, v.sparsity) for n in needed
+        ):
+            needed.append(v)
+    return {(v.input_size, v.sparsity): value for v, status, value in workers.run(build_variant_model, needed)
+            if status != "ok"}
+
+
+def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str) -> dict:
+    join = lambda values: ",".join(dict.fromkeys(str(v) for v in values))  # noqa: E731
+    return {
+        "quant": join(v.quant for v in variants),
+        "sparsity": join(f"{v.sparsity:g}" for v in variants),
+        "input_size": join(v.input_size for v in variants),
+        "calibration_samples": variants[0].calibration_samples,
+        "ops": variants[0].ops,
+        "source": source_uri,
+        "objective": config.objective,
+        "max_accuracy_drop": config.max_accuracy_drop,
+        "max_size_bytes": config.max_size_bytes,
+        "max_latency_ms": config.max_latency_ms,
+        "workers": config.workers,
+        "variants": len(variants),
+    }
+
+
+def _choose_and_register(parent_run_id: str, variants: list[Variant], config: SweepConfig, source_name: str):
+    from mlflow_tflite import report
+
+    finished = _finished_children(parent_run_id)
+    names = [v.name for v in variants]
+    failed = {r.data.tags.get(tracking.VARIANT_TAG): r for r in _children(parent_run_id) if r.info.status == "FAILED"}
+    rows = [_row(finished[n]) if n in finished else _row(failed[n]) for n in names if n in finished or n in failed]
+    candidates = [r for r in rows if r["status"] == "FINISHED"]
+    best = selection.select_best(candidates, config.objective, config.max_accuracy_drop,
+                                 config.max_size_bytes, config.max_latency_ms)
+    report.log_comparison(rows, best, config.max_accuracy_drop)
+    result = SweepResult(parent_run_id, rows, best)
+    if best is None:
+        result.message = (
+            f"no variant meets max_accuracy_drop={config.max_accuracy_drop:g}"
+            f"{'' if config.max_size_bytes is None else f', max_size_bytes={config.max_size_bytes:g}'}"
+            f"{'' if config.max_latency_ms is None else f', max_latency_ms={config.max_latency_ms:g}'}"
+            f" among {len(candidates)} finished variants; nothing registered"
+        )
+        mlflow.set_tag("mlflow_tflite.selection", result.message)
+        return result
+    mlflow.set_tags({"mlflow_tflite.best_variant": best["variant"], "mlflow_tflite.best_run_id": best["run_id"]})
+    tracking.log_params_once({"best_variant": best["variant"]})
+    result.message = f"best variant {best['variant']} by {config.objective}"
+    if config.register:
+        eval_digest = tracking.evaluation_digest(finished[best["variant"]])
+        result.registration = selection.register_and_promote(
+            best["model_uri"], config.registered_model_name or source_name, best["metrics"], eval_digest, best["variant"]
+        )
+        mlflow.set_tag("mlflow_tflite.registered_version", result.registration.version)
+    return result
