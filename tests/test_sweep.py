@@ -1,0 +1,182 @@
+"""Sweeps on real conversions: child runs, selection, registry aliases, crashes, resume, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow_tflite import selection
+from mlflow_tflite.cli import cli
+from mlflow_tflite.sweep import CRASH_VARIANT_ENV, SweepConfig, run_sweep
+from mlflow_tflite.variants import expand_grid
+
+
+@pytest.fixture(scope="module")
+def digits_files(tmp_path_factory, demo_prepared):
+    """The trained demo CNN as an .h5 file and the digits split as .npz (fast to open in workers)."""
+    folder = tmp_path_factory.mktemp("digits")
+    demo_prepared.source.keras_model.save(folder / "digits-cnn.h5")
+    d = demo_prepared.dataset
+    np.savez(folder / "digits.npz", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    return str(folder / "digits-cnn.h5"), str(folder / "digits.npz")
+
+
+def children(parent_run_id):
+    client = MlflowClient()
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000)
+
+
+def test_select_best_respects_tolerance_budgets_and_objective():
+    def cand(name, accuracy, drop, size, latency):
+        return {"variant": name, "metrics": {"accuracy": accuracy, "accuracy_drop": drop,
+                                             "size_bytes": size, "latency_ms_p50": latency}}
+
+    rows = [cand("a", 0.99, 0.0, 200, 0.05), cand("b", 0.985, 0.005, 60, 0.02),
+            cand("c", 0.96, 0.03, 20, 0.01), cand("d", 0.985, 0.005, 60, 0.02)]
+    assert selection.select_best(rows, "latency", 0.01)["variant"] == "b"  # c is over tolerance; b<d by name
+    assert selection.select_best(rows, "size", 0.01)["variant"] == "b"
+    assert selection.select_best(rows, "accuracy", 0.01)["variant"] == "a"
+    assert selection.select_best(rows, "latency", 0.05)["variant"] == "c"
+    assert selection.select_best(rows, "latency", 0.01, max_size_bytes=100)["variant"] == "b"
+    assert selection.select_best(rows, "latency", 0.01, max_latency_ms=0.001) is None
+
+
+def test_sweep_logs_children_selects_and_registers(digits_files, tracking, monkeypatch):
+    model, data = digits_files
+    monkeypatch.setenv(CRASH_VARIANT_ENV, "float16-s0-i8")  # this variant's worker aborts
+    variants = expand_grid(["none", "float16", "int8"], [0.0, 0.5], [None])
+    result = run_sweep(SweepConfig(variants, model, data, objective="size", registered_model_name="digits"),
+                       progress=False)
+
+    runs = {r.data.tags["mlflow_tflite.variant"]: r for r in children(result.parent_run_id)}
+    assert sorted(runs) == sorted(f"{q}-s{s}-i8" for q in ("none", "float16", "int8") for s in ("0", "0.5"))
+    crashed = runs["float16-s0-i8"]
+    assert crashed.info.status == "FAILED" and "crashed" in crashed.data.tags["mlflow_tflite.error"]
+    finished = {n: r for n, r in runs.items() if r.info.status == "FINISHED"}
+    assert len(finished) == 5
+    for run in finished.values():
+        assert run.data.tags["mlflow_tflite.role"] == "variant"
+        assert {"accuracy", "accuracy_drop", "size_bytes", "gzip_size_bytes", "sparsity_achieved"} <= run.data.metrics.keys()
+    pruned = finished["none-s0.5-i8"].data.metrics
+    assert pruned["sparsity_achieved"] == pytest.approx(0.5, abs=0.05)
+    assert pruned["gzip_size_bytes"] < 0.8 * finished["none-s0-i8"].data.metrics["gzip_size_bytes"]
+    assert finished["none-s0-i8"].data.metrics["sparsity_achieved"] < 0.01
+
+    client = MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["mlflow_tflite.role"] == "sweep"
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"comparison.json", "pareto.png"} <= artifacts
+    table = mlflow.load_table("comparison.json", run_ids=[result.parent_run_id])
+    assert len(table) == 6 and table["chosen"].sum() == 1
+
+    eligible = [(r.data.metrics["size_bytes"], -r.data.metrics["accuracy"], n) for n, r in finished.items()
+                if r.data.metrics["accuracy_drop"] <= 0.01]
+    best_name = min(eligible)[2]
+    assert parent.data.tags["mlflow_tflite.best_variant"] == best_name
+    champion = client.get_model_version_by_alias("digits", "champion")
+    assert champion.run_id == finished[best_name].info.run_id
+    assert champion.tags["mlflow_tflite.variant"] == best_name and "| accuracy |" in champion.description
+
+    # Same sweep again: equal score on the same data, so the new version is only a challenger.
+    monkeypatch.delenv(CRASH_VARIANT_ENV)
+    again = run_sweep(SweepConfig(expand_grid(["int8"], [0.0], [None]), model, data, objective="size",
+                                  registered_model_name="digits"), progress=False)
+    assert not again.registration.champion
+    assert str(client.get_model_version_by_alias("digits", "challenger").version) == again.registration.version
+    assert str(client.get_model_version_by_alias("digits", "champion").version) == str(champion.version)
+
+    # A budget nobody meets: nothing registered, champion untouched.
+    versions_before = len(client.search_model_versions("name='digits'"))
+    none = run_sweep(SweepConfig(expand_grid(["int8"], [0.0], [None]), model, data, max_size_bytes=1000,
+                                 registered_model_name="digits"), progress=False)
+    assert none.best is None and none.registration is None and "max_size_bytes=1000" in none.message
+    assert len(client.search_model_versions("name='digits'")) == versions_before
+    assert str(client.get_model_version_by_alias("digits", "champion").version) == str(champion.version)
+
+
+def test_promote_command_uses_the_runs_metrics(digits_files, tracking):
+    model, data = digits_files
+    result = run_sweep(SweepConfig(expand_grid(["dynamic", "int8"], [0.0], [None]), model, data, register=False),
+                       progress=False)
+    uris = [row["model_uri"] for row in result.rows]
+    first = CliRunner().invoke(cli, ["promote", "--model-uri", uris[0], "--registered-model-name", "m"])
+    assert first.exit_code == 0 and "champion" in first.output
+    second = CliRunner().invoke(cli, ["promote", "--model-uri", uris[1], "--registered-model-name", "m"])
+    assert second.exit_code == 0 and "challenger" in second.output
+    bad = CliRunner().invoke(cli, ["promote", "--model-uri", "runs:/0123456789abcdef/model", "--registered-model-name", "m"])
+    assert bad.exit_code == 1 and bad.output.startswith("Error:") and "does not name a logged model" in bad.output
+
+
+def test_pruning_a_keras3_source_fails_only_the_sparsity_variants(tmp_path, digits, tracking):
+    import keras
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")])
+    model.save(tmp_path / "k3.keras")
+    np.savez(tmp_path / "d.npz", x_train=digits.x_train[:200], y_train=digits.y_train[:200],
+             x_test=digits.x_test[:100], y_test=digits.y_test[:100])
+    result = run_sweep(SweepConfig(expand_grid(["none"], [0.0, 0.5], [None]), str(tmp_path / "k3.keras"),
+                                   str(tmp_path / "d.npz"), max_accuracy_drop=1.0, register=False), progress=False)
+    status = {row["variant"]: (row["status"], row["error"]) for row in result.rows}
+    assert status["none-s0-i8"][0] == "FINISHED"
+    assert status["none-s0.5-i8"][0] == "FAILED" and "needs a tf_keras model" in status["none-s0.5-i8"][1]
+
+
+def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking):
+    model, data = digits_files
+    args = [sys.executable, "-m", "mlflow_tflite.cli", "sweep", "--model", model, "--data", data,
+            "--quant", "none,dynamic,float16,int8", "--sparsity", "0", "--no-register"]
+    process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient()
+    parent_id, deadline = None, time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            sweeps = client.search_runs(["0"], "tags.mlflow_tflite.role = 'sweep'")
+        except Exception:
+            continue
+        if sweeps and any(r.info.status == "FINISHED" for r in children(sweeps[0].info.run_id)):
+            parent_id = sweeps[0].info.run_id
+            break
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert parent_id, "the sweep never finished a variant"
+    finished_before = {r.data.tags["mlflow_tflite.variant"] for r in children(parent_id) if r.info.status == "FINISHED"}
+    assert 1 <= len(finished_before) < 4
+
+    resumed = CliRunner().invoke(cli, args[3:] + ["--resume", parent_id])
+    assert resumed.exit_code == 0, resumed.output
+    finished = [r.data.tags["mlflow_tflite.variant"] for r in children(parent_id) if r.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(["none-s0-i8", "dynamic-s0-i8", "float16-s0-i8", "int8-s0-i8"])
+    assert all(r.info.status != "RUNNING" for r in children(parent_id))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sparsity", "0,1.0"], "outside [0, 1)"),
+        (["--quant", ""], "quant is an empty list"),
+        (["--quant", " , "], "quant is an empty list"),
+        (["--objective", "fastest"], "objective 'fastest' is unknown"),
+        (["--max-accuracy-drop", "-0.1"], "max_accuracy_drop=-0.1 must be >= 0"),
+        (["--sparsity", "half"], "sparsity item 'half' is not a valid float"),
+        (["--workers", "0"], "workers=0 must be >= 1"),
+    ],
+)
+def test_sweep_bad_input_is_one_line(args, message, tracking):
+    result = CliRunner().invoke(cli, ["sweep", *args])
+    assert result.exit_code == 1
+    assert result.output.count("Error:") == 1 and message in result.output, result.output
+    assert MlflowClient().search_registered_models() == []
+    assert MlflowClient().search_runs(["0"]) == []
