@@ -54,19 +54,33 @@ def _optional_int(value: str | int | None, name: str) -> int | None:
         raise TFLiteError(f"{name} {value!r} is not a whole number; pass e.g. 96, or nothing for the native size") from None
 
 
+def _shared_options(command):
+    """The options `convert` and `sweep` share (DESIGN.md: the same parameter names)."""
+    options = [
+        click.option("--model", default=DEMO, show_default=True,
+                     help="A .keras/.h5 file or SavedModel directory, or demo."),
+        click.option("--data", default=DEMO, show_default=True,
+                     help=".npz with x_train/y_train/x_test/y_test (or x/y), digits, or demo."),
+        click.option("--calibration-samples", default=200, type=int, show_default=True,
+                     help="Representative dataset size."),
+        click.option("--ops", default="builtins", show_default=True, help="builtins, or select_tf for SELECT_TF_OPS."),
+        click.option("--io-type", default="int8", show_default=True,
+                     help="I/O type of int8_full: int8, or uint8 (Edge TPU)."),
+        click.option("--registered-model-name", default=AUTO, show_default=True,
+                     help="Registry name; auto derives it from the source (digits-cnn for the demo)."),
+        click.option("--num-threads", default=1, type=int, show_default=True, help="LiteRT threads for latency/pyfunc."),
+        click.option("--no-register", is_flag=True, help="Log the run(s) but do not register a model."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.option("--model", default=DEMO, show_default=True, help="A .keras/.h5 file or SavedModel directory, or demo.")
-@click.option("--data", default=DEMO, show_default=True, help=".npz with x_train/y_train/x_test/y_test, or demo.")
+@_shared_options
 @click.option("--quant", default="int8", show_default=True, help="none, dynamic, float16, int8, int8_full, int16x8.")
 @click.option("--sparsity", default=0.0, type=float, show_default=True, help="Target pruned fraction in [0, 1).")
 @click.option("--input-size", default=NATIVE, show_default=True, help="Square input side in pixels, or native.")
-@click.option("--calibration-samples", default=200, type=int, show_default=True, help="Representative dataset size.")
-@click.option("--ops", default="builtins", show_default=True, help="builtins, or select_tf for SELECT_TF_OPS.")
-@click.option("--io-type", default="int8", show_default=True, help="I/O type of int8_full: int8, or uint8 (Edge TPU).")
-@click.option("--registered-model-name", default=AUTO, show_default=True,
-              help="Registry name; auto derives it from the source (digits-cnn for the demo).")
-@click.option("--num-threads", default=1, type=int, show_default=True, help="LiteRT threads for latency/pyfunc.")
-@click.option("--no-register", is_flag=True, help="Log the run but do not register the model.")
 def convert(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, registered_model_name,
             num_threads, no_register):
     """Convert one variant, evaluate it and log it as an MLflow run (the `main` entry point)."""
@@ -95,23 +109,16 @@ def _optional_float(value: str | float | None, name: str) -> float | None:
 
 
 @cli.command()
-@click.option("--model", default=DEMO, show_default=True, help="A .keras/.h5 file or SavedModel directory, or demo.")
-@click.option("--data", default=DEMO, show_default=True, help=".npz data, or demo.")
+@_shared_options
 @click.option("--quant", default="none,dynamic,float16,int8", show_default=True, help="Comma-separated modes.")
 @click.option("--sparsity", default="0,0.5,0.8", show_default=True, help="Comma-separated target sparsities.")
 @click.option("--input-size", default=NATIVE, show_default=True, help="Comma-separated input sizes, or native.")
-@click.option("--calibration-samples", default=200, type=int, show_default=True, help="Representative dataset size.")
-@click.option("--ops", default="builtins", show_default=True, help="builtins or select_tf.")
-@click.option("--io-type", default="int8", show_default=True, help="I/O type of int8_full: int8 or uint8.")
 @click.option("--max-accuracy-drop", default=0.01, type=float, show_default=True, help="Absolute tolerance.")
 @click.option("--objective", default="latency", show_default=True, help="latency, size or accuracy.")
 @click.option("--max-size-bytes", default="none", show_default=True, help="Size budget in bytes, or none.")
 @click.option("--max-latency-ms", default="none", show_default=True, help="Latency p50 budget in ms, or none.")
-@click.option("--registered-model-name", default=AUTO, show_default=True, help="Registry name, or auto.")
 @click.option("--workers", default=1, type=int, show_default=True, help="Worker processes.")
-@click.option("--num-threads", default=1, type=int, show_default=True, help="LiteRT threads.")
 @click.option("--resume", default="", help="Parent run id of an interrupted sweep: FINISHED variants are skipped.")
-@click.option("--no-register", is_flag=True, help="Compare only; do not register the best variant.")
 def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, max_accuracy_drop, objective,
           max_size_bytes, max_latency_ms, registered_model_name, workers, num_threads, resume, no_register):
     """Run a grid of variants as child runs of one parent run; register the best (`sweep` entry point)."""
@@ -125,7 +132,8 @@ def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io
     config = SweepConfig(
         variants, _given(model), _given(data), objective, max_accuracy_drop,
         _optional_float(max_size_bytes, "max_size_bytes"), _optional_float(max_latency_ms, "max_latency_ms"),
-        _given(registered_model_name), workers, num_threads, resume or None, not no_register,
+        _given(registered_model_name), workers, num_threads, None if resume in ("", "none") else resume,
+        not no_register,
     )
     result = run_sweep(config)
     for row in result.rows:

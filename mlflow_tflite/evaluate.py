@@ -15,18 +15,47 @@ def is_class_scores(output: np.ndarray) -> bool:
     return output.ndim == 2 and output.shape[1] > 1
 
 
-def fidelity_metrics(reference: list[np.ndarray], converted: list[np.ndarray]) -> dict[str, float]:
+def _metric_suffix(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in name)
+
+
+def fidelity_metrics(
+    reference: list[np.ndarray], converted: list[np.ndarray], output_names: list[str] | None = None
+) -> dict[str, float]:
     """How closely the converted outputs follow the source model's.
 
     Args:
         reference: source model outputs, one float32 ``(N, ...)`` array per output.
         converted: dequantized .tflite outputs in the same order and shapes.
+        output_names: names for per-output metrics (used when there are several outputs).
 
     Returns:
-        ``max_abs_error`` over all outputs, and ``agreement`` (fraction of examples whose top-1
-        class is the same) when the first output is a vector of class scores.
+        ``max_abs_error`` (largest absolute difference over all outputs), ``relative_error``
+        (largest relative L2 error ``||c - r|| / ||r||`` over outputs), ``cosine_similarity``
+        (smallest, over outputs, mean per-example cosine similarity of the flattened outputs:
+        the embedding check), and ``agreement`` (fraction of examples with the same top-1
+        class) when the first output is a vector of class scores. With several outputs each
+        value is also logged per output as ``<metric>_<output name>``.
     """
-    metrics = {"max_abs_error": float(max(np.max(np.abs(r - c)) for r, c in zip(reference, converted)))}
+    per_output = []
+    for r, c in zip(reference, converted):
+        r2, c2 = r.reshape(len(r), -1).astype(np.float64), c.reshape(len(c), -1).astype(np.float64)
+        norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(c2, axis=1)
+        cosine = np.where(norms > 0, (r2 * c2).sum(axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
+        per_output.append({
+            "max_abs_error": float(np.max(np.abs(r2 - c2))) if r2.size else 0.0,
+            "relative_error": float(np.linalg.norm(c2 - r2) / max(np.linalg.norm(r2), 1e-12)),
+            "cosine_similarity": float(cosine.mean()) if len(cosine) else 1.0,
+        })
+    metrics = {
+        "max_abs_error": max(m["max_abs_error"] for m in per_output),
+        "relative_error": max(m["relative_error"] for m in per_output),
+        "cosine_similarity": min(m["cosine_similarity"] for m in per_output),
+    }
+    if len(per_output) > 1:
+        names = output_names or [str(i) for i in range(len(per_output))]
+        for name, values in zip(names, per_output):
+            metrics.update({f"{key}_{_metric_suffix(name)}": value for key, value in values.items()})
     if is_class_scores(reference[0]):
         metrics["agreement"] = float(np.mean(reference[0].argmax(1) == converted[0].argmax(1)))
     return metrics
@@ -56,6 +85,19 @@ def size_metrics(tflite_model: bytes) -> dict[str, int]:
     return {"size_bytes": len(tflite_model), "gzip_size_bytes": len(gzip.compress(tflite_model, compresslevel=9))}
 
 
+def run_in_source_order(interpreter, x: list[np.ndarray], input_names: list[str] | None,
+                        output_names: list[str] | None) -> list[np.ndarray]:
+    """Run the converted model on inputs given in the source's order; outputs in the source's order."""
+    inputs, outputs = runtime.io_tensors(interpreter)
+    input_order = runtime.match_order(inputs, input_names or [])
+    results = runtime.run(interpreter, [x[i] for i in input_order])
+    output_order = runtime.match_order(outputs, output_names or [])
+    ordered: list[np.ndarray | None] = [None] * len(results)
+    for tensor_position, source_position in enumerate(output_order):
+        ordered[source_position] = results[tensor_position]
+    return ordered
+
+
 def evaluate(
     tflite_model: bytes,
     reference: list[np.ndarray],
@@ -63,28 +105,38 @@ def evaluate(
     y_test: np.ndarray | None,
     num_threads: int = 1,
     latency_runs: int = 100,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    task: str = "classification",
 ) -> dict[str, float]:
     """All run metrics of one converted model on the held-out split.
 
     Args:
         tflite_model: flatbuffer bytes.
-        reference: source model outputs on ``x_test`` (one array per output).
-        x_test: one float32 ``(N, ...)`` array per model input.
+        reference: source model outputs on ``x_test`` (one array per output, source order).
+        x_test: one float32 ``(N, ...)`` array per model input (source order).
         y_test: ``(N,)`` int labels, or ``None`` (fidelity only: no accuracy metrics).
         num_threads: interpreter threads for the latency measurement.
         latency_runs: timed single-example invocations (after 10 warm-up runs).
+        input_names, output_names: the source's input/output names, to match the converted
+            model's tensors by name.
+        task: ``classification`` (accuracy metrics when there are labels and the first output
+            is a vector of class scores) or ``fidelity`` (never accuracy metrics).
 
     Returns:
-        ``accuracy``, ``source_accuracy``, ``accuracy_drop`` (labelled class scores only),
-        ``agreement``, ``max_abs_error``, ``size_bytes``, ``gzip_size_bytes``,
+        ``accuracy``, ``source_accuracy``, ``accuracy_drop`` (classification with labels),
+        ``agreement`` (class-score outputs), ``max_abs_error``, ``relative_error``,
+        ``cosine_similarity`` (and per-output variants), ``size_bytes``, ``gzip_size_bytes``,
         ``latency_ms_p50``, ``latency_ms_p90``, ``latency_ms_mean``.
     """
     interpreter = runtime.make_interpreter(tflite_model, num_threads)
-    converted = runtime.run(interpreter, x_test)
+    converted = run_in_source_order(interpreter, x_test, input_names, output_names)
     metrics: dict[str, float] = {}
-    if y_test is not None and is_class_scores(reference[0]):
+    if task == "classification" and y_test is not None and is_class_scores(reference[0]):
         metrics.update(accuracy_metrics(reference[0], converted[0], y_test))
-    metrics.update(fidelity_metrics(reference, converted))
+    metrics.update(fidelity_metrics(reference, converted, output_names))
     metrics.update(size_metrics(tflite_model))
-    metrics.update(runtime.measure_latency(interpreter, x_test, runs=latency_runs))
+    inputs, _ = runtime.io_tensors(interpreter)
+    ordered_inputs = [x_test[i] for i in runtime.match_order(inputs, input_names or [])]
+    metrics.update(runtime.measure_latency(interpreter, ordered_inputs, runs=latency_runs))
     return metrics

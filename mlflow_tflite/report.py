@@ -70,7 +70,7 @@ def pareto_figure(rows: list[dict], best: dict | None, max_accuracy_drop: float)
         if source_accuracy is not None:
             ax.axhline(source_accuracy - max_accuracy_drop, color="grey", linestyle="--",
                        label=f"tolerance (source − {max_accuracy_drop:g})")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     metric = "accuracy" if finished and "accuracy" in finished[0]["metrics"] else "agreement"
     ax.set_xlabel("latency p50 (ms, single example)")
     ax.set_ylabel(metric)

@@ -153,6 +153,19 @@ def io_tensors(interpreter) -> tuple[list[TensorInfo], list[TensorInfo]]:
     return inputs, outputs
 
 
+def match_order(tensors: list[TensorInfo], names: list[str]) -> list[int]:
+    """For each tensor, the index of its counterpart in ``names`` (the source model's order).
+
+    Tensors are matched by name when the names agree (``x`` also matches ``x:0``); otherwise
+    by position, which is how the converter orders a model's inputs and outputs.
+    """
+    base = [n.split(":")[0] for n in names]
+    by_name = {n: i for i, n in enumerate(base)}
+    if len(by_name) == len(tensors) and all(t.name.split(":")[0] in by_name for t in tensors):
+        return [by_name[t.name.split(":")[0]] for t in tensors]
+    return list(range(len(tensors)))
+
+
 def quantize(x: np.ndarray, tensor: TensorInfo) -> np.ndarray:
     """Real values -> the tensor's dtype: ``round(x / scale + zero_point)``, clipped to its range.
 

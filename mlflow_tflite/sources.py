@@ -22,10 +22,12 @@ class Source:
 
     Attributes:
         name: default registered model name, e.g. ``"digits-cnn"``.
-        kind: ``"tf_keras"``, ``"keras3"`` or ``"saved_model"``.
+        kind: ``"tf_keras"``, ``"keras3"``, ``"saved_model"`` or ``"frozen_graph"``.
         uri: what the run records as its ``source`` param (a path, or ``demo:digits-cnn``).
         input_shapes: one shape per input, batch first (``-1`` for dynamic dims).
         output_shapes: one shape per output, batch first.
+        input_names, output_names: names of the inputs/outputs in the order above; the
+            converted model's tensors are matched to them by name when the names agree.
         predict_fn: list of float32 input arrays -> list of float32 output arrays.
         converter_fn: () -> a new ``tf.lite.TFLiteConverter`` for this model.
         keras_model: the tf_keras model when ``kind == "tf_keras"`` (pruning needs it).
@@ -38,7 +40,10 @@ class Source:
     output_shapes: list[tuple[int, ...]]
     predict_fn: Callable[[list[np.ndarray]], list[np.ndarray]]
     converter_fn: Callable[[], Any]
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
     keras_model: Any = None
+    lineage: dict[str, str] = field(default_factory=dict)
     _keep_alive: list = field(default_factory=list, repr=False)
 
     def predict(self, arrays: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
@@ -53,10 +58,9 @@ class Source:
 
     @property
     def num_classes(self) -> int | None:
-        """Size of the class-score output (a single 2-D output with > 1 column), else ``None``."""
-        if len(self.output_shapes) == 1 and len(self.output_shapes[0]) == 2 and self.output_shapes[0][1] > 1:
-            return int(self.output_shapes[0][1])
-        return None
+        """Size of the first output when it is a vector of class scores ``(N, C)``, C > 1, else ``None``."""
+        first = self.output_shapes[0]
+        return int(first[1]) if len(first) == 2 and first[1] > 1 else None
 
 
 def _shape(shape) -> tuple[int, ...]:
@@ -79,6 +83,8 @@ def from_tf_keras(model, uri: str | None = None) -> Source:
         output_shapes=[_shape(t.shape) for t in model.outputs],
         predict_fn=predict,
         converter_fn=lambda: tf.lite.TFLiteConverter.from_keras_model(model),
+        input_names=list(model.input_names),
+        output_names=list(model.output_names),
         keras_model=model,
     )
 
@@ -98,9 +104,27 @@ def from_keras3(model, uri: str | None = None) -> Source:
         outputs = model(arrays if len(arrays) > 1 else arrays[0], training=False)
         return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
 
+    _check_export(source, predict)
     source.name, source.kind, source.predict_fn = model.name, "keras3", predict
     source._keep_alive.append(export_dir)
     return source
+
+
+def _check_export(exported: Source, keras_predict) -> None:
+    """The exported SavedModel must compute what the Keras model computes (same weights).
+
+    Raises:
+        TFLiteError: outputs differ by more than 1e-4 (relative to their scale) on a probe input.
+    """
+    rng = np.random.default_rng(0)
+    probe = [rng.random((2, *[1 if d == -1 else d for d in shape[1:]]), dtype=np.float32) for shape in exported.input_shapes]
+    for ours, theirs in zip(keras_predict(probe), exported.predict_fn(probe)):
+        scale = max(1.0, float(np.abs(ours).max()))
+        if np.abs(np.asarray(ours) - np.asarray(theirs)).max() > 1e-4 * scale:
+            raise TFLiteError(
+                f"the SavedModel exported from Keras 3 model {exported.uri!r} does not reproduce its outputs; "
+                "save the model with model.export() yourself and pass the SavedModel directory"
+            )
 
 
 def from_saved_model(path: str | Path, signature_key: str = "serving_default", uri: str | None = None) -> Source:
@@ -132,10 +156,156 @@ def from_saved_model(path: str | Path, signature_key: str = "serving_default", u
         uri=str(path.resolve()),
         input_shapes=[_shape(input_specs[n].shape) for n in input_names],
         output_shapes=[_shape(function.structured_outputs[n].shape) for n in output_names],
+        input_names=input_names,
+        output_names=output_names,
         predict_fn=predict,
         converter_fn=lambda: tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=[signature_key]),
         _keep_alive=[loaded],
     )
+
+
+def _graph_candidates(graph_def) -> tuple[list[str], list[str]]:
+    """(placeholder names, names of ops nothing consumes): likely input and output arrays."""
+    consumed = {name.lstrip("^").split(":")[0] for node in graph_def.node for name in node.input}
+    inputs = [node.name for node in graph_def.node if node.op == "Placeholder"]
+    outputs = [node.name for node in graph_def.node
+               if node.name not in consumed and node.op not in ("Const", "NoOp", "Placeholder", "Assert")]
+    return inputs, outputs
+
+
+def _placeholder_shape(graph_def, name: str) -> tuple[int, ...]:
+    node = next(n for n in graph_def.node if n.name == name)
+    dims = node.attr["shape"].shape.dim if "shape" in node.attr else []
+    return tuple(int(d.size) if d.size >= 0 else -1 for d in dims)
+
+
+def from_frozen_graph(
+    path: str | Path,
+    input_arrays: list[str],
+    output_arrays: list[str],
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+) -> Source:
+    """Source for a TF1 frozen graph (a ``.pb`` GraphDef with weights folded into constants).
+
+    Reference outputs come from running the graph itself (``tf.compat.v1.wrap_function`` around
+    ``import_graph_def``); conversion uses ``tf.compat.v1.lite.TFLiteConverter.from_frozen_graph``.
+
+    Args:
+        path: the ``.pb`` file.
+        input_arrays, output_arrays: node names of the inputs and outputs.
+        input_shapes: shape per input name (batch first); default the placeholders' shapes,
+            with an unknown batch dimension taken as dynamic.
+
+    Raises:
+        TFLiteError: the file is not a GraphDef, or an array name is not in the graph (the
+            message lists the candidate placeholders / unconsumed ops), or a shape is unknown.
+    """
+    import tensorflow as tf
+
+    path = Path(path)
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(path.read_bytes())
+    except Exception:
+        raise TFLiteError(f"model file {str(path)!r} is not a TensorFlow GraphDef (.pb frozen graph)") from None
+    candidate_inputs, candidate_outputs = _graph_candidates(graph_def)
+    names = {node.name for node in graph_def.node}
+    if not input_arrays or not output_arrays:
+        raise TFLiteError(
+            f"frozen graph {path.name!r} needs input_arrays and output_arrays; candidates: inputs "
+            f"{candidate_inputs}, outputs {candidate_outputs[:20]}"
+        )
+    for kind, given, candidates in (("input", input_arrays, candidate_inputs), ("output", output_arrays, candidate_outputs)):
+        missing = [name for name in given if name not in names]
+        if missing:
+            raise TFLiteError(
+                f"{kind}_arrays {missing} are not nodes of frozen graph {path.name!r}; candidates: {candidates[:20]}"
+            )
+    shapes = {name: tuple((input_shapes or {}).get(name) or _placeholder_shape(graph_def, name)) for name in input_arrays}
+    for name, shape in shapes.items():
+        if not shape or any(d == -1 for d in shape[1:]):
+            raise TFLiteError(
+                f"input {name!r} of frozen graph {path.name!r} has unknown shape {shape}; pass input_shapes, "
+                f"e.g. {name}:1,224,224,3"
+            )
+    dtypes = {n.name: tf.as_dtype(n.attr["dtype"].type) for n in graph_def.node if n.name in input_arrays}
+
+    def imported(*tensors):
+        return tf.compat.v1.import_graph_def(
+            graph_def, input_map={f"{n}:0": t for n, t in zip(input_arrays, tensors)},
+            return_elements=[f"{n}:0" for n in output_arrays],
+        )
+
+    specs = [tf.TensorSpec([None, *shapes[n][1:]], dtypes[n]) for n in input_arrays]
+    function = tf.compat.v1.wrap_function(imported, specs)
+
+    def predict(arrays):
+        return [np.asarray(o) for o in function(*[tf.constant(a, dtype=dtypes[n]) for n, a in zip(input_arrays, arrays)])]
+
+    probe = [np.zeros((1, *shapes[n][1:]), dtypes[n].as_numpy_dtype) for n in input_arrays]
+    output_shapes = [(-1, *o.shape[1:]) for o in predict(probe)]
+    converter_shapes = {n: [1 if d == -1 else d for d in shapes[n]] for n in input_arrays}
+    return Source(
+        name=path.stem,
+        kind="frozen_graph",
+        uri=str(path.resolve()),
+        input_shapes=[(-1, *shapes[n][1:]) for n in input_arrays],
+        output_shapes=output_shapes,
+        input_names=list(input_arrays),
+        output_names=list(output_arrays),
+        predict_fn=predict,
+        converter_fn=lambda: tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
+            str(path), input_arrays, output_arrays, converter_shapes
+        ),
+        _keep_alive=[function],
+    )
+
+
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "models:")
+
+
+def from_mlflow_model(model_uri: str) -> Source:
+    """Source for an MLflow model of the ``tensorflow`` or ``keras`` flavor.
+
+    The model is downloaded once; SavedModels (``tensorflow`` flavor, TF2 module) convert from
+    their directory, Keras models through :func:`from_keras_model`. ``lineage`` records the
+    source model URI and the run that logged it (logged as tags on each variant run).
+
+    Raises:
+        TFLiteError: the URI does not resolve to a model, or the model is of another flavor.
+    """
+    import mlflow
+    from mlflow.models import Model
+    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+        local = Path(_download_artifact_from_uri(model_uri))
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise TFLiteError(f"MLflow model {model_uri!r} could not be found ({reason}); check the name, version or run id") from None
+    flavors = Model.load(str(local)).flavors
+    if "tensorflow" in flavors and "saved_model_dir" in flavors["tensorflow"]:
+        source = from_saved_model(local / flavors["tensorflow"]["saved_model_dir"], uri=model_uri)
+    elif "keras" in flavors:
+        source = from_keras_model(mlflow.keras.load_model(str(local)), uri=model_uri)
+    elif "tensorflow" in flavors:
+        source = from_keras_model(mlflow.tensorflow.load_model(str(local)), uri=model_uri)
+    else:
+        raise TFLiteError(
+            f"MLflow model {model_uri!r} has flavors {sorted(f for f in flavors if f != 'python_function')}; "
+            "mlflow-tflite converts models of the tensorflow or keras flavor"
+        )
+    source.name = _name_from_uri(model_uri, source.name)
+    source.lineage = {"source_model_uri": model_uri, "source_run_id": info.run_id or ""}
+    return source
+
+
+def _name_from_uri(model_uri: str, fallback: str) -> str:
+    """``models:/digits/3`` or ``models:/digits@champion`` -> ``digits``; else the fallback."""
+    if model_uri.startswith("models:/"):
+        return model_uri[len("models:/"):].split("/")[0].split("@")[0] or fallback
+    return fallback
 
 
 def _is_tf_keras(model) -> bool:
@@ -164,39 +334,79 @@ def _load_keras_file(path: Path):
             raise keras3_error from None
 
 
-def open_source(model: Any) -> Source:
-    """Open the ``model`` parameter: a Keras model object or a path.
+SOURCE_FORMATS = ("keras", "h5", "saved_model", "frozen_graph", "mlflow")
 
-    Args:
-        model: a tf_keras / Keras 3 model, a ``.keras`` or ``.h5`` file, or a SavedModel directory.
 
-    Returns:
-        A :class:`Source`; ``name`` is the file or directory stem.
+def detect_format(model: str) -> str:
+    """The source format of a ``model`` parameter, from its URI scheme, suffix or contents.
 
     Raises:
-        TFLiteError: the path does not exist or is not a model of a supported format.
+        TFLiteError: the path does not exist or its format is not recognised.
     """
-    if not isinstance(model, (str, Path)):
-        return from_keras_model(model)
+    if model.startswith(MLFLOW_SCHEMES):
+        return "mlflow"
     path = Path(model)
     if not path.exists():
         raise TFLiteError(
-            f"model {str(path)!r} does not exist; pass a .keras/.h5 file or a SavedModel directory "
-            "(or omit model for the digits demo)"
+            f"model {model!r} does not exist; pass a .keras/.h5/.pb file, a SavedModel directory or an "
+            "MLflow model URI (or omit model for the digits demo)"
         )
     if path.is_dir():
         if not (path / "saved_model.pb").exists():
-            raise TFLiteError(f"directory {str(path)!r} is not a SavedModel (no saved_model.pb inside)")
-        return from_saved_model(path)
-    if path.suffix not in (".keras", ".h5"):
+            raise TFLiteError(f"directory {model!r} is not a SavedModel (no saved_model.pb inside)")
+        return "saved_model"
+    formats = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".pb": "frozen_graph"}
+    if path.suffix not in formats:
         raise TFLiteError(
-            f"model file {str(path)!r} has an unknown format {path.suffix!r}; use .keras, .h5 or a SavedModel directory"
+            f"model file {model!r} has an unknown format {path.suffix!r}; use .keras, .h5, .pb (frozen graph), "
+            "a SavedModel directory, or set source_format"
         )
+    return formats[path.suffix]
+
+
+def open_source(
+    model: Any,
+    source_format: str | None = None,
+    signature_key: str = "serving_default",
+    input_arrays: list[str] | None = None,
+    output_arrays: list[str] | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+) -> Source:
+    """Open the ``model`` parameter: a Keras model object, a path or an MLflow model URI.
+
+    Args:
+        model: a tf_keras / Keras 3 model, a ``.keras`` / ``.h5`` file, a SavedModel (or TF Hub
+            SavedModel) directory, a ``.pb`` frozen graph, or ``models:/...`` / ``runs:/...``.
+        source_format: one of :data:`SOURCE_FORMATS` to override detection.
+        signature_key: the SavedModel signature to convert.
+        input_arrays, output_arrays, input_shapes: frozen graph node names and shapes.
+
+    Returns:
+        A :class:`Source`; ``name`` is the file/directory stem or registered model name.
+
+    Raises:
+        TFLiteError: a missing path, an unknown format, or a file that is not a model of it.
+    """
+    if not isinstance(model, (str, Path)):
+        return from_keras_model(model)
+    model = str(model)
+    if source_format not in (None, *SOURCE_FORMATS):
+        raise TFLiteError(f"source_format {source_format!r} is unknown; use one of {', '.join(SOURCE_FORMATS)}")
+    source_format = source_format or detect_format(model)
+    if source_format == "mlflow":
+        return from_mlflow_model(model)
+    path = Path(model)
+    if not path.exists():
+        raise TFLiteError(f"model {model!r} does not exist; pass the path of a {source_format} model")
+    if source_format == "saved_model":
+        return from_saved_model(path, signature_key)
+    if source_format == "frozen_graph":
+        return from_frozen_graph(path, input_arrays or [], output_arrays or [], input_shapes)
     try:
         keras_model = _load_keras_file(path)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TFLiteError(f"model file {str(path)!r} could not be loaded as a Keras model ({reason[:200]})") from None
+        raise TFLiteError(f"model file {model!r} could not be loaded as a Keras model ({reason[:200]})") from None
     source = from_keras_model(keras_model, uri=str(path.resolve()))
     source.name = path.stem
     return source

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
 
 from mlflow_tflite import pipeline, selection, tracking
 from mlflow_tflite.data import load_dataset
