@@ -76,10 +76,10 @@ def prepare(model=None, data: str | None = None) -> Prepared:
             fit the model (see ``data.validate_dataset``).
     """
     if model is None and data is None:
-        from mlflow_tflite.demo import train_digits_cnn
+        from mlflow_tflite.demo import load_or_train_digits_cnn
 
         dataset = load_dataset(None)
-        source = from_tf_keras(train_digits_cnn(dataset), uri=DEMO_URI)
+        source = from_tf_keras(load_or_train_digits_cnn(dataset), uri=DEMO_URI)
         source.name = DEMO_NAME
     elif model is None:
         raise TFLiteError(f"data {data!r} was given without a model; pass model too (or neither for the demo)")

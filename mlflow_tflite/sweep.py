@@ -1,9 +1,9 @@
 """Sweeps: a grid of variants as child runs of one parent run, compared, and the best registered.
 
 Execution: variants run in ``workers`` worker processes (``concurrent.futures`` with the spawn
-start method). Each worker imports TensorFlow and opens the source once; the demo CNN is trained
-once and shared through a saved .h5; each pruned or resized model is built once (phase 2) and
-shared the same way. Workers return results; only the parent process writes to MLflow, so the
+start method). Each worker imports TensorFlow and opens the source once (the demo CNN is trained
+once and shared through its on-disk cache, ``demo.load_or_train_digits_cnn``); each pruned or
+resized model is built once (phase 2) and shared with the other workers as a saved .h5. Workers return results; only the parent process writes to MLflow, so the
 tracking store has a single writer. A worker that crashes fails only its variant: the remaining
 variants run one at a time in a fresh worker.
 """
@@ -102,19 +102,16 @@ def _worker_init(model: str | None, data: str | None, workdir: str, num_threads:
 
 
 def _prepared() -> pipeline.Prepared:
-    """This worker's shared inputs; the demo is trained by the first worker and saved for the rest."""
-    if "prepared" in _WORKER:
-        return _WORKER["prepared"]
-    model, data, saved = _WORKER["model"], _WORKER["data"], _WORKER["workdir"] / "demo-source.h5"
-    if model is None and data is None and saved.exists():
-        prepared = pipeline.prepare(str(saved), "digits")
-        prepared.source.name, prepared.source.uri = pipeline.DEMO_NAME, pipeline.DEMO_URI
-    else:
-        prepared = pipeline.prepare(model, data)
-        if model is None and data is None:
-            prepared.source.keras_model.save(saved)
-    _WORKER["prepared"] = prepared
-    return prepared
+    """This worker's shared inputs, opened once (the demo CNN comes from its on-disk cache)."""
+    if "prepared" not in _WORKER:
+        _WORKER["prepared"] = pipeline.prepare(_WORKER["model"], _WORKER["data"])
+    return _WORKER["prepared"]
+
+
+def _warm_up(_: object = None) -> None:
+    """Import TensorFlow in a new worker while the first one opens the source."""
+    import tensorflow  # noqa: F401
+    import tf_keras  # noqa: F401
 
 
 def _model_file(variant: Variant) -> Path:
@@ -182,9 +179,13 @@ class Workers:
 
     def _pool(self, count: int | None = None) -> ProcessPoolExecutor:
         if self.pool is None:
+            count = count or self.count
             self.pool = ProcessPoolExecutor(
-                count or self.count, mp_context=get_context("spawn"), initializer=_worker_init, initargs=self.initargs
+                count, mp_context=get_context("spawn"), initializer=_worker_init, initargs=self.initargs
             )
+            # Workers start on demand; one warm-up task each starts them all now, in parallel.
+            for _ in range(count if count > 1 else 0):
+                self.pool.submit(_warm_up)
         return self.pool
 
     def _reset(self) -> None:
