@@ -70,6 +70,19 @@ def _shared_options(command):
                      help="Registry name; auto derives it from the source (digits-cnn for the demo)."),
         click.option("--num-threads", default=1, type=int, show_default=True, help="LiteRT threads for latency/pyfunc."),
         click.option("--no-register", is_flag=True, help="Log the run(s) but do not register a model."),
+        click.option("--task", default="auto", show_default=True,
+                     help="classification, fidelity (regression/embeddings/detection), or auto."),
+        click.option("--source-format", default=AUTO, show_default=True,
+                     help="keras, h5, saved_model, frozen_graph, mlflow, or auto (detected)."),
+        click.option("--signature-key", default="serving_default", show_default=True, help="SavedModel signature."),
+        click.option("--input-arrays", default="", help="Frozen graph input node names, comma-separated."),
+        click.option("--output-arrays", default="", help="Frozen graph output node names, comma-separated."),
+        click.option("--input-shapes", default="", help="Frozen graph shapes: name:1,224,224,3;other:1,10"),
+        click.option("--resize", default=NATIVE, show_default=True, help="Resize images to this square side, or native."),
+        click.option("--scale", default=1.0, type=float, show_default=True, help="Multiply raw values (1/255 = 0.00392...)."),
+        click.option("--mean", default="", help="Per-channel mean to subtract after scaling, comma-separated."),
+        click.option("--std", default="", help="Per-channel std to divide by, comma-separated."),
+        click.option("--channels", default=AUTO, show_default=True, help="Image folder channels: 1, 3 or auto."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -82,7 +95,8 @@ def _shared_options(command):
 @click.option("--sparsity", default=0.0, type=float, show_default=True, help="Target pruned fraction in [0, 1).")
 @click.option("--input-size", default=NATIVE, show_default=True, help="Square input side in pixels, or native.")
 def convert(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, registered_model_name,
-            num_threads, no_register):
+            num_threads, no_register, task, source_format, signature_key, input_arrays, output_arrays, input_shapes,
+            resize, scale, mean, std, channels):
     """Convert one variant, evaluate it and log it as an MLflow run (the `main` entry point)."""
     from mlflow_tflite.pipeline import prepare, run_variant
     from mlflow_tflite.variants import Variant
@@ -92,10 +106,56 @@ def convert(model, data, quant, sparsity, input_size, calibration_samples, ops, 
     Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type)
     if num_threads < 1:
         raise TFLiteError(f"num_threads={num_threads} must be >= 1")
-    prepared = prepare(_given(model), _given(data))
+    options = _open_options(task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize,
+                            scale, mean, std, channels)
+    prepared = prepare(_given(model), _given(data), **options)
     variant = Variant(quant, sparsity, requested_size or prepared.native_input_size, calibration_samples, ops, io_type)
     result = run_variant(prepared, variant, _given(registered_model_name), num_threads, register=not no_register)
     _print_result(result)
+
+
+def _floats(value: str, name: str) -> tuple[float, ...] | None:
+    if value in ("", "none"):
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise TFLiteError(f"{name} {value!r} is not a comma-separated list of numbers, e.g. 0.485,0.456,0.406") from None
+
+
+def _input_shapes(value: str) -> dict[str, tuple[int, ...]] | None:
+    """'a:1,8,8,1;b:1,4' -> {'a': (1, 8, 8, 1), 'b': (1, 4)}."""
+    if not value:
+        return None
+    shapes = {}
+    for part in value.split(";"):
+        name, _, dims = part.partition(":")
+        try:
+            shapes[name.strip()] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise TFLiteError(f"input_shapes part {part!r} is not name:d1,d2,...; e.g. input:1,224,224,3") from None
+    return shapes
+
+
+def _open_options(task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize, scale,
+                  mean, std, channels) -> dict:
+    """`pipeline.prepare` keyword arguments from the shared CLI options."""
+    from mlflow_tflite.data import Preprocessing
+
+    preprocessing = Preprocessing(
+        _optional_int(resize, "resize"), scale, _floats(mean, "mean"), _floats(std, "std"),
+        None if channels in ("", AUTO) else _optional_int(channels, "channels"),
+    )
+    split = lambda v: [n.strip() for n in v.split(",") if n.strip()] or None  # noqa: E731
+    return {
+        "task": task,
+        "preprocessing": None if preprocessing == type(preprocessing)() else preprocessing,
+        "source_format": _given(source_format),
+        "signature_key": signature_key,
+        "input_arrays": split(input_arrays),
+        "output_arrays": split(output_arrays),
+        "input_shapes": _input_shapes(input_shapes),
+    }
 
 
 def _optional_float(value: str | float | None, name: str) -> float | None:
@@ -120,7 +180,9 @@ def _optional_float(value: str | float | None, name: str) -> float | None:
 @click.option("--workers", default=1, type=int, show_default=True, help="Worker processes.")
 @click.option("--resume", default="", help="Parent run id of an interrupted sweep: FINISHED variants are skipped.")
 def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, max_accuracy_drop, objective,
-          max_size_bytes, max_latency_ms, registered_model_name, workers, num_threads, resume, no_register):
+          max_size_bytes, max_latency_ms, registered_model_name, workers, num_threads, resume, no_register,
+          task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize, scale, mean, std,
+          channels):
     """Run a grid of variants as child runs of one parent run; register the best (`sweep` entry point)."""
     from mlflow_tflite.sweep import SweepConfig, run_sweep
     from mlflow_tflite.variants import expand_grid, parse_list
@@ -129,8 +191,10 @@ def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io
     variants = expand_grid(
         parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float), sizes, calibration_samples, ops, io_type
     )
+    options = _open_options(task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize,
+                            scale, mean, std, channels)
     config = SweepConfig(
-        variants, _given(model), _given(data), objective, max_accuracy_drop,
+        variants, _given(model), _given(data), options, objective, max_accuracy_drop,
         _optional_float(max_size_bytes, "max_size_bytes"), _optional_float(max_latency_ms, "max_latency_ms"),
         _given(registered_model_name), workers, num_threads, None if resume in ("", "none") else resume,
         not no_register,

@@ -101,7 +101,19 @@ def convert(source: Source, variant: Variant, calibration: list[np.ndarray] | No
     return Conversion(tflite_model, time.perf_counter() - started)
 
 
+def unsupported_ops(message: str) -> list[str]:
+    """TensorFlow op names the converter could not lower to TFLite builtins, from its error text."""
+    import re
+
+    names = re.findall(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op", message)
+    return sorted(set(names))
+
+
 def _conversion_error_message(variant: Variant, error: Exception) -> str:
+    ops = unsupported_ops(str(error))
+    if ops and variant.ops == "builtins":
+        return (f"conversion of variant {variant.name!r} failed: ops {', '.join(ops)} are not TFLite builtins; "
+                "set ops=select_tf to run them as Flex (SELECT_TF_OPS) ops")
     lines = [line.strip() for line in str(error).splitlines() if "error:" in line] or [
         line.strip() for line in str(error).splitlines() if line.strip()
     ]

@@ -20,8 +20,10 @@ class Dataset:
         name: short name used for MLflow dataset inputs, e.g. ``"digits"``.
         source: where the data came from (a path, or ``sklearn.datasets.load_digits``).
         x_train: float32 ``(N_train, *input_shape)``; the representative dataset is drawn from it.
-        x_test: float32 ``(N_test, *input_shape)``; held out for evaluation.
+            For a model with several inputs, a list with one such array per input (model order).
+        x_test: float32 ``(N_test, *input_shape)`` (or a list); held out for evaluation.
         y_train, y_test: int64 class labels ``(N,)``, or ``None`` for fidelity-only data.
+        preprocessing: the preprocessing applied at load time (logged as run params).
     """
 
     name: str
@@ -30,11 +32,75 @@ class Dataset:
     x_test: np.ndarray
     y_train: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    preprocessing: "Preprocessing | None" = None
+
+    @property
+    def train_inputs(self) -> list[np.ndarray]:
+        """The train split as one array per model input."""
+        return as_inputs(self.x_train)
+
+    @property
+    def test_inputs(self) -> list[np.ndarray]:
+        """The test split as one array per model input."""
+        return as_inputs(self.x_test)
 
     @property
     def labelled(self) -> bool:
         """True when the test split has labels (accuracy metrics can be computed)."""
         return self.y_test is not None
+
+
+def as_inputs(x) -> list[np.ndarray]:
+    """An array (one input) or a list of arrays (several inputs) -> a list of arrays."""
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Explicit preprocessing, applied once at load time so calibration, evaluation and the
+    logged input example all see the same values.
+
+    Attributes:
+        resize: side in pixels of the square image each example is resized to (bilinear), or None.
+        scale: factor applied to the raw values (``1/255`` for 8-bit images).
+        mean, std: per-channel normalisation ``(x * scale - mean) / std``, or None.
+        channels: 1 (grey) or 3 (RGB) for image folders; None keeps the files' own.
+    """
+
+    resize: int | None = None
+    scale: float = 1.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: int | None = None
+
+    def __post_init__(self):
+        if self.resize is not None and self.resize <= 0:
+            raise TFLiteError(f"resize={self.resize} must be a positive number of pixels")
+        if self.channels not in (None, 1, 3):
+            raise TFLiteError(f"channels={self.channels} must be 1 (grey) or 3 (RGB)")
+        if self.std is not None and any(v == 0 for v in self.std):
+            raise TFLiteError(f"std={self.std} has a zero; every channel's std must be non-zero")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``(N, ...)`` raw values -> float32 ``(x * scale - mean) / std`` (resized first if asked)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.resize is not None and x.ndim == 4 and x.shape[1:3] != (self.resize, self.resize):
+            from mlflow_tflite.optimize import resize_images
+
+            x = resize_images(x, self.resize)
+        x = x * np.float32(self.scale)
+        if self.mean is not None:
+            x = x - np.asarray(self.mean, np.float32)
+        if self.std is not None:
+            x = x / np.asarray(self.std, np.float32)
+        return x
+
+    def as_params(self) -> dict[str, object]:
+        """Run params ``preprocess_resize``, ``preprocess_scale``, ... (``None`` values left out)."""
+        values = {"resize": self.resize, "scale": self.scale, "mean": self.mean, "std": self.std,
+                  "channels": self.channels}
+        return {f"preprocess_{k}": (",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else v)
+                for k, v in values.items() if v is not None}
 
 
 def load_digits_dataset(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
@@ -58,10 +124,20 @@ def load_digits_dataset(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     return Dataset("digits", DIGITS_SOURCE, x_train, x_test, y_train, y_test)
 
 
-def load_npz(path: str | Path, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+def _numbered(arrays: dict, prefix: str) -> list[np.ndarray] | None:
+    """``x_train_0``, ``x_train_1``, ... (several model inputs) as a list, or None."""
+    keys = sorted((k for k in arrays if k.startswith(prefix + "_") and k[len(prefix) + 1:].isdigit()),
+                  key=lambda k: int(k[len(prefix) + 1:]))
+    return [arrays[k] for k in keys] or None
+
+
+def load_npz(path: str | Path, test_fraction: float = 0.25, seed: int = 0,
+             preprocessing: Preprocessing | None = None) -> Dataset:
     """A .npz file with ``x_train``, ``y_train``, ``x_test``, ``y_test``, or ``x`` and ``y`` to split.
 
-    ``y`` arrays are optional (fidelity-only data). Features are cast to float32, labels to int64.
+    ``y`` arrays are optional (fidelity-only data). A model with several inputs takes
+    ``x_train_0``, ``x_train_1``, ... and ``x_test_0``, ... (one per input, in model order).
+    Features are cast to float32 (then preprocessed), labels to int64.
 
     Raises:
         TFLiteError: the file is missing or lacks the required keys.
@@ -71,25 +147,88 @@ def load_npz(path: str | Path, test_fraction: float = 0.25, seed: int = 0) -> Da
         raise TFLiteError(f"data file {str(path)!r} does not exist; pass a .npz file or omit data for the digits demo")
     with np.load(path, allow_pickle=False) as archive:
         arrays = {key: archive[key] for key in archive.files}
-    if {"x_train", "x_test"} <= arrays.keys():
-        parts = [arrays["x_train"], arrays["x_test"], arrays.get("y_train"), arrays.get("y_test")]
+    x_train = arrays.get("x_train", _numbered(arrays, "x_train"))
+    x_test = arrays.get("x_test", _numbered(arrays, "x_test"))
+    if x_train is not None and x_test is not None:
+        parts = [x_train, x_test, arrays.get("y_train"), arrays.get("y_test")]
     elif "x" in arrays:
         parts = _split(arrays["x"], arrays.get("y"), test_fraction, seed)
     else:
         raise TFLiteError(
             f"data file {str(path)!r} has keys {sorted(arrays)}; it needs x_train, x_test "
-            "(and y_train, y_test for labels) or x (and y) to split"
+            "(and y_train, y_test for labels), or x (and y) to split"
         )
-    x_train, x_test, y_train, y_test = parts
-    as_labels = lambda y: None if y is None else np.asarray(y).astype(np.int64)  # noqa: E731
-    return Dataset(
-        path.stem,
-        str(path.resolve()),
-        np.asarray(x_train, dtype=np.float32),
-        np.asarray(x_test, dtype=np.float32),
-        as_labels(y_train),
-        as_labels(y_test),
-    )
+    return _dataset(path, *parts, preprocessing=preprocessing)
+
+
+def _dataset(path: Path, x_train, x_test, y_train, y_test, preprocessing: Preprocessing | None) -> Dataset:
+    prep = preprocessing or Preprocessing()
+    features = lambda x: [prep.apply(a) for a in x] if isinstance(x, list) else prep.apply(x)  # noqa: E731
+    labels = lambda y: None if y is None else np.asarray(y).astype(np.int64)  # noqa: E731
+    return Dataset(path.stem, str(path.resolve()), features(x_train), features(x_test), labels(y_train),
+                   labels(y_test), preprocessing)
+
+
+def load_npy(path: str | Path, test_fraction: float = 0.25, seed: int = 0,
+             preprocessing: Preprocessing | None = None) -> Dataset:
+    """An unlabelled ``.npy`` array ``(N, ...)``: fidelity-only data split into calibration and evaluation.
+
+    Raises:
+        TFLiteError: the file is missing or holds fewer than 2 examples.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TFLiteError(f"data file {str(path)!r} does not exist; pass an existing .npy file")
+    x = np.load(path, allow_pickle=False)
+    if x.ndim < 1 or len(x) < 2:
+        raise TFLiteError(f"data file {str(path)!r} holds {x.shape}; it needs at least 2 examples along axis 0")
+    x_train, x_test, _, _ = _split(x, None, test_fraction, seed)
+    return _dataset(path, x_train, x_test, None, None, preprocessing)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def load_image_folder(path: str | Path, test_fraction: float = 0.25, seed: int = 0,
+                      preprocessing: Preprocessing | None = None) -> Dataset:
+    """Images in one sub-folder per class (``root/<class>/*.png``); labels by sorted class name.
+
+    Pixels are read with Pillow as uint8 (grey or RGB per ``preprocessing.channels``, else as
+    the files are), resized if ``preprocessing.resize`` is set, then scaled/normalised. The
+    split is stratified.
+
+    Raises:
+        TFLiteError: no class folders or images, or images of different sizes without a resize.
+    """
+    from PIL import Image
+
+    root, prep = Path(path), preprocessing or Preprocessing()
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files = [(f, label) for label, name in enumerate(classes) for f in sorted((root / name).iterdir())
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise TFLiteError(f"image folder {str(root)!r} has no class sub-folders with images; use root/<class>/*.png")
+    mode = {1: "L", 3: "RGB", None: None}[prep.channels]
+    images = []
+    for file, _ in files:
+        with Image.open(file) as image:
+            image = image.convert(mode) if mode else image
+            if prep.resize:
+                image = image.resize((prep.resize, prep.resize), Image.BILINEAR)
+            images.append(np.asarray(image))
+    sizes = sorted({im.shape for im in images})
+    if len(sizes) > 1:
+        raise TFLiteError(
+            f"images in {str(root)!r} have different sizes {sizes[:4]}; set a resize (e.g. resize=96) to make them equal"
+        )
+    x = np.stack(images).astype(np.float32)
+    x = x[..., np.newaxis] if x.ndim == 3 else x
+    y = np.array([label for _, label in files], np.int64)
+    x_train, x_test, y_train, y_test = _split(x, y, test_fraction, seed)
+    resized_already = Preprocessing(None, prep.scale, prep.mean, prep.std, prep.channels)
+    dataset = _dataset(root, x_train, x_test, y_train, y_test, resized_already)
+    dataset.preprocessing = prep
+    return dataset
 
 
 def _split(x, y, test_fraction: float, seed: int):
@@ -101,39 +240,50 @@ def _split(x, y, test_fraction: float, seed: int):
     return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
 
 
-def load_dataset(data: str | None) -> Dataset:
-    """The data set named by the ``data`` parameter: empty or ``digits`` -> scikit-learn digits, else a .npz file."""
+def load_dataset(data: str | None, preprocessing: Preprocessing | None = None) -> Dataset:
+    """The data set named by the ``data`` parameter.
+
+    Empty or ``digits`` -> scikit-learn digits; a ``.npz`` or ``.npy`` file; a directory of
+    class sub-folders of images.
+
+    Raises:
+        TFLiteError: a path that does not exist or is none of these.
+    """
     if not data or data == "digits":
-        return load_digits_dataset()
-    if Path(data).suffix != ".npz":
-        raise TFLiteError(f"data {data!r} is not a .npz file; pass a .npz with x_train/x_test arrays")
-    return load_npz(data)
+        dataset = load_digits_dataset()
+        if preprocessing is not None:
+            dataset = Dataset(dataset.name, dataset.source, preprocessing.apply(dataset.x_train),
+                              preprocessing.apply(dataset.x_test), dataset.y_train, dataset.y_test, preprocessing)
+        return dataset
+    path = Path(data)
+    if path.is_dir():
+        return load_image_folder(path, preprocessing=preprocessing)
+    loaders = {".npz": load_npz, ".npy": load_npy}
+    if path.suffix not in loaders:
+        raise TFLiteError(f"data {data!r} is not a .npz, .npy or image folder; pass one of those")
+    return loaders[path.suffix](path, preprocessing=preprocessing)
 
 
-def validate_dataset(dataset: Dataset, input_shape: tuple[int, ...], num_classes: int | None) -> None:
+def validate_dataset(dataset: Dataset, input_shapes: list[tuple[int, ...]], num_classes: int | None) -> None:
     """Check data against the model before any conversion.
 
     Args:
         dataset: the data.
-        input_shape: model input shape with batch first (``-1``/``None`` for dynamic dims).
+        input_shapes: one model input shape per input, batch first (``-1`` for dynamic dims).
         num_classes: size of the model's class-score output, or ``None`` if it is not one.
 
     Raises:
-        TFLiteError: NaN or inf values, a shape that does not match the model input, empty
-            splits, or labels outside ``[0, num_classes)``.
+        TFLiteError: a wrong number of inputs, NaN or inf values, a shape (or channel count)
+            that does not match the model input, empty splits, or labels outside ``[0, num_classes)``.
     """
-    for split, x in (("x_train", dataset.x_train), ("x_test", dataset.x_test)):
-        if len(x) == 0:
-            raise TFLiteError(f"{split} of {dataset.source!r} is empty; provide at least one example")
-        if not np.isfinite(x).all():
-            bad = int((~np.isfinite(x)).sum())
-            raise TFLiteError(f"{split} of {dataset.source!r} has {bad} NaN or inf values; clean or impute them")
-        expected = tuple(input_shape[1:])
-        if x.shape[1:] != expected and not _matches(x.shape[1:], expected):
+    for split, inputs in (("x_train", dataset.train_inputs), ("x_test", dataset.test_inputs)):
+        if len(inputs) != len(input_shapes):
             raise TFLiteError(
-                f"{split} of {dataset.source!r} has example shape {x.shape[1:]} but the model expects "
-                f"{expected}; reshape or resize the data"
+                f"{split} of {dataset.source!r} has {len(inputs)} input array(s) but the model takes "
+                f"{len(input_shapes)}; give {split}_0 ... {split}_{len(input_shapes) - 1}"
             )
+        for x, shape in zip(inputs, input_shapes):
+            _validate_array(dataset, split, x, tuple(shape[1:]))
     if num_classes is None:
         return
     for split, y in (("y_train", dataset.y_train), ("y_test", dataset.y_test)):
@@ -144,26 +294,47 @@ def validate_dataset(dataset: Dataset, input_shape: tuple[int, ...], num_classes
             )
 
 
+def _validate_array(dataset: Dataset, split: str, x: np.ndarray, expected: tuple) -> None:
+    if len(x) == 0:
+        raise TFLiteError(f"{split} of {dataset.source!r} is empty; provide at least one example")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise TFLiteError(f"{split} of {dataset.source!r} has {bad} NaN or inf values; clean or impute them")
+    if _matches(x.shape[1:], expected):
+        return
+    if len(expected) == 3 and x.ndim == 4 and x.shape[1:3] == expected[:2] and expected[2] != -1:
+        raise TFLiteError(
+            f"{split} of {dataset.source!r} has {x.shape[-1]} channel(s) but the model expects {expected[2]}; "
+            f"set channels={expected[2]} (image folders) or convert the data"
+        )
+    raise TFLiteError(
+        f"{split} of {dataset.source!r} has example shape {x.shape[1:]} but the model expects "
+        f"{expected}; reshape or resize the data"
+    )
+
+
 def _matches(shape: tuple[int, ...], expected: tuple) -> bool:
     return len(shape) == len(expected) and all(e in (None, -1) or e == s for s, e in zip(shape, expected))
 
 
-def calibration_sample(x_train: np.ndarray, samples: int, seed: int = 0) -> np.ndarray:
+def calibration_sample(x_train, samples: int, seed: int = 0):
     """The representative dataset: ``samples`` rows of the train split drawn without replacement.
 
     Args:
-        x_train: ``(N, ...)`` float32.
+        x_train: ``(N, ...)`` float32, or a list of them (one per input; the same rows are drawn).
         samples: how many rows (capped at N; must be > 0).
         seed: seed of the draw (``numpy.random.default_rng``).
 
     Returns:
-        ``(min(samples, N), ...)`` float32.
+        ``(min(samples, N), ...)`` float32 (a list for several inputs).
 
     Raises:
         TFLiteError: ``samples`` <= 0.
     """
     if samples <= 0:
         raise TFLiteError(f"calibration_samples={samples} must be > 0; 100-500 is typical (default 200)")
+    inputs = as_inputs(x_train)
     rng = np.random.default_rng(seed)
-    rows = rng.choice(len(x_train), size=min(samples, len(x_train)), replace=False)
-    return x_train[np.sort(rows)]
+    rows = np.sort(rng.choice(len(inputs[0]), size=min(samples, len(inputs[0])), replace=False))
+    drawn = [x[rows] for x in inputs]
+    return drawn if isinstance(x_train, (list, tuple)) else drawn[0]

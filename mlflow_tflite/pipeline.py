@@ -28,11 +28,14 @@ DEMO_NAME = DEMO_MODEL_NAME
 
 @dataclass
 class VariantModel:
-    """A source adapted to one (input size, sparsity): the model and its data at that size."""
+    """A source adapted to one (input size, sparsity): the model and its data at that size.
+
+    ``x_train`` / ``x_test`` hold one array per model input (``None`` without data).
+    """
 
     source: Source
-    x_train: np.ndarray | None
-    x_test: np.ndarray | None
+    x_train: list[np.ndarray] | None
+    x_test: list[np.ndarray] | None
 
 
 @dataclass
@@ -44,11 +47,13 @@ class Prepared:
         dataset: its data (``None`` when a model is given without data).
         reference: source outputs on ``dataset.x_test`` (one float32 array per output); every
             variant, resized or pruned, is compared against these.
+        task: ``classification`` (accuracy metrics) or ``fidelity`` (output agreement only).
     """
 
     source: Source
     dataset: Dataset | None
     reference: list[np.ndarray] | None
+    task: str = "classification"
     _variant_models: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -63,33 +68,48 @@ def native_input_size(source: Source) -> int | None:
     return shape[1] if len(shape) == 4 and shape[1] == shape[2] and shape[1] > 0 else None
 
 
-def prepare(model=None, data: str | None = None) -> Prepared:
+TASKS = ("auto", "classification", "fidelity")
+
+
+def prepare(model=None, data: str | None = None, task: str = "auto", preprocessing=None,
+            **source_options) -> Prepared:
     """Open the source and data and compute the reference outputs.
 
     Args:
-        model: a Keras model object or path (see ``sources.open_source``); ``None`` with no
-            ``data`` trains the digits demo CNN (``demo.py``).
-        data: a .npz path, ``"digits"``, or ``None``.
+        model: a Keras model object, path or MLflow model URI (see ``sources.open_source``);
+            ``None`` with no ``data`` gives the digits demo CNN (``demo.py``).
+        data: a .npz/.npy path, an image folder, ``"digits"``, or ``None``.
+        task: ``classification``, ``fidelity`` (no accuracy metrics: regression, embeddings,
+            detection heads), or ``auto``: classification when the data has labels and the
+            first output is a vector of class scores.
+        preprocessing: ``data.Preprocessing`` applied to the data at load time.
+        source_options: ``source_format``, ``signature_key``, ``input_arrays``,
+            ``output_arrays``, ``input_shapes`` (see ``sources.open_source``).
 
     Raises:
-        TFLiteError: a bad model path or format, data without a model, or data that does not
-            fit the model (see ``data.validate_dataset``).
+        TFLiteError: a bad model path or format, data without a model, an unknown task, or
+            data that does not fit the model (see ``data.validate_dataset``).
     """
+    if task not in TASKS:
+        raise TFLiteError(f"task {task!r} is unknown; use one of {', '.join(TASKS)}")
     if model is None and data is None:
         from mlflow_tflite.demo import load_or_train_digits_cnn
 
-        dataset = load_dataset(None)
+        dataset = load_dataset(None, preprocessing)
         source = from_tf_keras(load_or_train_digits_cnn(dataset), uri=DEMO_URI)
         source.name = DEMO_NAME
     elif model is None:
         raise TFLiteError(f"data {data!r} was given without a model; pass model too (or neither for the demo)")
     else:
-        source = open_source(model)
-        dataset = load_dataset(data) if data else None
+        source = open_source(model, **source_options)
+        dataset = load_dataset(data, preprocessing) if data else None
     if dataset is None:
-        return Prepared(source, None, None)
-    validate_dataset(dataset, source.input_shapes[0], source.num_classes)
-    return Prepared(source, dataset, source.predict([dataset.x_test]))
+        return Prepared(source, None, None, "fidelity")
+    classes = source.num_classes if task != "fidelity" else None
+    validate_dataset(dataset, source.input_shapes, classes)
+    if task == "auto":
+        task = "classification" if dataset.labelled and classes else "fidelity"
+    return Prepared(source, dataset, source.predict(dataset.test_inputs), task)
 
 
 def variant_model(prepared: Prepared, variant: Variant, seed: int = 0) -> VariantModel:
@@ -112,16 +132,17 @@ def _resized(prepared: Prepared, variant: Variant) -> bool:
     return variant.input_size not in (None, prepared.native_input_size)
 
 
-def _variant_data(prepared: Prepared, variant: Variant) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(x_train, x_test) at the variant's input size (bilinear resize), or ``(None, None)``."""
+def _variant_data(prepared: Prepared, variant: Variant) -> tuple[list | None, list | None]:
+    """(x_train, x_test) input lists at the variant's input size (bilinear resize), or ``(None, None)``."""
     dataset = prepared.dataset
     if dataset is None:
         return None, None
     if not _resized(prepared, variant):
-        return dataset.x_train, dataset.x_test
+        return dataset.train_inputs, dataset.test_inputs
     from mlflow_tflite.optimize import resize_images
 
-    return resize_images(dataset.x_train, variant.input_size), resize_images(dataset.x_test, variant.input_size)
+    return ([resize_images(x, variant.input_size) for x in dataset.train_inputs],
+            [resize_images(x, variant.input_size) for x in dataset.test_inputs])
 
 
 def _adapted(prepared: Prepared, variant: Variant, keras_model) -> VariantModel:
@@ -148,7 +169,8 @@ def _build_variant_model(prepared: Prepared, variant: Variant, seed: int) -> Var
         if prepared.dataset is None:
             raise TFLiteError(f"sparsity={variant.sparsity:g} needs training data to fine-tune; pass data")
         x_train, _ = _variant_data(prepared, variant)
-        keras_model = optimize.prune_model(keras_model, x_train, prepared.dataset.y_train, variant.sparsity, seed=seed)
+        train = x_train if len(x_train) > 1 else x_train[0]
+        keras_model = optimize.prune_model(keras_model, train, prepared.dataset.y_train, variant.sparsity, seed=seed)
     return _adapted(prepared, variant, keras_model)
 
 
@@ -166,19 +188,28 @@ class Outcome:
     Attributes:
         tflite_model: flatbuffer bytes.
         metrics: run metrics (see DESIGN.md contracts).
-        calibration: the representative dataset used (float32 ``(n, ...)``) or ``None``.
-        input_example: two test examples at the variant's input size.
+        calibration: the representative dataset used (one float32 ``(n, ...)`` array per input) or ``None``.
+        input_example: two test examples at the variant's input size (a dict by input name for several inputs).
+        op_inventory: op name -> count in the converted model (Flex ops appear as ``FlexXxx``).
     """
 
     tflite_model: bytes
     metrics: dict[str, float]
-    calibration: np.ndarray | None
-    input_example: np.ndarray
+    calibration: list[np.ndarray] | None
+    input_example: np.ndarray | dict
+    op_inventory: dict[str, int]
 
 
 def _probe_input(source: Source) -> np.ndarray:
     """A zero example for latency timing when there is no data."""
     return np.zeros([1 if d == -1 else d for d in source.input_shapes[0]], np.float32)
+
+
+def _example(source: Source, x_test: list[np.ndarray]):
+    """Two test examples: an array for one input, a dict by input name for several."""
+    if len(x_test) == 1:
+        return x_test[0][:2]
+    return {name: x[:2] for name, x in zip(source.input_names, x_test)}
 
 
 def convert_and_evaluate(prepared: Prepared, variant: Variant, num_threads: int = 1) -> Outcome:
@@ -196,20 +227,21 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant, num_threads: int 
     calibration = None
     if variant.calibrated and adapted.x_train is not None:
         calibration = calibration_sample(adapted.x_train, variant.calibration_samples)
-    conversion = convert.convert(adapted.source, variant, None if calibration is None else [calibration])
+    conversion = convert.convert(adapted.source, variant, calibration)
+    interpreter = runtime.make_interpreter(conversion.tflite_model, num_threads)
     if prepared.dataset is None:
         probe = _probe_input(adapted.source)
-        interpreter = runtime.make_interpreter(conversion.tflite_model, num_threads)
         metrics = {**evaluate.size_metrics(conversion.tflite_model), **runtime.measure_latency(interpreter, [probe])}
         example = probe
     else:
         metrics = evaluate.evaluate(
-            conversion.tflite_model, prepared.reference, [adapted.x_test], prepared.dataset.y_test, num_threads
+            conversion.tflite_model, prepared.reference, adapted.x_test, prepared.dataset.y_test, num_threads,
+            input_names=adapted.source.input_names, output_names=adapted.source.output_names, task=prepared.task,
         )
-        example = adapted.x_test[:2]
+        example = _example(adapted.source, adapted.x_test)
     metrics["sparsity_achieved"] = optimize.tflite_sparsity(conversion.tflite_model)
     metrics["convert_seconds"] = conversion.convert_seconds
-    return Outcome(conversion.tflite_model, metrics, calibration, example)
+    return Outcome(conversion.tflite_model, metrics, calibration, example, runtime.op_inventory(interpreter))
 
 
 def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num_threads: int):
@@ -219,6 +251,7 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
         ``(model_info, eval_digest)``: the logged model and the evaluation data digest (or ``None``).
     """
     mlflow.log_metrics(outcome.metrics)
+    mlflow.log_dict(outcome.op_inventory, "op_inventory.json")
     eval_digest = tracking.log_dataset_inputs(dataset, outcome.calibration) if dataset else None
     model_info = tracking.log_variant_model(outcome.tflite_model, variant, outcome.input_example, num_threads)
     mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
@@ -260,7 +293,8 @@ def run_variant(
             is registered.
     """
     with tracking.variant_run(variant) as run:
-        tracking.log_params_once(tracking.variant_params(variant, prepared.source.uri, num_threads))
+        tracking.log_source(prepared.source.uri, variant, num_threads, prepared.task, prepared.source.lineage,
+                            prepared.dataset.preprocessing if prepared.dataset else None)
         outcome = convert_and_evaluate(prepared, variant, num_threads)
         model_info, eval_digest = log_outcome(outcome, variant, prepared.dataset, num_threads)
         registration = None

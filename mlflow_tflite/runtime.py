@@ -304,6 +304,15 @@ def measure_latency(interpreter, arrays: list[np.ndarray], warmup: int = 10, run
     }
 
 
+def op_inventory(interpreter) -> dict[str, int]:
+    """Op name -> number of uses in the model, e.g. ``{"CONV_2D": 3, "FlexErf": 1}``, sorted by name."""
+    counts: dict[str, int] = {}
+    for op in interpreter._get_ops_details():
+        name = op["op_name"]
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def quantization_mode(interpreter) -> str:
     """Infer the quantization mode of a loaded model from its tensors and ops.
 

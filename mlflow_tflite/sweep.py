@@ -39,6 +39,7 @@ class SweepConfig:
     Attributes:
         variants: the grid (``variants.expand_grid``); ``input_size=None`` means native.
         model, data: the ``model`` / ``data`` parameters (``None`` and ``None`` for the demo).
+        open_options: further ``pipeline.prepare`` arguments (task, preprocessing, source options).
         objective: ``latency``, ``size`` or ``accuracy`` (see ``selection.select_best``).
         max_accuracy_drop: absolute tolerance on ``accuracy_drop`` (fraction >= 0).
         max_size_bytes, max_latency_ms: optional budgets (bytes, ms).
@@ -52,6 +53,7 @@ class SweepConfig:
     variants: list[Variant]
     model: str | None = None
     data: str | None = None
+    open_options: dict = field(default_factory=dict)
     objective: str = "latency"
     max_accuracy_drop: float = 0.01
     max_size_bytes: float | None = None
@@ -95,16 +97,16 @@ class SweepResult:
 _WORKER: dict = {}
 
 
-def _worker_init(model: str | None, data: str | None, workdir: str, num_threads: int) -> None:
+def _worker_init(open_args: dict, workdir: str, num_threads: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    _WORKER.update(model=model, data=data, workdir=Path(workdir), num_threads=num_threads)
+    _WORKER.update(open_args=open_args, workdir=Path(workdir), num_threads=num_threads)
 
 
 def _prepared() -> pipeline.Prepared:
     """This worker's shared inputs, opened once (the demo CNN comes from its on-disk cache)."""
     if "prepared" not in _WORKER:
-        _WORKER["prepared"] = pipeline.prepare(_WORKER["model"], _WORKER["data"])
+        _WORKER["prepared"] = pipeline.prepare(**_WORKER["open_args"])
     return _WORKER["prepared"]
 
 
@@ -138,7 +140,8 @@ def _guarded(task):
 def describe(_: object) -> dict:
     """Phase 1: open the source (train the demo) in a worker; its name, URI and native size."""
     prepared = _prepared()
-    return {"name": prepared.source.name, "uri": prepared.source.uri, "native_input_size": prepared.native_input_size}
+    return {"name": prepared.source.name, "uri": prepared.source.uri, "native_input_size": prepared.native_input_size,
+            "task": prepared.task, "lineage": prepared.source.lineage}
 
 
 @_guarded
@@ -244,11 +247,12 @@ def _finished_children(parent_run_id: str) -> dict[str, object]:
     return finished
 
 
-def _log_child(parent_run_id: str, variant: Variant, source_uri: str, status: str, value, dataset, num_threads):
+def _log_child(variant: Variant, meta: dict, status: str, value, dataset, num_threads: int):
     """One child run: FINISHED with the outcome, or FAILED with the error message."""
     try:
         with tracking.variant_run(variant, nested=True) as run:
-            tracking.log_params_once(tracking.variant_params(variant, source_uri, num_threads))
+            tracking.log_source(meta["uri"], variant, num_threads, meta["task"], meta["lineage"],
+                                dataset.preprocessing if dataset else None)
             if status != "ok":
                 raise TFLiteError(value)
             pipeline.log_outcome(value, variant, dataset, num_threads)
@@ -280,9 +284,11 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
     """
     from tqdm.auto import tqdm
 
-    dataset = load_dataset(config.data) if (config.data or config.model is None) else None
+    preprocessing = config.open_options.get("preprocessing")
+    dataset = load_dataset(config.data, preprocessing) if (config.data or config.model is None) else None
     workdir = tempfile.TemporaryDirectory(prefix="mlflow-tflite-sweep-")
-    workers = Workers(config.workers, (config.model, config.data, workdir.name, config.num_threads))
+    open_args = {"model": config.model, "data": config.data, **config.open_options}
+    workers = Workers(config.workers, (open_args, workdir.name, config.num_threads))
     try:
         with mlflow.start_run(run_id=config.resume, run_name=None if config.resume else "sweep") as parent:
             mlflow.set_tags(PARENT_TAGS)
@@ -298,12 +304,12 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
             runnable = [v for v in todo if (v.input_size, v.sparsity) not in model_errors]
             for variant in todo:
                 if variant not in runnable:
-                    _log_child(parent.info.run_id, variant, meta["uri"], "error",
-                               model_errors[(variant.input_size, variant.sparsity)], dataset, config.num_threads)
+                    _log_child(variant, meta, "error", model_errors[(variant.input_size, variant.sparsity)], dataset,
+                               config.num_threads)
                     bar.update(1)
             for variant, status, value in workers.run(run_variant_task, runnable):
                 bar.set_postfix_str(variant.name)
-                _log_child(parent.info.run_id, variant, meta["uri"], status, value, dataset, config.num_threads)
+                _log_child(variant, meta, status, value, dataset, config.num_threads)
                 bar.update(1)
             bar.close()
             result = _choose_and_register(parent.info.run_id, variants, config, meta["name"])

@@ -34,6 +34,21 @@ def variant_params(variant: Variant, source_uri: str, num_threads: int) -> dict[
     }
 
 
+def log_source(source_uri: str, variant: Variant, num_threads: int, task: str = "classification",
+               lineage: dict[str, str] | None = None, preprocessing=None) -> None:
+    """Params of a variant run (contract names, ``task``, preprocessing) and lineage tags.
+
+    ``lineage`` (``source_model_uri``, ``source_run_id``) links a model converted from an
+    MLflow model to it: tags ``mlflow_tflite.source_model_uri`` / ``mlflow_tflite.source_run_id``.
+    """
+    params = {**variant_params(variant, source_uri, num_threads), "task": task}
+    if preprocessing is not None:
+        params.update(preprocessing.as_params())
+    log_params_once(params)
+    if lineage:
+        mlflow.set_tags({f"mlflow_tflite.{key}": value for key, value in lineage.items()})
+
+
 def log_params_once(params: dict[str, object]) -> None:
     """Log params the active run does not have yet.
 
@@ -47,7 +62,10 @@ def log_params_once(params: dict[str, object]) -> None:
         mlflow.log_params(missing)
 
 
-def _mlflow_dataset(features: np.ndarray, targets: np.ndarray | None, dataset: Dataset, split: str):
+def _mlflow_dataset(features, targets: np.ndarray | None, dataset: Dataset, split: str):
+    """An ``mlflow.data`` NumPy dataset; several inputs become a dict of arrays ``input_0``, ..."""
+    if isinstance(features, (list, tuple)):
+        features = features[0] if len(features) == 1 else {f"input_{i}": x for i, x in enumerate(features)}
     if dataset.source == DIGITS_SOURCE:
         from mlflow.data.code_dataset_source import CodeDatasetSource
 
@@ -57,7 +75,7 @@ def _mlflow_dataset(features: np.ndarray, targets: np.ndarray | None, dataset: D
     return mlflow.data.from_numpy(features, targets=targets, source=source, name=f"{dataset.name}-{split}")
 
 
-def log_dataset_inputs(dataset: Dataset, calibration: np.ndarray | None) -> str:
+def log_dataset_inputs(dataset: Dataset, calibration) -> str:
     """Record the evaluation (and calibration) data as run inputs; return the evaluation digest."""
     evaluation = _mlflow_dataset(dataset.x_test, dataset.y_test, dataset, "test")
     mlflow.log_input(evaluation, context="evaluation")
