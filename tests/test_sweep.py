@@ -137,8 +137,9 @@ def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking)
     model, data = digits_files
     args = [sys.executable, "-m", "mlflow_tflite.cli", "sweep", "--model", model, "--data", data,
             "--quant", "none,dynamic,float16,int8", "--sparsity", "0", "--no-register"]
-    process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = MlflowClient()
+    client.search_experiments()  # create the store's tables first: two processes must not race at it
+    process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     parent_id, deadline = None, time.time() + 300
     while time.time() < deadline:
         time.sleep(0.5)
@@ -150,8 +151,8 @@ def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking)
             parent_id = sweeps[0].info.run_id
             break
     os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert parent_id, "the sweep never finished a variant"
+    _, stderr = process.communicate()
+    assert parent_id, f"the sweep never finished a variant: {stderr.decode()[-2000:]}"
     finished_before = {r.data.tags["mlflow_tflite.variant"] for r in children(parent_id) if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 4
 
