@@ -133,13 +133,14 @@ def test_pruning_a_keras3_source_fails_only_the_sparsity_variants(tmp_path, digi
     assert status["none-s0.5-i8"][0] == "FAILED" and "needs a tf_keras model" in status["none-s0.5-i8"][1]
 
 
-def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking):
+def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking, tmp_path):
     model, data = digits_files
     args = [sys.executable, "-m", "mlflow_tflite.cli", "sweep", "--model", model, "--data", data,
             "--quant", "none,dynamic,float16,int8", "--sparsity", "0", "--no-register"]
     client = MlflowClient()
     client.search_experiments()  # create the store's tables first: two processes must not race at it
-    process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(tmp_path / "sweep.log", "w")  # a file, not a pipe: a full pipe would block the sweep
+    process = subprocess.Popen(args, start_new_session=True, stdout=log, stderr=log)
     parent_id, deadline = None, time.time() + 300
     while time.time() < deadline:
         time.sleep(0.5)
@@ -151,8 +152,9 @@ def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking)
             parent_id = sweeps[0].info.run_id
             break
     os.killpg(process.pid, signal.SIGKILL)
-    _, stderr = process.communicate()
-    assert parent_id, f"the sweep never finished a variant: {stderr.decode()[-2000:]}"
+    process.wait()
+    log.close()
+    assert parent_id, f"the sweep never finished a variant: {(tmp_path / 'sweep.log').read_text()[-2000:]}"
     finished_before = {r.data.tags["mlflow_tflite.variant"] for r in children(parent_id) if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 4
 
