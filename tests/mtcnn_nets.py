@@ -1,0 +1,61 @@
+"""Test helper: build MTCNN PNet/RNet/ONet as *functional* models (Keras 3 or tf_keras) with the weights
+shipped in the `mtcnn` wheel (mtcnn/assets/weights/{pnet,rnet,onet}.lz4, joblib+lz4 pickles
+of a list of float32 numpy arrays). Does not import the mtcnn package (its __init__ imports TF)."""
+import os, importlib.util
+import numpy as np
+import joblib
+
+def mtcnn_weights(name):
+    """name in {'pnet','rnet','onet'} -> list of numpy arrays (Keras get_weights() order)."""
+    pkg_dir = importlib.util.find_spec("mtcnn").submodule_search_locations[0]
+    return joblib.load(os.path.join(pkg_dir, "assets", "weights", f"{name}.lz4"))
+
+# (layer kind, kwargs); weights are consumed in this order: conv=(kernel,bias), prelu=(alpha,), dense=(kernel,bias)
+def _pnet(K, x):
+    L = K.layers
+    x = L.Conv2D(10, 3, name="conv1")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu1")(x)
+    x = L.MaxPooling2D(2, 2, padding="same", name="pool1")(x)
+    x = L.Conv2D(16, 3, name="conv2")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu2")(x)
+    x = L.Conv2D(32, 3, name="conv3")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu3")(x)
+    return [L.Conv2D(4, 1, name="conv4_1")(x), L.Conv2D(2, 1, activation="softmax", name="conv4_2")(x)]
+
+def _rnet(K, x):
+    L = K.layers
+    x = L.Conv2D(28, 3, name="conv1")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu1")(x)
+    x = L.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+    x = L.Conv2D(48, 3, name="conv2")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu2")(x)
+    x = L.MaxPooling2D(3, 2, padding="valid", name="pool2")(x)
+    x = L.Conv2D(64, 2, name="conv3")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu3")(x)
+    x = L.Permute((2, 1, 3), name="permute")(x); x = L.Flatten(name="flatten")(x)
+    x = L.Dense(128, name="fc4")(x); x = L.PReLU(name="prelu4")(x)
+    return [L.Dense(4, name="fc5_1")(x), L.Dense(2, activation="softmax", name="fc5_2")(x)]
+
+def _onet(K, x):
+    L = K.layers
+    x = L.Conv2D(32, 3, name="conv1")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu1")(x)
+    x = L.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+    x = L.Conv2D(64, 3, name="conv2")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu2")(x)
+    x = L.MaxPooling2D(3, 2, padding="valid", name="pool2")(x)
+    x = L.Conv2D(64, 3, name="conv3")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu3")(x)
+    x = L.MaxPooling2D(2, 2, padding="same", name="pool3")(x)
+    x = L.Conv2D(128, 2, name="conv4")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu4")(x)
+    x = L.Permute((2, 1, 3), name="permute")(x); x = L.Flatten(name="flatten")(x)
+    x = L.Dense(256, name="fc5")(x); x = L.PReLU(name="prelu5")(x)
+    return [L.Dense(4, name="fc6_1")(x), L.Dense(10, name="fc6_2")(x), L.Dense(2, activation="softmax", name="fc6_3")(x)]
+
+_SPECS = {"pnet": (_pnet, (12, 12, 3)), "rnet": (_rnet, (24, 24, 3)), "onet": (_onet, (48, 48, 3))}
+
+def build_mtcnn_net(name, keras_module, input_shape=None):
+    """keras_module: `import keras` (Keras 3) or `import tf_keras` (Keras 2).
+    input_shape: HWC; PNet is fully convolutional, so (None, None, 3) also works."""
+    fn, default_shape = _SPECS[name]
+    K = keras_module
+    inp = K.Input(shape=input_shape or default_shape, name="image")
+    model = K.Model(inp, fn(K, inp), name=f"mtcnn_{name}")
+    weights = list(mtcnn_weights(name))
+    for layer in model.layers:                      # functional layer order == creation order here
+        n = len(layer.get_weights())
+        if n:
+            layer.set_weights(weights[:n]); weights = weights[n:]
+    assert not weights, f"{len(weights)} arrays left over"
+    return model

@@ -1,0 +1,190 @@
+"""Sources and data beyond the demo: Keras 3 files, MLflow model URIs (lineage), multi-input
+models, image folders and .npy data, Flex ops, and their bad-input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow_tflite.cli import cli
+from mlflow_tflite.data import Preprocessing, load_image_folder
+from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.pipeline import prepare, run_variant
+from mlflow_tflite.variants import Variant
+
+
+@pytest.fixture(scope="module")
+def keras3_digits(tmp_path_factory, digits):
+    """A small Keras 3 CNN trained briefly on digits, saved as .keras, plus the digits .npz."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("k3")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1), name="pixels"), keras.layers.Conv2D(16, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")],
+                             name="k3-digits")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits.x_train, digits.y_train, epochs=30, verbose=0)
+    model.save(folder / "k3-digits.keras")
+    np.savez(folder / "digits.npz", x_train=digits.x_train, y_train=digits.y_train,
+             x_test=digits.x_test, y_test=digits.y_test)
+    return folder / "k3-digits.keras", folder / "digits.npz", model
+
+
+def test_keras3_file_converts_through_export_and_matches(keras3_digits, tracking):
+    path, data, model = keras3_digits
+    prepared = prepare(str(path), str(data))
+    assert prepared.source.kind == "keras3" and prepared.task == "classification"
+    np.testing.assert_allclose(prepared.reference[0], np.asarray(model(prepared.dataset.x_test)), atol=1e-5)
+    for quant in ("none", "int8"):
+        metrics = run_variant(prepared, Variant(quant, input_size=8), register=False).metrics
+        assert metrics["agreement"] >= 0.95, (quant, metrics)
+
+
+def test_mlflow_model_uri_source_records_lineage(keras3_digits, tracking):
+    path, data, model = keras3_digits
+    with mlflow.start_run() as source_run:
+        mlflow.keras.log_model(model, name="keras-model", registered_model_name="k3-source")
+    result = CliRunner().invoke(cli, ["convert", "--model", "models:/k3-source/1", "--data", str(data),
+                                      "--quant", "dynamic"])
+    assert result.exit_code == 0, result.output
+    version = MlflowClient().get_model_version_by_alias("k3-source", "champion")  # named after the source
+    run = MlflowClient().get_run(version.run_id)
+    assert run.data.tags["mlflow_tflite.source_model_uri"] == "models:/k3-source/1"
+    assert run.data.tags["mlflow_tflite.source_run_id"] == source_run.info.run_id
+    assert run.data.params["source"] == "models:/k3-source/1"
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("models:/no-such-model/1", "could not be found"),
+    ("runs:/0123456789abcdef0123456789abcdef/model", "could not be found"),
+])
+def test_missing_mlflow_uri_is_one_line(uri, message, tracking):
+    result = CliRunner().invoke(cli, ["convert", "--model", uri, "--quant", "dynamic"])
+    assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_mlflow_uri_of_another_flavor_is_refused(digits, tracking):
+    from sklearn.linear_model import LogisticRegression
+
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(LogisticRegression(max_iter=50).fit(digits.x_train.reshape(-1, 64)[:200],
+                                                                              digits.y_train[:200]), name="m")
+    with pytest.raises(TFLiteError, match=r"has flavors \['sklearn'\]; mlflow-tflite converts models of the tensorflow or keras"):
+        prepare(info.model_uri)
+
+
+def test_multi_input_multi_output_model_end_to_end(tmp_path, digits, tracking):
+    import tf_keras
+
+    layers = tf_keras.layers
+    image, extra = tf_keras.Input((8, 8, 1), name="image"), tf_keras.Input((3,), name="extra")
+    features = layers.Concatenate()([layers.Flatten()(layers.Conv2D(4, 3, activation="relu")(image)), extra])
+    hidden = layers.Dense(16, activation="relu")(features)
+    model = tf_keras.Model([image, extra], [layers.Dense(10, activation="softmax", name="classes")(hidden),
+                                            layers.Dense(2, name="box")(hidden)], name="two-in-two-out")
+    model.save(tmp_path / "multi.h5")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "multi.npz", x_train_0=digits.x_train[:300], x_train_1=rng.random((300, 3), np.float32),
+             x_test_0=digits.x_test[:100], x_test_1=rng.random((100, 3), np.float32))
+    prepared = prepare(str(tmp_path / "multi.h5"), str(tmp_path / "multi.npz"))
+    assert prepared.task == "fidelity" and len(prepared.reference) == 2
+    for quant in ("none", "int8"):
+        result = run_variant(prepared, Variant(quant, input_size=8), registered_model_name="multi")
+        assert {"max_abs_error_classes", "max_abs_error_box", "agreement"} <= result.metrics.keys()
+        assert result.metrics["cosine_similarity"] > 0.98, result.metrics
+    model_out = mlflow.pyfunc.load_model("models:/multi@champion").predict(
+        {"image": digits.x_test[:5], "extra": rng.random((5, 3), np.float32)})
+    assert set(model_out) == {"classes", "box"} and model_out["classes"].shape == (5, 10)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory, digits):
+    """The digits test images as 16x16 RGB PNG files in one folder per class."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    for i, (x, y) in enumerate(zip(digits.x_test[:200], digits.y_test[:200])):
+        (root / f"class_{y}").mkdir(exist_ok=True)
+        pixels = (x[..., 0] * 255).astype(np.uint8)
+        Image.fromarray(pixels).convert("RGB").resize((16, 16), Image.NEAREST).save(root / f"class_{y}" / f"{i}.png")
+    return root
+
+
+def test_image_folder_with_explicit_preprocessing(image_folder, demo_prepared, tmp_path, tracking):
+    demo_prepared.source.keras_model.save(tmp_path / "digits.h5")
+    preprocessing = Preprocessing(resize=8, scale=1 / 255, channels=1)
+    prepared = prepare(str(tmp_path / "digits.h5"), str(image_folder), preprocessing=preprocessing)
+    assert prepared.dataset.x_train.shape[1:] == (8, 8, 1) and prepared.dataset.labelled
+    result = run_variant(prepared, Variant("int8", input_size=8), register=False)
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.params["preprocess_resize"] == "8" and run.data.params["preprocess_channels"] == "1"
+    assert result.metrics["accuracy"] > 0.5  # images went through PNG, upscaling and back
+
+
+def test_image_folder_errors(image_folder, tmp_path, demo_prepared):
+    from PIL import Image
+
+    Image.new("RGB", (20, 12)).save(image_folder / "class_0" / "odd.png")
+    try:
+        with pytest.raises(TFLiteError, match=r"different sizes .* set a resize"):
+            load_image_folder(image_folder)
+    finally:
+        (image_folder / "class_0" / "odd.png").unlink()
+    demo_prepared.source.keras_model.save(tmp_path / "digits.h5")
+    with pytest.raises(TFLiteError, match=r"has 3 channel\(s\) but the model expects 1; set channels=1"):
+        prepare(str(tmp_path / "digits.h5"), str(image_folder), preprocessing=Preprocessing(resize=8))
+
+
+def test_npy_data_is_fidelity_only(tmp_path, demo_prepared, tracking):
+    demo_prepared.source.keras_model.save(tmp_path / "digits.h5")
+    np.save(tmp_path / "unlabelled.npy", demo_prepared.dataset.x_test)
+    prepared = prepare(str(tmp_path / "digits.h5"), str(tmp_path / "unlabelled.npy"))
+    assert prepared.task == "fidelity" and not prepared.dataset.labelled
+    metrics = run_variant(prepared, Variant("int8", input_size=8), register=False).metrics
+    assert "accuracy" not in metrics and metrics["agreement"] > 0.95
+
+
+@pytest.fixture(scope="module")
+def flex_saved_model(tmp_path_factory):
+    """A SavedModel using tf.math.lgamma, which has no TFLite builtin kernel."""
+    import tensorflow as tf
+
+    class Flex(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": tf.math.lgamma(x + 1.0) * 2.0}
+
+    folder = tmp_path_factory.mktemp("flex")
+    module = Flex()
+    tf.saved_model.save(module, str(folder / "flex"), signatures={"serving_default": module.__call__})
+    rng = np.random.default_rng(0)
+    np.savez(folder / "x.npz", x_train=rng.random((64, 4), np.float32) * 3, x_test=rng.random((32, 4), np.float32) * 3)
+    return folder / "flex", folder / "x.npz"
+
+
+def test_unsupported_op_names_it_and_suggests_select_tf(flex_saved_model, tracking):
+    model, data = flex_saved_model
+    result = CliRunner().invoke(cli, ["convert", "--model", str(model), "--data", str(data), "--quant", "none"])
+    assert result.exit_code == 1
+    assert "tf.Lgamma" in result.output and "ops=select_tf" in result.output, result.output
+    assert MlflowClient().search_registered_models() == []
+
+
+def test_flex_model_runs_on_tensorflow_interpreter(flex_saved_model, tracking):
+    model, data = flex_saved_model
+    prepared = prepare(str(model), str(data))
+    result = run_variant(prepared, Variant("none", ops="select_tf"), registered_model_name="flex")
+    assert result.metrics["max_abs_error"] < 1e-4
+    info = mlflow.models.get_model_info("models:/flex/1")
+    assert info.flavors["tflite"]["flex_ops"] is True
+    local = mlflow.artifacts.download_artifacts("models:/flex/1")
+    assert "tensorflow==" in open(f"{local}/requirements.txt").read()
+    inventory = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/op_inventory.json")
+    assert any(name.startswith("Flex") for name in inventory), inventory
+    x = prepared.dataset.x_test[:3]
+    np.testing.assert_allclose(mlflow.pyfunc.load_model("models:/flex/1").predict(x), prepared.reference[0][:3],
+                               atol=1e-4)
