@@ -229,6 +229,8 @@ def _print_result(result) -> None:
         if key in metrics
     )
     click.echo(f"run {result.run_id} variant {result.variant.name}: {shown}")
+    if "latency_ms_p50" not in metrics:
+        click.echo("not evaluated or registered: see the run's tag mlflow_tflite.not_evaluated")
     if result.registration:
         r = result.registration
         status = "champion" if r.champion else "challenger"

@@ -25,21 +25,26 @@ class Conversion:
     convert_seconds: float
 
 
-def representative_dataset(calibration: list[np.ndarray]):
+def representative_dataset(calibration: list[np.ndarray], input_names: list[str] | None = None):
     """Generator factory for ``converter.representative_dataset``: one example per step.
 
     Args:
         calibration: one float32 ``(N, ...)`` array per model input, same N for all.
+        input_names: the signature's input names; with several inputs each step is a dict
+            keyed by them (the converter's signature order need not be the model's order),
+            otherwise a list in input order.
     """
 
     def generate():
         for i in range(len(calibration[0])):
-            yield [array[i : i + 1].astype(np.float32) for array in calibration]
+            example = [array[i : i + 1].astype(np.float32) for array in calibration]
+            yield dict(zip(input_names, example)) if input_names and len(example) > 1 else example
 
     return generate
 
 
-def configure(converter, variant: Variant, calibration: list[np.ndarray] | None) -> None:
+def configure(converter, variant: Variant, calibration: list[np.ndarray] | None,
+              input_names: list[str] | None = None) -> None:
     """Set a ``tf.lite.TFLiteConverter`` up for a variant's quantization mode and op set.
 
     Raises:
@@ -58,7 +63,7 @@ def configure(converter, variant: Variant, calibration: list[np.ndarray] | None)
     if variant.quant == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if variant.calibrated:
-        converter.representative_dataset = representative_dataset(calibration)
+        converter.representative_dataset = representative_dataset(calibration, input_names)
     if variant.quant in ("int8", "int8_full"):
         # Integer kernels only: a model that cannot be fully quantized fails instead of
         # silently keeping float ops.
@@ -92,7 +97,9 @@ def convert(source: Source, variant: Variant, calibration: list[np.ndarray] | No
             converter's first error line and suggests ``ops=select_tf`` for unsupported ops).
     """
     converter = source.converter()
-    configure(converter, variant, calibration)
+    # TF1 frozen-graph converters have no signature: their calibration steps are plain lists.
+    names = None if source.kind == "frozen_graph" else source.input_names
+    configure(converter, variant, calibration, names)
     started = time.perf_counter()
     try:
         tflite_model = converter.convert()

@@ -89,13 +89,12 @@ def read_tflite_bytes(tflite_model: bytes | str | os.PathLike) -> bytes:
     )
 
 
-def infer_signature_from_tensors(interpreter) -> ModelSignature:
+def infer_signature_from_tensors(inputs: list[runtime.TensorInfo], outputs: list[runtime.TensorInfo]) -> ModelSignature:
     """Signature of the pyfunc interface: float32 tensors with a dynamic batch dimension.
 
     The pyfunc quantizes and dequantizes, so quantized I/O tensors appear as float32 here. A
     single input is unnamed (a plain array works); several inputs are named by the signature.
     """
-    inputs, outputs = runtime.io_tensors(interpreter)
 
     def schema(tensors: list[runtime.TensorInfo]) -> Schema:
         named = len(tensors) > 1
@@ -127,7 +126,10 @@ def save_model(
 ) -> None:
     """Save a .tflite model as an MLflow model directory.
 
-    The flatbuffer is loaded into the LiteRT interpreter first; nothing is written unless it loads.
+    The flatbuffer is loaded into the LiteRT interpreter first; nothing is written unless it
+    loads. A model with Flex (SELECT_TF_OPS) ops is checked by parsing the flatbuffer instead
+    (no Python interpreter here can run Flex ops; see ``runtime.FLEX_UNAVAILABLE``); its
+    flavor records ``flex_ops: true`` and its requirements add tensorflow.
 
     Args:
         tflite_model: flatbuffer bytes, or the path of a .tflite file.
@@ -145,9 +147,14 @@ def save_model(
         TFLiteError: the bytes are not a loadable TFLite model, or ``quantization`` is unknown.
     """
     model_bytes = read_tflite_bytes(tflite_model)
-    interpreter = runtime.make_interpreter(model_bytes)
+    flex = bool(runtime.flex_ops(model_bytes))
+    if flex:
+        inputs, outputs = runtime.static_io_tensors(model_bytes)
+    else:
+        interpreter = runtime.make_interpreter(model_bytes)
+        inputs, outputs = runtime.io_tensors(interpreter)
     if quantization is None:
-        quantization = runtime.quantization_mode(interpreter)
+        quantization = "none" if flex else runtime.quantization_mode(interpreter)
     if quantization not in QUANTIZATION_MODES:
         raise TFLiteError(f"quantization {quantization!r} is unknown; use one of {', '.join(QUANTIZATION_MODES)}")
     _validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
@@ -156,15 +163,12 @@ def save_model(
     _validate_and_prepare_target_save_path(path)
     code_dir_subpath = _validate_and_copy_code_paths(code_paths, path)
     mlflow_model = mlflow_model or Model()
-    mlflow_model.signature = signature or infer_signature_from_tensors(interpreter)
+    mlflow_model.signature = signature or infer_signature_from_tensors(inputs, outputs)
     if input_example is not None:
         _save_example(mlflow_model, input_example, path)
     if metadata is not None:
         mlflow_model.metadata = metadata
     Path(path, MODEL_FILE_NAME).write_bytes(model_bytes)
-
-    flex = runtime.is_flex_interpreter(interpreter)
-    inputs, outputs = runtime.io_tensors(interpreter)
     pyfunc.add_to_model(
         mlflow_model,
         loader_module="mlflow_tflite.flavor",

@@ -191,6 +191,8 @@ class Outcome:
         calibration: the representative dataset used (one float32 ``(n, ...)`` array per input) or ``None``.
         input_example: two test examples at the variant's input size (a dict by input name for several inputs).
         op_inventory: op name -> count in the converted model (Flex ops appear as ``FlexXxx``).
+        not_evaluated: why the model could not be run here (Flex ops), else ``None``; then only
+            the size metrics exist and the variant is neither registered nor selected.
     """
 
     tflite_model: bytes
@@ -198,6 +200,7 @@ class Outcome:
     calibration: list[np.ndarray] | None
     input_example: np.ndarray | dict
     op_inventory: dict[str, int]
+    not_evaluated: str | None = None
 
 
 def _probe_input(source: Source) -> np.ndarray:
@@ -228,20 +231,25 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant, num_threads: int 
     if variant.calibrated and adapted.x_train is not None:
         calibration = calibration_sample(adapted.x_train, variant.calibration_samples)
     conversion = convert.convert(adapted.source, variant, calibration)
-    interpreter = runtime.make_interpreter(conversion.tflite_model, num_threads)
+    tflite_model, inventory = conversion.tflite_model, runtime.op_inventory(conversion.tflite_model)
+    example = _example(adapted.source, adapted.x_test) if adapted.x_test else _probe_input(adapted.source)
+    try:
+        interpreter = runtime.make_interpreter(tflite_model, num_threads)
+    except TFLiteError as error:
+        if not runtime.flex_ops(tflite_model):
+            raise
+        metrics = {**evaluate.size_metrics(tflite_model), "convert_seconds": conversion.convert_seconds}
+        return Outcome(tflite_model, metrics, calibration, example, inventory, error.message)
     if prepared.dataset is None:
-        probe = _probe_input(adapted.source)
-        metrics = {**evaluate.size_metrics(conversion.tflite_model), **runtime.measure_latency(interpreter, [probe])}
-        example = probe
+        metrics = {**evaluate.size_metrics(tflite_model), **runtime.measure_latency(interpreter, [example])}
     else:
         metrics = evaluate.evaluate(
-            conversion.tflite_model, prepared.reference, adapted.x_test, prepared.dataset.y_test, num_threads,
+            tflite_model, prepared.reference, adapted.x_test, prepared.dataset.y_test, num_threads,
             input_names=adapted.source.input_names, output_names=adapted.source.output_names, task=prepared.task,
         )
-        example = _example(adapted.source, adapted.x_test)
-    metrics["sparsity_achieved"] = optimize.tflite_sparsity(conversion.tflite_model)
+    metrics["sparsity_achieved"] = optimize.tflite_sparsity(tflite_model)
     metrics["convert_seconds"] = conversion.convert_seconds
-    return Outcome(conversion.tflite_model, metrics, calibration, example, runtime.op_inventory(interpreter))
+    return Outcome(tflite_model, metrics, calibration, example, inventory)
 
 
 def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num_threads: int):
@@ -252,6 +260,8 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
     """
     mlflow.log_metrics(outcome.metrics)
     mlflow.log_dict(outcome.op_inventory, "op_inventory.json")
+    if outcome.not_evaluated:
+        mlflow.set_tag(tracking.NOT_EVALUATED_TAG, outcome.not_evaluated[:5000])
     eval_digest = tracking.log_dataset_inputs(dataset, outcome.calibration) if dataset else None
     model_info = tracking.log_variant_model(outcome.tflite_model, variant, outcome.input_example, num_threads)
     mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
@@ -298,7 +308,7 @@ def run_variant(
         outcome = convert_and_evaluate(prepared, variant, num_threads)
         model_info, eval_digest = log_outcome(outcome, variant, prepared.dataset, num_threads)
         registration = None
-        if register:
+        if register and not outcome.not_evaluated:
             name = registered_model_name or prepared.source.name
             registration = selection.register_and_promote(
                 model_info.model_uri, name, outcome.metrics, eval_digest, variant.name

@@ -16,7 +16,7 @@ TABLE_METRICS = (
 
 def comparison_table(rows: list[dict], best: dict | None) -> pd.DataFrame:
     """One row per variant: name, run id, status, the main metrics, Pareto membership, chosen flag."""
-    front = {r["variant"] for r in pareto_front([r for r in rows if r["status"] == "FINISHED"])}
+    front = {r["variant"] for r in pareto_front(_evaluated(rows))}
     records = []
     for row in rows:
         record = {"variant": row["variant"], "run_id": row["run_id"], "status": row["status"]}
@@ -26,6 +26,11 @@ def comparison_table(rows: list[dict], best: dict | None) -> pd.DataFrame:
         record["error"] = row.get("error", "")
         records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+def _evaluated(rows: list[dict]) -> list[dict]:
+    """FINISHED variants that were run here (a Flex-op model has no latency or accuracy)."""
+    return [r for r in rows if r["status"] == "FINISHED" and "latency_ms_p50" in r["metrics"]]
 
 
 def _score(metrics: dict) -> float:
@@ -50,7 +55,7 @@ def pareto_figure(rows: list[dict], best: dict | None, max_accuracy_drop: float)
     matplotlib.use("Agg")  # no display: figures go to files
     import matplotlib.pyplot as plt
 
-    finished = [r for r in rows if r["status"] == "FINISHED"]
+    finished = _evaluated(rows)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     if finished:
         sizes = [r["metrics"]["size_bytes"] for r in finished]

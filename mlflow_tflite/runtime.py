@@ -60,11 +60,93 @@ def runtime_version() -> str:
     return version(RUNTIME_PACKAGE)
 
 
+# TensorType codes of the TFLite schema -> numpy dtypes.
+_NUMPY_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
+                9: np.int8, 10: np.float64, 15: np.uint32, 16: np.uint16}
+FLEX_UNAVAILABLE = (
+    "neither LiteRT nor TensorFlow's Python interpreter here links the Flex delegate (TensorFlow 2.20+ pip "
+    "packages dropped it: google-ai-edge/LiteRT issue 6458), so it cannot run in Python; it runs where the "
+    "select-tf-ops library is linked (Android/iOS/C++), or convert with ops=builtins"
+)
+
+
+def read_flatbuffer(tflite_model: bytes):
+    """The .tflite flatbuffer as the LiteRT schema's object API (``schema_py_generated.ModelT``).
+
+    Raises:
+        TFLiteError: the bytes are not a TFLite flatbuffer.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    data = bytes(tflite_model)
+    if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
+        raise TFLiteError(
+            f"the {len(data)}-byte model is not a valid TFLite flatbuffer (no TFL3 identifier); "
+            "pass the bytes or path of a .tflite file written by TFLiteConverter"
+        )
+    try:
+        return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    except Exception as error:
+        raise _invalid_model(data, error) from None
+
+
+def _op_name(model, code) -> str:
+    from ai_edge_litert import schema_py_generated as schema
+
+    if code.customCode:
+        return code.customCode.decode()
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return names.get(builtin, str(builtin))
+
+
+def op_inventory(tflite_model: bytes) -> dict[str, int]:
+    """Op name -> uses in all subgraphs, sorted by name, e.g. ``{"CONV_2D": 3, "FlexCumprod": 1}``.
+
+    Read from the flatbuffer, so it works for models no interpreter here can load (Flex ops).
+    """
+    model = read_flatbuffer(tflite_model)
+    counts: dict[str, int] = {}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators or []:
+            name = _op_name(model, model.operatorCodes[op.opcodeIndex])
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def flex_ops(tflite_model: bytes) -> list[str]:
+    """Names of the Flex (SELECT_TF_OPS) ops in a model, e.g. ``["FlexCumprod"]``; empty if none."""
+    return [name for name in op_inventory(tflite_model) if name.startswith("Flex")]
+
+
+def static_io_tensors(tflite_model: bytes) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """Inputs and outputs read from the flatbuffer (as :func:`io_tensors`, without an interpreter)."""
+    model = read_flatbuffer(tflite_model)
+    subgraph = model.subgraphs[0]
+    names = {}
+    if model.signatureDefs:
+        signature = model.signatureDefs[0]
+        names = {t.tensorIndex: t.name.decode() for t in list(signature.inputs) + list(signature.outputs)}
+
+    def info(index: int) -> TensorInfo:
+        tensor = subgraph.tensors[index]
+        shape = tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape
+        quantization = tensor.quantization
+        scale = float(quantization.scale[0]) if quantization is not None and quantization.scale is not None else 0.0
+        zero_point = int(quantization.zeroPoint[0]) if scale and quantization.zeroPoint is not None else 0
+        return TensorInfo(names.get(index, tensor.name.decode()), int(index), tuple(int(d) for d in shape),
+                          np.dtype(_NUMPY_TYPES.get(tensor.type, np.float32)), scale, zero_point)
+
+    return [info(i) for i in subgraph.inputs], [info(i) for i in subgraph.outputs]
+
+
 def make_interpreter(tflite_model: bytes, num_threads: int = 1):
     """Load a .tflite flatbuffer into an interpreter with tensors allocated.
 
     LiteRT's interpreter is used; a model with Flex (SELECT_TF_OPS) ops, which LiteRT cannot
-    run, falls back to TensorFlow's ``tf.lite.Interpreter`` (which links the Flex delegate).
+    run, falls back to TensorFlow's ``tf.lite.Interpreter`` (which linked the Flex delegate
+    before TensorFlow 2.20).
 
     Args:
         tflite_model: flatbuffer bytes.
@@ -74,7 +156,8 @@ def make_interpreter(tflite_model: bytes, num_threads: int = 1):
         An interpreter (``ai_edge_litert.interpreter.Interpreter`` or ``tf.lite.Interpreter``).
 
     Raises:
-        TFLiteError: the bytes are not a model either interpreter can load.
+        TFLiteError: the bytes are not a model either interpreter can load (for Flex models,
+            the message names the ops and says why, see :data:`FLEX_UNAVAILABLE`).
     """
     from ai_edge_litert.interpreter import Interpreter
 
@@ -88,6 +171,8 @@ def make_interpreter(tflite_model: bytes, num_threads: int = 1):
     try:
         return _allocated(tf.lite.Interpreter, tflite_model, num_threads)
     except (ValueError, RuntimeError) as error:
+        if "Flex" in str(error) or "Select TensorFlow op" in str(error):
+            raise TFLiteError(f"the model needs Flex ops {flex_ops(tflite_model)} but {FLEX_UNAVAILABLE}") from None
         raise _invalid_model(tflite_model, error) from None
 
 
@@ -104,11 +189,6 @@ def _invalid_model(tflite_model: bytes, error: Exception) -> TFLiteError:
         f"the {len(tflite_model)}-byte model is not a valid TFLite flatbuffer ({reason}); "
         "pass the bytes or path of a .tflite file written by TFLiteConverter"
     )
-
-
-def is_flex_interpreter(interpreter) -> bool:
-    """True when the interpreter is TensorFlow's (the model needs Flex ops), not LiteRT's."""
-    return not type(interpreter).__module__.startswith("ai_edge_litert")
 
 
 def _signature_details(interpreter):
@@ -207,11 +287,16 @@ def _invoke(interpreter, inputs: list[TensorInfo], outputs: list[TensorInfo], ar
         if _current_shape(interpreter, tensor) != tuple(array.shape):
             interpreter.resize_tensor_input(tensor.index, list(array.shape), strict=True)
             resized = True
-    if resized:
-        interpreter.allocate_tensors()
-    for tensor, array in zip(inputs, arrays):
-        interpreter.set_tensor(tensor.index, array)
-    interpreter.invoke()
+    try:
+        if resized:
+            interpreter.allocate_tensors()
+        for tensor, array in zip(inputs, arrays):
+            interpreter.set_tensor(tensor.index, array)
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as error:
+        reason = " ".join(str(error).split())[:300]
+        shapes = [tuple(a.shape) for a in arrays]
+        raise TFLiteError(f"the TFLite model failed to run on inputs of shape {shapes} ({reason})") from None
     return [interpreter.get_tensor(tensor.index).copy() for tensor in outputs]
 
 
@@ -302,15 +387,6 @@ def measure_latency(interpreter, arrays: list[np.ndarray], warmup: int = 10, run
         "latency_ms_p90": float(np.percentile(times_ms, 90)),
         "latency_ms_mean": float(times_ms.mean()),
     }
-
-
-def op_inventory(interpreter) -> dict[str, int]:
-    """Op name -> number of uses in the model, e.g. ``{"CONV_2D": 3, "FlexErf": 1}``, sorted by name."""
-    counts: dict[str, int] = {}
-    for op in interpreter._get_ops_details():
-        name = op["op_name"]
-        counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def quantization_mode(interpreter) -> str:

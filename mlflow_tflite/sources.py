@@ -153,7 +153,7 @@ def from_saved_model(path: str | Path, signature_key: str = "serving_default", u
     return Source(
         name=path.resolve().name,
         kind="saved_model",
-        uri=str(path.resolve()),
+        uri=uri or str(path.resolve()),
         input_shapes=[_shape(input_specs[n].shape) for n in input_names],
         output_shapes=[_shape(function.structured_outputs[n].shape) for n in output_names],
         input_names=input_names,

@@ -356,7 +356,8 @@ def _choose_and_register(parent_run_id: str, variants: list[Variant], config: Sw
     names = [v.name for v in variants]
     failed = {r.data.tags.get(tracking.VARIANT_TAG): r for r in _children(parent_run_id) if r.info.status == "FAILED"}
     rows = [_row(finished[n]) if n in finished else _row(failed[n]) for n in names if n in finished or n in failed]
-    candidates = [r for r in rows if r["status"] == "FINISHED"]
+    # Variants that could not be run here (Flex ops) have no latency or accuracy to compare.
+    candidates = [r for r in rows if r["status"] == "FINISHED" and "latency_ms_p50" in r["metrics"]]
     best = selection.select_best(candidates, config.objective, config.max_accuracy_drop,
                                  config.max_size_bytes, config.max_latency_ms)
     report.log_comparison(rows, best, config.max_accuracy_drop)

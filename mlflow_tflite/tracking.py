@@ -17,6 +17,7 @@ VARIANT_TAG = "mlflow_tflite.variant"
 ROLE_TAG = "mlflow_tflite.role"
 ERROR_TAG = "mlflow_tflite.error"
 MODEL_URI_TAG = "mlflow_tflite.model_uri"
+NOT_EVALUATED_TAG = "mlflow_tflite.not_evaluated"
 MODEL_NAME = "model"
 
 

@@ -23,11 +23,12 @@ def keras3_digits(tmp_path_factory, digits):
 
     folder = tmp_path_factory.mktemp("k3")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1), name="pixels"), keras.layers.Conv2D(16, 3, activation="relu"),
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")],
-                             name="k3-digits")
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(digits.x_train, digits.y_train, epochs=30, verbose=0)
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((8, 8, 1), name="pixels"), layers.Conv2D(32, 3, padding="same", activation="relu"),
+                              layers.Conv2D(32, 3, padding="same", activation="relu"), layers.Flatten(),
+                              layers.Dense(10, activation="softmax")], name="k3-digits")
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit(digits.x_train, digits.y_train, epochs=15, batch_size=32, verbose=0)
     model.save(folder / "k3-digits.keras")
     np.savez(folder / "digits.npz", x_train=digits.x_train, y_train=digits.y_train,
              x_test=digits.x_test, y_test=digits.y_test)
@@ -39,6 +40,7 @@ def test_keras3_file_converts_through_export_and_matches(keras3_digits, tracking
     prepared = prepare(str(path), str(data))
     assert prepared.source.kind == "keras3" and prepared.task == "classification"
     np.testing.assert_allclose(prepared.reference[0], np.asarray(model(prepared.dataset.x_test)), atol=1e-5)
+    assert np.mean(prepared.reference[0].argmax(1) == prepared.dataset.y_test) > 0.9
     for quant in ("none", "int8"):
         metrics = run_variant(prepared, Variant(quant, input_size=8), register=False).metrics
         assert metrics["agreement"] >= 0.95, (quant, metrics)
@@ -64,7 +66,9 @@ def test_mlflow_model_uri_source_records_lineage(keras3_digits, tracking):
 ])
 def test_missing_mlflow_uri_is_one_line(uri, message, tracking):
     result = CliRunner().invoke(cli, ["convert", "--model", uri, "--quant", "dynamic"])
-    assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output
 
 
 def test_mlflow_uri_of_another_flavor_is_refused(digits, tracking):
@@ -150,13 +154,13 @@ def test_npy_data_is_fidelity_only(tmp_path, demo_prepared, tracking):
 
 @pytest.fixture(scope="module")
 def flex_saved_model(tmp_path_factory):
-    """A SavedModel using tf.math.lgamma, which has no TFLite builtin kernel."""
+    """A SavedModel using tf.math.cumprod, which has no TFLite builtin kernel."""
     import tensorflow as tf
 
     class Flex(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
         def __call__(self, x):
-            return {"y": tf.math.lgamma(x + 1.0) * 2.0}
+            return {"y": tf.math.cumprod(x, axis=1) * 2.0}
 
     folder = tmp_path_factory.mktemp("flex")
     module = Flex()
@@ -170,21 +174,27 @@ def test_unsupported_op_names_it_and_suggests_select_tf(flex_saved_model, tracki
     model, data = flex_saved_model
     result = CliRunner().invoke(cli, ["convert", "--model", str(model), "--data", str(data), "--quant", "none"])
     assert result.exit_code == 1
-    assert "tf.Lgamma" in result.output and "ops=select_tf" in result.output, result.output
+    assert "tf.Cumprod" in result.output and "ops=select_tf" in result.output, result.output
     assert MlflowClient().search_registered_models() == []
 
 
-def test_flex_model_runs_on_tensorflow_interpreter(flex_saved_model, tracking):
+def test_flex_model_is_logged_with_its_ops_but_not_run_here(flex_saved_model, tracking):
+    """TensorFlow 2.20+ wheels dropped the Python Flex delegate, so the model is converted and logged
+    (flex flavor, tensorflow requirement, op inventory) but neither evaluated nor registered."""
     model, data = flex_saved_model
     prepared = prepare(str(model), str(data))
     result = run_variant(prepared, Variant("none", ops="select_tf"), registered_model_name="flex")
-    assert result.metrics["max_abs_error"] < 1e-4
-    info = mlflow.models.get_model_info("models:/flex/1")
+    run = MlflowClient().get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert "Flex delegate" in run.data.tags["mlflow_tflite.not_evaluated"]
+    assert result.metrics["size_bytes"] > 0 and "latency_ms_p50" not in result.metrics
+    assert MlflowClient().search_registered_models() == []
+    info = mlflow.models.get_model_info(result.model_uri)
     assert info.flavors["tflite"]["flex_ops"] is True
-    local = mlflow.artifacts.download_artifacts("models:/flex/1")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 4]
+    local = mlflow.artifacts.download_artifacts(result.model_uri)
     assert "tensorflow==" in open(f"{local}/requirements.txt").read()
     inventory = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/op_inventory.json")
-    assert any(name.startswith("Flex") for name in inventory), inventory
-    x = prepared.dataset.x_test[:3]
-    np.testing.assert_allclose(mlflow.pyfunc.load_model("models:/flex/1").predict(x), prepared.reference[0][:3],
-                               atol=1e-4)
+    assert inventory.get("FlexCumprod") == 1, inventory
+    with pytest.raises(TFLiteError, match=r"needs Flex ops \['FlexCumprod'\]"):
+        mlflow.pyfunc.load_model(result.model_uri)
