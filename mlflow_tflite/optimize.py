@@ -320,15 +320,9 @@ def tflite_tensor_sparsity(tflite_model: bytes) -> dict[str, tuple[int, int]]:
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    data = bytes(tflite_model) if not isinstance(tflite_model, (bytes, bytearray)) else tflite_model
-    if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
-        raise TFLiteError(
-            f"these {len(data)} bytes are not a .tflite model (no TFL3 identifier); pass the converter's output"
-        )
-    try:
-        model = flatbuffer_utils.read_model_from_bytearray(data)
-    except Exception as error:
-        raise TFLiteError(f"the .tflite model could not be parsed ({_first_line(error)})") from None
+    from mlflow_tflite.runtime import read_flatbuffer
+
+    model = read_flatbuffer(tflite_model)
 
     op_names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     type_names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}

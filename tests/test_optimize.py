@@ -225,7 +225,7 @@ def test_pruning_schedule_reaches_the_target_before_the_last_step():
 
 
 def test_tflite_sparsity_rejects_bytes_that_are_not_a_model():
-    with pytest.raises(TFLiteError, match="not a .tflite model"):
+    with pytest.raises(TFLiteError, match="not a valid TFLite flatbuffer"):
         tflite_sparsity(b"not a flatbuffer at all")
 
 
