@@ -125,7 +125,7 @@ def _floats(value: str, name: str) -> tuple[float, ...] | None:
 
 def _input_shapes(value: str) -> dict[str, tuple[int, ...]] | None:
     """'a:1,8,8,1;b:1,4' -> {'a': (1, 8, 8, 1), 'b': (1, 4)}."""
-    if not value:
+    if value in ("", "none"):
         return None
     shapes = {}
     for part in value.split(";"):
@@ -146,7 +146,7 @@ def _open_options(task, source_format, signature_key, input_arrays, output_array
         _optional_int(resize, "resize"), scale, _floats(mean, "mean"), _floats(std, "std"),
         None if channels in ("", AUTO) else _optional_int(channels, "channels"),
     )
-    split = lambda v: [n.strip() for n in v.split(",") if n.strip()] or None  # noqa: E731
+    split = lambda v: None if v in ("", "none") else [n.strip() for n in v.split(",") if n.strip()] or None  # noqa: E731
     return {
         "task": task,
         "preprocessing": None if preprocessing == type(preprocessing)() else preprocessing,
