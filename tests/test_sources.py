@@ -198,3 +198,11 @@ def test_flex_model_is_logged_with_its_ops_but_not_run_here(flex_saved_model, tr
     assert inventory.get("FlexCumprod") == 1, inventory
     with pytest.raises(TFLiteError, match=r"needs Flex ops \['FlexCumprod'\]"):
         mlflow.pyfunc.load_model(result.model_uri)
+
+
+def test_npz_missing_keys_lists_what_it_has(tmp_path):
+    from mlflow_tflite.data import load_npz
+
+    np.savez(tmp_path / "odd.npz", images=np.zeros((4, 8, 8, 1)), labels=np.zeros(4))
+    with pytest.raises(TFLiteError, match=r"has keys \['images', 'labels'\]; it needs x_train, x_test"):
+        load_npz(tmp_path / "odd.npz")
