@@ -321,14 +321,15 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
 
 def _build_variant_models(workers: Workers, variants: list[Variant], native: int | None) -> dict:
     """Phase 2: build each resized/pruned model once; return {(size, sparsity): error message}."""
-    needed = []
+    needed: dict[tuple, Variant] = {}
     for v in variants:
-        if (v.sparsity > 0 or v.input_size not in (None, native)) and v not in needed and not any(
-            (n.input_size, n.sparsity) == (v.input_size, v.sparsity) for n in needed
-        ):
-            needed.append(v)
-    return {(v.input_size, v.sparsity): value for v, status, value in workers.run(build_variant_model, needed)
-            if status != "ok"}
+        if v.sparsity > 0 or v.input_size not in (None, native):
+            needed.setdefault((v.input_size, v.sparsity), v)
+    errors = {}
+    for v, status, value in workers.run(build_variant_model, list(needed.values())):
+        if status != "ok":
+            errors[(v.input_size, v.sparsity)] = value
+    return errors
 
 
 def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str) -> dict:

@@ -2,7 +2,6 @@
 shipped in the `mtcnn` wheel (mtcnn/assets/weights/{pnet,rnet,onet}.lz4, joblib+lz4 pickles
 of a list of float32 numpy arrays). Does not import the mtcnn package (its __init__ imports TF)."""
 import os, importlib.util
-import numpy as np
 import joblib
 
 def mtcnn_weights(name):
