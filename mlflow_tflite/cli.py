@@ -206,8 +206,7 @@ def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io
         click.echo(f"  {row['variant']:<28} {row['status']:<9} {shown or row['error']}")
     click.echo(f"sweep run {result.parent_run_id}: {result.message}")
     if result.registration:
-        r = result.registration
-        click.echo(f"registered {r.name} version {r.version} ({'champion' if r.champion else 'challenger'}: {r.reason})")
+        _echo_registration(result.registration)
 
 
 @cli.command()
@@ -217,8 +216,7 @@ def promote(model_uri, registered_model_name):
     """Register a logged model; it becomes champion only if it beats the champion on the same data."""
     from mlflow_tflite.selection import promote_logged_model
 
-    r = promote_logged_model(model_uri, registered_model_name)
-    click.echo(f"registered {r.name} version {r.version} ({'champion' if r.champion else 'challenger'}: {r.reason})")
+    _echo_registration(promote_logged_model(model_uri, registered_model_name))
 
 
 def _print_result(result) -> None:
@@ -232,9 +230,12 @@ def _print_result(result) -> None:
     if "latency_ms_p50" not in metrics:
         click.echo("not evaluated or registered: see the run's tag mlflow_tflite.not_evaluated")
     if result.registration:
-        r = result.registration
-        status = "champion" if r.champion else "challenger"
-        click.echo(f"registered {r.name} version {r.version} ({status}: {r.reason})")
+        _echo_registration(result.registration)
+
+
+def _echo_registration(r) -> None:
+    """One line: the registered version and the alias it took, with the reason."""
+    click.echo(f"registered {r.name} version {r.version} ({'champion' if r.champion else 'challenger'}: {r.reason})")
 
 
 def main():

@@ -85,12 +85,17 @@ def size_metrics(tflite_model: bytes) -> dict[str, int]:
     return {"size_bytes": len(tflite_model), "gzip_size_bytes": len(gzip.compress(tflite_model, compresslevel=9))}
 
 
+def inputs_in_model_order(interpreter, x: list[np.ndarray], input_names: list[str] | None) -> list[np.ndarray]:
+    """The source-ordered input arrays ``x`` reordered to the converted model's input tensors."""
+    inputs, _ = runtime.io_tensors(interpreter)
+    return [x[i] for i in runtime.match_order(inputs, input_names or [])]
+
+
 def run_in_source_order(interpreter, x: list[np.ndarray], input_names: list[str] | None,
                         output_names: list[str] | None) -> list[np.ndarray]:
     """Run the converted model on inputs given in the source's order; outputs in the source's order."""
-    inputs, outputs = runtime.io_tensors(interpreter)
-    input_order = runtime.match_order(inputs, input_names or [])
-    results = runtime.run(interpreter, [x[i] for i in input_order])
+    results = runtime.run(interpreter, inputs_in_model_order(interpreter, x, input_names))
+    _, outputs = runtime.io_tensors(interpreter)
     output_order = runtime.match_order(outputs, output_names or [])
     ordered: list[np.ndarray | None] = [None] * len(results)
     for tensor_position, source_position in enumerate(output_order):
@@ -100,10 +105,10 @@ def run_in_source_order(interpreter, x: list[np.ndarray], input_names: list[str]
 
 def evaluate(
     tflite_model: bytes,
+    interpreter,
     reference: list[np.ndarray],
     x_test: list[np.ndarray],
     y_test: np.ndarray | None,
-    num_threads: int = 1,
     latency_runs: int = 100,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
@@ -112,11 +117,11 @@ def evaluate(
     """All run metrics of one converted model on the held-out split.
 
     Args:
-        tflite_model: flatbuffer bytes.
+        tflite_model: flatbuffer bytes (for the size metrics).
+        interpreter: that model loaded by ``runtime.make_interpreter`` (with ``num_threads``).
         reference: source model outputs on ``x_test`` (one array per output, source order).
         x_test: one float32 ``(N, ...)`` array per model input (source order).
         y_test: ``(N,)`` int labels, or ``None`` (fidelity only: no accuracy metrics).
-        num_threads: interpreter threads for the latency measurement.
         latency_runs: timed single-example invocations (after 10 warm-up runs).
         input_names, output_names: the source's input/output names, to match the converted
             model's tensors by name.
@@ -129,14 +134,12 @@ def evaluate(
         ``cosine_similarity`` (and per-output variants), ``size_bytes``, ``gzip_size_bytes``,
         ``latency_ms_p50``, ``latency_ms_p90``, ``latency_ms_mean``.
     """
-    interpreter = runtime.make_interpreter(tflite_model, num_threads)
     converted = run_in_source_order(interpreter, x_test, input_names, output_names)
     metrics: dict[str, float] = {}
     if task == "classification" and y_test is not None and is_class_scores(reference[0]):
         metrics.update(accuracy_metrics(reference[0], converted[0], y_test))
     metrics.update(fidelity_metrics(reference, converted, output_names))
     metrics.update(size_metrics(tflite_model))
-    inputs, _ = runtime.io_tensors(interpreter)
-    ordered_inputs = [x_test[i] for i in runtime.match_order(inputs, input_names or [])]
-    metrics.update(runtime.measure_latency(interpreter, ordered_inputs, runs=latency_runs))
+    latency_inputs = inputs_in_model_order(interpreter, x_test, input_names)
+    metrics.update(runtime.measure_latency(interpreter, latency_inputs, runs=latency_runs))
     return metrics

@@ -58,14 +58,9 @@ class Prepared:
 
     @property
     def native_input_size(self) -> int | None:
-        """Side of a square image input (e.g. 8 for digits), or ``None`` for other inputs."""
-        return native_input_size(self.source)
-
-
-def native_input_size(source: Source) -> int | None:
-    """Side of the source's square image input ``(N, S, S, C)``, or ``None``."""
-    shape = source.input_shapes[0]
-    return shape[1] if len(shape) == 4 and shape[1] == shape[2] and shape[1] > 0 else None
+        """Side of the source's square image input ``(N, S, S, C)`` (8 for digits), or ``None``."""
+        shape = self.source.input_shapes[0]
+        return shape[1] if len(shape) == 4 and shape[1] == shape[2] and shape[1] > 0 else None
 
 
 TASKS = ("auto", "classification", "fidelity")
@@ -244,7 +239,7 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant, num_threads: int 
         metrics = {**evaluate.size_metrics(tflite_model), **runtime.measure_latency(interpreter, [example])}
     else:
         metrics = evaluate.evaluate(
-            tflite_model, prepared.reference, adapted.x_test, prepared.dataset.y_test, num_threads,
+            tflite_model, interpreter, prepared.reference, adapted.x_test, prepared.dataset.y_test,
             input_names=adapted.source.input_names, output_names=adapted.source.output_names, task=prepared.task,
         )
     metrics["sparsity_achieved"] = optimize.tflite_sparsity(tflite_model)

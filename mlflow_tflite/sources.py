@@ -67,13 +67,19 @@ def _shape(shape) -> tuple[int, ...]:
     return tuple(-1 if d is None else int(d) for d in shape)
 
 
-def from_tf_keras(model, uri: str | None = None) -> Source:
-    """Source for a tf_keras (Keras 2) model, converted with ``TFLiteConverter.from_keras_model``."""
-    import tensorflow as tf
+def _keras_predict(model) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """Inference (``training=False``) of a Keras model of either version: input list -> output list."""
 
     def predict(arrays):
         outputs = model(arrays if len(arrays) > 1 else arrays[0], training=False)
         return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+
+    return predict
+
+
+def from_tf_keras(model, uri: str | None = None) -> Source:
+    """Source for a tf_keras (Keras 2) model, converted with ``TFLiteConverter.from_keras_model``."""
+    import tensorflow as tf
 
     return Source(
         name=model.name,
@@ -81,7 +87,7 @@ def from_tf_keras(model, uri: str | None = None) -> Source:
         uri=uri or f"tf_keras:{model.name}",
         input_shapes=[_shape(t.shape) for t in model.inputs],
         output_shapes=[_shape(t.shape) for t in model.outputs],
-        predict_fn=predict,
+        predict_fn=_keras_predict(model),
         converter_fn=lambda: tf.lite.TFLiteConverter.from_keras_model(model),
         input_names=list(model.input_names),
         output_names=list(model.output_names),
@@ -100,10 +106,7 @@ def from_keras3(model, uri: str | None = None) -> Source:
     model.export(str(saved_model), format="tf_saved_model", verbose=False)
     source = from_saved_model(saved_model, uri=uri or f"keras3:{model.name}")
 
-    def predict(arrays):
-        outputs = model(arrays if len(arrays) > 1 else arrays[0], training=False)
-        return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
-
+    predict = _keras_predict(model)
     _check_export(source, predict)
     source.name, source.kind, source.predict_fn = model.name, "keras3", predict
     source._keep_alive.append(export_dir)

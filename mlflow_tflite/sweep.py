@@ -235,11 +235,11 @@ def _children(parent_run_id: str) -> list:
     )
 
 
-def _finished_children(parent_run_id: str) -> dict[str, object]:
-    """FINISHED child runs of a parent, by variant name; stale RUNNING ones are marked KILLED."""
+def _finished_children(children: list) -> dict[str, object]:
+    """FINISHED child runs by variant name; stale RUNNING ones (a killed sweep) are marked KILLED."""
     client = MlflowClient()
     finished = {}
-    for run in _children(parent_run_id):
+    for run in children:
         if run.info.status == "FINISHED" and tracking.VARIANT_TAG in run.data.tags:
             finished.setdefault(run.data.tags[tracking.VARIANT_TAG], run)
         elif run.info.status == "RUNNING":
@@ -297,7 +297,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
                 raise TFLiteError(meta)
             variants = [v if v.input_size else replace(v, input_size=meta["native_input_size"]) for v in config.variants]
             tracking.log_params_once(_sweep_params(config, variants, meta["uri"]))
-            done = _finished_children(parent.info.run_id)
+            done = _finished_children(_children(parent.info.run_id))
             todo = [v for v in variants if v.name not in done]
             bar = tqdm(total=len(variants), initial=len(variants) - len(todo), desc="variants", disable=not progress)
             model_errors = _build_variant_models(workers, todo, meta["native_input_size"])
@@ -353,9 +353,10 @@ def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str)
 def _choose_and_register(parent_run_id: str, variants: list[Variant], config: SweepConfig, source_name: str):
     from mlflow_tflite import report
 
-    finished = _finished_children(parent_run_id)
+    children = _children(parent_run_id)
+    finished = _finished_children(children)
     names = [v.name for v in variants]
-    failed = {r.data.tags.get(tracking.VARIANT_TAG): r for r in _children(parent_run_id) if r.info.status == "FAILED"}
+    failed = {r.data.tags.get(tracking.VARIANT_TAG): r for r in children if r.info.status == "FAILED"}
     rows = [_row(finished[n]) if n in finished else _row(failed[n]) for n in names if n in finished or n in failed]
     # Variants that could not be run here (Flex ops) have no latency or accuracy to compare.
     candidates = [r for r in rows if r["status"] == "FINISHED" and "latency_ms_p50" in r["metrics"]]
