@@ -9,38 +9,46 @@ def mtcnn_weights(name):
     pkg_dir = importlib.util.find_spec("mtcnn").submodule_search_locations[0]
     return joblib.load(os.path.join(pkg_dir, "assets", "weights", f"{name}.lz4"))
 
-# (layer kind, kwargs); weights are consumed in this order: conv=(kernel,bias), prelu=(alpha,), dense=(kernel,bias)
+def _conv_stack(L, x, stages):
+    """Conv2D + PReLU per stage (``conv{i}``, ``prelu{i}``), each optionally followed by max
+    pooling ``(size, stride, padding)``; weights are consumed in this layer order."""
+    for i, (filters, kernel, pool) in enumerate(stages, start=1):
+        x = L.Conv2D(filters, kernel, name=f"conv{i}")(x)
+        x = L.PReLU(shared_axes=[1, 2], name=f"prelu{i}")(x)
+        if pool:
+            x = L.MaxPooling2D(pool[0], pool[1], padding=pool[2], name=f"pool{i}")(x)
+    return x
+
+
+def _dense_trunk(L, x, units, index):
+    """MTCNN's fully connected trunk (Caffe layout: transpose H and W before flattening)."""
+    x = L.Permute((2, 1, 3), name="permute")(x)
+    x = L.Flatten(name="flatten")(x)
+    x = L.Dense(units, name=f"fc{index}")(x)
+    return L.PReLU(name=f"prelu{index}")(x)
+
+
 def _pnet(K, x):
     L = K.layers
-    x = L.Conv2D(10, 3, name="conv1")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu1")(x)
-    x = L.MaxPooling2D(2, 2, padding="same", name="pool1")(x)
-    x = L.Conv2D(16, 3, name="conv2")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu2")(x)
-    x = L.Conv2D(32, 3, name="conv3")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu3")(x)
+    x = _conv_stack(L, x, [(10, 3, (2, 2, "same")), (16, 3, None), (32, 3, None)])
     return [L.Conv2D(4, 1, name="conv4_1")(x), L.Conv2D(2, 1, activation="softmax", name="conv4_2")(x)]
+
 
 def _rnet(K, x):
     L = K.layers
-    x = L.Conv2D(28, 3, name="conv1")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu1")(x)
-    x = L.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
-    x = L.Conv2D(48, 3, name="conv2")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu2")(x)
-    x = L.MaxPooling2D(3, 2, padding="valid", name="pool2")(x)
-    x = L.Conv2D(64, 2, name="conv3")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu3")(x)
-    x = L.Permute((2, 1, 3), name="permute")(x); x = L.Flatten(name="flatten")(x)
-    x = L.Dense(128, name="fc4")(x); x = L.PReLU(name="prelu4")(x)
+    x = _conv_stack(L, x, [(28, 3, (3, 2, "same")), (48, 3, (3, 2, "valid")), (64, 2, None)])
+    x = _dense_trunk(L, x, 128, 4)
     return [L.Dense(4, name="fc5_1")(x), L.Dense(2, activation="softmax", name="fc5_2")(x)]
+
 
 def _onet(K, x):
     L = K.layers
-    x = L.Conv2D(32, 3, name="conv1")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu1")(x)
-    x = L.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
-    x = L.Conv2D(64, 3, name="conv2")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu2")(x)
-    x = L.MaxPooling2D(3, 2, padding="valid", name="pool2")(x)
-    x = L.Conv2D(64, 3, name="conv3")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu3")(x)
-    x = L.MaxPooling2D(2, 2, padding="same", name="pool3")(x)
-    x = L.Conv2D(128, 2, name="conv4")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu4")(x)
-    x = L.Permute((2, 1, 3), name="permute")(x); x = L.Flatten(name="flatten")(x)
-    x = L.Dense(256, name="fc5")(x); x = L.PReLU(name="prelu5")(x)
-    return [L.Dense(4, name="fc6_1")(x), L.Dense(10, name="fc6_2")(x), L.Dense(2, activation="softmax", name="fc6_3")(x)]
+    x = _conv_stack(L, x, [(32, 3, (3, 2, "same")), (64, 3, (3, 2, "valid")), (64, 3, (2, 2, "same")),
+                           (128, 2, None)])
+    x = _dense_trunk(L, x, 256, 5)
+    return [L.Dense(4, name="fc6_1")(x), L.Dense(10, name="fc6_2")(x),
+            L.Dense(2, activation="softmax", name="fc6_3")(x)]
+
 
 _SPECS = {"pnet": (_pnet, (12, 12, 3)), "rnet": (_rnet, (24, 24, 3)), "onet": (_onet, (48, 48, 3))}
 
