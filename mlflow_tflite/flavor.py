@@ -4,11 +4,16 @@ Shaped like ``mlflow.onnx``: the model directory holds ``model.tflite`` and an M
 whose ``tflite`` section records the model file, the LiteRT runtime version, the quantization
 mode and the input/output tensors. The ``python_function`` flavor loads it with
 :func:`_load_pyfunc`, which quantizes float input and dequantizes integer output.
+
+A saved model carries this package in its ``code/`` directory (MLflow's ``code_paths``), so it
+loads and serves where ``mlflow-tflite`` is not installed (it is not published on PyPI); its
+requirements are only the LiteRT interpreter, numpy and pandas (and tensorflow for Flex models).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,7 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.models.utils import _save_example
 from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
 from mlflow.tracking.artifact_utils import _download_artifact_from_uri
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.utils.environment import (
     _CONDA_ENV_FILE_NAME,
     _CONSTRAINTS_FILE_NAME,
@@ -40,6 +45,7 @@ from mlflow.utils.model_utils import (
     _copy_extra_files,
     _get_flavor_configuration,
     _validate_and_copy_code_paths,
+    _validate_code_paths,
     _validate_and_prepare_target_save_path,
 )
 from mlflow.utils.requirements_utils import _get_pinned_requirement
@@ -50,18 +56,24 @@ from mlflow_tflite.errors import TFLiteError
 FLAVOR_NAME = "tflite"
 MODEL_FILE_NAME = "model.tflite"
 QUANTIZATION_MODES = ("none", "dynamic", "float16", "int8", "int8_full", "int16x8")
+DEFAULT_BATCH_SIZE = 256
+# This package, copied into every saved model's code/ directory (see save_model).
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def get_default_pip_requirements(flex: bool = False) -> list[str]:
-    """Pip requirements of a model of this flavor: this plugin and the LiteRT interpreter.
+    """Pip requirements of a model of this flavor: what its pyfunc wrapper imports.
+
+    ``mlflow-tflite`` itself is not listed: the model carries the package in its ``code/``
+    directory (it is not on PyPI). MLflow adds its own ``mlflow==<version>`` pin when saving.
 
     Args:
         flex: the model has Flex (SELECT_TF_OPS) ops, so TensorFlow's interpreter is needed too.
 
     Returns:
-        Pinned requirement strings, e.g. ``["ai-edge-litert==2.3.0", "mlflow-tflite==0.1.0"]``.
+        Pinned requirement strings, e.g. ``["ai-edge-litert==2.3.0", "numpy==2.4.6", "pandas==3.1.1"]``.
     """
-    packages = ["ai-edge-litert", "mlflow-tflite", "numpy"] + (["tensorflow"] if flex else [])
+    packages = ["ai-edge-litert", "numpy", "pandas"] + (["tensorflow"] if flex else [])
     return [_get_pinned_requirement(package) for package in packages]
 
 
@@ -94,6 +106,15 @@ def infer_signature_from_tensors(inputs: list[runtime.TensorInfo], outputs: list
 
     The pyfunc quantizes and dequantizes, so quantized I/O tensors appear as float32 here. A
     single input is unnamed (a plain array works); several inputs are named by the signature.
+    The params schema declares ``batch_size`` (long, default 256): without it MLflow drops the
+    ``params`` of ``predict`` before they reach the wrapper.
+
+    Args:
+        inputs, outputs: the model's tensors, from :func:`runtime.io_tensors`.
+
+    Returns:
+        ``ModelSignature`` with float32 ``TensorSpec`` of shape ``(-1, *tensor.shape[1:])`` and
+        ``ParamSchema([ParamSpec("batch_size", "long", 256)])``.
     """
 
     def schema(tensors: list[runtime.TensorInfo]) -> Schema:
@@ -105,7 +126,21 @@ def infer_signature_from_tensors(inputs: list[runtime.TensorInfo], outputs: list
             ]
         )
 
-    return ModelSignature(inputs=schema(inputs), outputs=schema(outputs))
+    params = ParamSchema([ParamSpec("batch_size", "long", DEFAULT_BATCH_SIZE)])
+    return ModelSignature(inputs=schema(inputs), outputs=schema(outputs), params=params)
+
+
+def _code_paths_with_package(code_paths: list | None) -> list[str]:
+    """The user's ``code_paths`` plus this package's directory (unless they pass an ``mlflow_tflite`` of their own).
+
+    Raises:
+        TypeError: ``code_paths`` is not a list (MLflow's own check).
+    """
+    _validate_code_paths(code_paths)
+    user_paths = [str(p) for p in code_paths or []]
+    if any(Path(p).name == PACKAGE_DIR.name for p in user_paths):
+        return user_paths
+    return [str(PACKAGE_DIR), *user_paths]
 
 
 def save_model(
@@ -134,10 +169,15 @@ def save_model(
     Args:
         tflite_model: flatbuffer bytes, or the path of a .tflite file.
         path: local directory to create (must not exist or be empty).
-        conda_env, code_paths, pip_requirements, extra_pip_requirements, metadata, extra_files:
+        conda_env, pip_requirements, extra_pip_requirements, metadata, extra_files:
             as in every MLflow flavor (see ``mlflow.onnx.save_model``).
+        code_paths: extra files or directories for the model's ``code/`` directory (a list);
+            this package (``mlflow_tflite``, without ``__pycache__``) is always copied there too,
+            so the model loads without ``mlflow-tflite`` installed.
         mlflow_model: the :class:`mlflow.models.Model` this flavor is added to.
-        signature: pyfunc signature; inferred from the model's tensors when ``None``.
+        signature: pyfunc signature; inferred from the model's tensors when ``None`` (with a
+            ``batch_size`` param). A given signature is kept as is: without a params schema,
+            MLflow drops ``params={"batch_size": ...}`` at predict time.
         input_example: an example input (numpy array or dict of arrays).
         quantization: the quantization mode (one of :data:`QUANTIZATION_MODES`); inferred from
             the tensors when ``None``.
@@ -145,6 +185,7 @@ def save_model(
 
     Raises:
         TFLiteError: the bytes are not a loadable TFLite model, or ``quantization`` is unknown.
+        TypeError: ``code_paths`` is not a list.
     """
     model_bytes = read_tflite_bytes(tflite_model)
     flex = bool(runtime.flex_ops(model_bytes))
@@ -158,6 +199,7 @@ def save_model(
     if quantization not in QUANTIZATION_MODES:
         raise TFLiteError(f"quantization {quantization!r} is unknown; use one of {', '.join(QUANTIZATION_MODES)}")
     _validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
+    code_paths = _code_paths_with_package(code_paths)
 
     path = os.path.abspath(path)
     _validate_and_prepare_target_save_path(path)
@@ -311,37 +353,71 @@ def _load_pyfunc(path: str):
 
 
 class TFLiteModelWrapper:
-    """pyfunc wrapper around a LiteRT interpreter.
+    """pyfunc wrapper around LiteRT interpreters, safe to call from several threads.
 
     ``predict`` takes a numpy array (one input), a dict of arrays keyed by input name, or a
     pandas DataFrame (one column per input, or the flattened features of the single input),
     quantizes float input for integer input tensors, runs batches and returns float32
     dequantized outputs: one array for one output, else a dict keyed by output name.
+
+    A LiteRT interpreter is not thread-safe (resize, allocate, set and invoke share its
+    buffers) and MLflow's scoring server calls ``predict`` from a thread pool, so each calling
+    thread gets its own interpreter, created from the model bytes on its first call. This beat
+    one interpreter behind a lock in ``benchmarks/serving_concurrency.py``: ``invoke`` releases
+    the GIL, so per-thread interpreters run on several cores while a lock serialises them; the
+    cost is one interpreter (its arena and packed weights) per serving thread.
+
+    Args:
+        tflite_model: the flatbuffer bytes.
+        num_threads: CPU threads of each interpreter (>= 1).
+        batch_size: default rows per invocation (>= 1), overridden by ``params["batch_size"]``.
+
+    Raises:
+        TFLiteError: the bytes are not a loadable model (checked once, in the loading thread).
     """
 
-    def __init__(self, tflite_model: bytes, num_threads: int = 1, batch_size: int = 256):
-        self.interpreter = runtime.make_interpreter(tflite_model, num_threads)
-        self.inputs, self.outputs = runtime.io_tensors(self.interpreter)
-        self.batch_size = batch_size
+    def __init__(self, tflite_model: bytes, num_threads: int = 1, batch_size: int = DEFAULT_BATCH_SIZE):
+        self._model_bytes = bytes(tflite_model)
+        self._num_threads = num_threads
+        self._local = threading.local()
+        self.inputs, self.outputs = runtime.io_tensors(self._interpreter())
+        self.batch_size = _checked_batch_size(batch_size)
+
+    def _interpreter(self):
+        """The calling thread's interpreter, created on its first call."""
+        interpreter = getattr(self._local, "interpreter", None)
+        if interpreter is None:
+            interpreter = runtime.make_interpreter(self._model_bytes, self._num_threads)
+            self._local.interpreter = interpreter
+        return interpreter
 
     def get_raw_model(self):
-        """The underlying interpreter."""
-        return self.interpreter
+        """The calling thread's interpreter (``ai_edge_litert.interpreter.Interpreter``)."""
+        return self._interpreter()
 
     def predict(self, data, params: dict[str, Any] | None = None):
-        """Predict on ``data``; ``params`` may hold ``batch_size`` (rows per invocation).
+        """Predict on ``data``, ``batch_size`` rows per interpreter invocation.
+
+        Args:
+            data: float (or already quantized) ``(N, *input_shape[1:])`` array, a dict of such
+                arrays keyed by input name, or a DataFrame (see the class docstring).
+            params: ``{"batch_size": int >= 1}`` (default 256); a model with a fixed batch
+                dimension always runs that many rows at a time.
 
         Returns:
             ``np.ndarray`` of float32 ``(N, ...)`` for one output, else ``{name: np.ndarray}``.
 
         Raises:
-            TFLiteError: missing inputs or shapes that do not match the model.
+            TFLiteError: missing inputs, shapes that do not match the model, or a batch_size < 1.
         """
-        batch_size = int((params or {}).get("batch_size", self.batch_size))
-        results = runtime.run(self.interpreter, self._arrays(data), batch_size)
+        batch_size = _checked_batch_size((params or {}).get("batch_size", self.batch_size))
+        results = self._run(self._arrays(data), batch_size)
         if len(results) == 1:
             return results[0]
         return {tensor.name: value for tensor, value in zip(self.outputs, results)}
+
+    def _run(self, arrays: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+        return runtime.run(self._interpreter(), arrays, batch_size)
 
     def _arrays(self, data) -> list[np.ndarray]:
         """One float array per model input, in the model's input order."""
@@ -365,6 +441,13 @@ class TFLiteModelWrapper:
             shape = self.inputs[0].shape[1:]
             return frame.to_numpy(dtype=np.float32).reshape((len(frame), *shape))
         raise TFLiteError(f"DataFrame columns {list(frame.columns)} do not name the model inputs {names}")
+
+
+def _checked_batch_size(value) -> int:
+    """``value`` as an int >= 1, else a TFLiteError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise TFLiteError(f"batch_size {value!r} is not a positive integer; pass e.g. params={{'batch_size': 32}}")
+    return int(value)
 
 
 def _stack(column: pd.Series, tensor: runtime.TensorInfo) -> np.ndarray:

@@ -331,19 +331,22 @@ def run(interpreter, arrays: list[np.ndarray], batch_size: int = 256) -> list[np
     Args:
         interpreter: an interpreter from :func:`make_interpreter`.
         arrays: one array per model input, each ``(N, *input_shape[1:])``.
-        batch_size: rows per invocation when the batch dimension is dynamic; a model with a
-            fixed batch size ``B`` is run ``B`` rows at a time (the last batch zero-padded).
+        batch_size: rows per invocation (>= 1) when the batch dimension is dynamic; a model
+            with a fixed batch size ``B`` is run ``B`` rows at a time (the last batch zero-padded).
 
     Returns:
         One float32 array per model output, each ``(N, *output_shape[1:])``.
 
     Raises:
-        TFLiteError: wrong number of inputs or shapes that do not match the model.
+        TFLiteError: wrong number of inputs, shapes that do not match the model, or
+            ``batch_size < 1``.
     """
+    if batch_size < 1:
+        raise TFLiteError(f"batch_size {batch_size} must be >= 1 (rows per interpreter invocation)")
     inputs, outputs = io_tensors(interpreter)
     rows = _check_input_shapes(inputs, arrays)
     fixed_batch = _batch_capacity(inputs)
-    step = fixed_batch or max(1, batch_size)
+    step = fixed_batch or batch_size
     collected: list[list[np.ndarray]] = [[] for _ in outputs]
     for start in range(0, rows, step):
         chunk = [quantize(a[start : start + step], t) for a, t in zip(arrays, inputs)]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,8 +80,16 @@ def test_flavor_configuration_records_model_and_tensors(converted, tmp_path):
     assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow_tflite.flavor"
     signature = mlmodel["signature"]
     assert "float32" in signature["inputs"] and "[-1, 8, 8, 1]" in signature["inputs"]
-    requirements = (tmp_path / "m" / "requirements.txt").read_text()
-    assert "ai-edge-litert==" in requirements and "mlflow-tflite==" in requirements
+    # The plugin travels in the model's code/ directory; it is not a requirement (not on PyPI).
+    assert mlmodel["flavors"]["python_function"]["code"] == "code" and conf["code"] == "code"
+    requirements = (tmp_path / "m" / "requirements.txt").read_text().splitlines()
+    assert not [r for r in requirements if r.startswith("mlflow-tflite")], requirements
+    names = {r.split("==")[0] for r in requirements}
+    assert {"mlflow", "ai-edge-litert", "numpy", "pandas"} <= names and "tensorflow" not in names, requirements
+    code = tmp_path / "m" / "code" / "mlflow_tflite"
+    assert (code / "flavor.py").read_text() == Path(mlflow_tflite.flavor.__file__).read_text()
+    assert (code / "runtime.py").is_file() and (code / "errors.py").is_file()
+    assert not list(code.rglob("__pycache__"))
 
 
 @pytest.mark.parametrize("name", MODES)
@@ -108,7 +122,105 @@ def test_pyfunc_accepts_dataframe_and_path(converted, demo_prepared, tmp_path):
     # The raw wrapper also takes flattened features, one column per value.
     wrapper = mlflow_tflite.flavor._load_pyfunc(str(tmp_path / "m"))
     np.testing.assert_allclose(wrapper.predict(pd.DataFrame(x.reshape(20, -1))), model.predict(x), atol=1e-6)
-    np.testing.assert_allclose(model.predict(x, params={"batch_size": 3}), model.predict(x), atol=1e-6)
+
+
+def test_pyfunc_batch_size_param_reaches_the_interpreter(converted, demo_prepared, tmp_path):
+    mlflow_tflite.save_model(converted["dynamic-s0-i8"][1], tmp_path / "m")
+    assert mlflow.models.Model.load(str(tmp_path / "m")).signature.params.to_dict() == [
+        {"name": "batch_size", "type": "long", "default": 256, "shape": None}
+    ]
+    model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    x = demo_prepared.dataset.x_test[:20]
+    interpreter = model.get_raw_model()  # this thread's interpreter: its input keeps the last batch's shape
+    expected = model.predict(x)
+    assert tuple(interpreter.get_input_details()[0]["shape"]) == (20, 8, 8, 1)  # default 256 rows per call
+    np.testing.assert_allclose(model.predict(x, params={"batch_size": 3}), expected, atol=1e-6)
+    assert tuple(interpreter.get_input_details()[0]["shape"]) == (2, 8, 8, 1)  # 20 = 6 x 3 + 2
+    for bad in (0, -4):
+        with pytest.raises(TFLiteError, match=f"batch_size {bad} ") as error:
+            model.predict(x, params={"batch_size": bad})
+        assert "\n" not in error.value.message
+
+
+def test_user_signature_is_kept(converted, tmp_path):
+    signature = mlflow.models.infer_signature(np.zeros((1, 8, 8, 1), np.float32), np.zeros((1, 10), np.float32))
+    mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m", signature=signature)
+    assert mlflow.models.Model.load(str(tmp_path / "m")).signature == signature
+
+
+def _serial_and_threaded(model, x, threads: int, calls: int):
+    """Predictions of ``calls`` batches per thread, run serially and from ``threads`` threads at once."""
+    jobs = [(t, c, 1 + (7 * t + 13 * c) % 40) for t in range(threads) for c in range(calls)]
+    serial = {(t, c): model.predict(x[:n]) for t, c, n in jobs}
+    threaded, errors = {}, []
+    start = threading.Barrier(threads)
+
+    def work(thread: int):
+        start.wait()
+        for t, c, n in jobs:
+            if t == thread:
+                try:
+                    threaded[(t, c)] = model.predict(x[:n], params={"batch_size": 1 + c % 16})
+                except Exception as error:  # counted, not raised: the test reports how many failed
+                    errors.append(f"{type(error).__name__}: {error}"[:200])
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return serial, threaded, errors
+
+
+def test_pyfunc_predict_is_thread_safe(converted, demo_prepared, tmp_path):
+    mlflow_tflite.save_model(converted["int8_full-s0-i8"][1], tmp_path / "m")
+    model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    serial, threaded, errors = _serial_and_threaded(model, demo_prepared.dataset.x_test, threads=8, calls=50)
+    assert not errors, f"{len(errors)} of 400 concurrent predict calls failed, e.g. {errors[:3]}"
+    for key, expected in serial.items():
+        np.testing.assert_array_equal(threaded[key], expected, err_msg=str(key))
+
+
+def test_user_code_paths_are_merged_with_the_package(converted, tmp_path):
+    helper = tmp_path / "my_helpers.py"
+    helper.write_text("VALUE = 42\n")
+    mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m", code_paths=[str(helper)])
+    assert (tmp_path / "m" / "code" / "my_helpers.py").read_text() == "VALUE = 42\n"
+    assert (tmp_path / "m" / "code" / "mlflow_tflite" / "flavor.py").is_file()
+    with pytest.raises(TypeError, match="code_paths should be a list"):
+        mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m2", code_paths=str(helper))
+
+
+# Runs with `python -I -S`: no site module, so the editable install's import hook (a .pth file)
+# is not loaded; the venv's site-packages is added by hand, so only the model's code/ can
+# provide mlflow_tflite.
+_LOAD_WITHOUT_PLUGIN = """
+import importlib.util, sys
+sys.path.append(sys.argv[1])
+assert importlib.util.find_spec("mlflow_tflite") is None, "mlflow_tflite importable before loading"
+import numpy as np, mlflow.pyfunc
+model = mlflow.pyfunc.load_model(sys.argv[2])
+out = model.predict(np.load(sys.argv[3]), params={"batch_size": 5})
+np.save(sys.argv[4], out)
+print(sys.modules["mlflow_tflite"].__file__)
+"""
+
+
+def test_saved_model_loads_where_the_plugin_is_not_installed(converted, demo_prepared, tmp_path):
+    mlflow_tflite.save_model(converted["int8-s0-i8"][1], tmp_path / "m")
+    x = demo_prepared.dataset.x_test[:12]
+    np.save(tmp_path / "x.npy", x)
+    site_packages = sysconfig.get_paths()["purelib"]
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _LOAD_WITHOUT_PLUGIN, site_packages, str(tmp_path / "m"),
+         str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded_from = Path(done.stdout.strip().splitlines()[-1])
+    assert loaded_from == tmp_path / "m" / "code" / "mlflow_tflite" / "__init__.py"
+    expected = mlflow.pyfunc.load_model(str(tmp_path / "m")).predict(x)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
 
 
 def test_log_model_and_load_model_return_interpreter(converted, demo_prepared, tracking):
