@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,35 +61,104 @@ def test_mlflow_run_main_logs_a_finished_int8_run(champion, monkeypatch):
     assert logged and logged[0].source_run_id == run.info.run_id, artifacts
 
 
+@contextlib.contextmanager
+def _serve(uri: str, workdir: Path, *options: str, ready_seconds: int = 120):
+    """`mlflow models serve` of the champion on a free port; yields its base URL, then stops it.
+
+    The server's output goes to ``serve-<port>.log`` in ``workdir`` (shown when it does not start).
+    """
+    port = _free_port()
+    log_path = workdir / f"serve-{port}.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [MLFLOW, "models", "serve", "-m", "models:/digits-cnn@champion", "--host", "127.0.0.1",
+             "--port", str(port), *options],
+            cwd=workdir, env=_env(uri), stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_ping(base, server, ready_seconds, log_path)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _wait_for_ping(base: str, server: subprocess.Popen, seconds: int, log_path: Path) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"model server exited with {server.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if requests.get(f"{base}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"model server did not answer /ping within {seconds} s:\n{log_path.read_text()[-4000:]}")
+
+
+def _check_invocations(base: str, digits) -> None:
+    x = digits.x_test[:16]
+    response = requests.post(f"{base}/invocations", json={"inputs": x.tolist()}, timeout=30)
+    assert response.status_code == 200, response.text
+    predictions = np.asarray(response.json()["predictions"])
+    assert predictions.shape == (16, 10)
+    assert np.mean(predictions.argmax(1) == digits.y_test[:16]) >= 0.9
+    bad = requests.post(f"{base}/invocations", json={"inputs": np.zeros((2, 9, 9, 1)).tolist()}, timeout=30)
+    assert bad.status_code == 400
+
+
 @pytest.mark.slow
 def test_models_serve_answers_invocations(champion, digits):
     uri, workdir = champion
-    port = _free_port()
-    env = _env(uri)
-    server = subprocess.Popen(
-        [MLFLOW, "models", "serve", "-m", "models:/digits-cnn@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{base}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        else:
-            pytest.fail("model server did not answer /ping within 120 s")
-        x = digits.x_test[:16]
-        response = requests.post(f"{base}/invocations", json={"inputs": x.tolist()}, timeout=30)
-        assert response.status_code == 200, response.text
-        predictions = np.asarray(response.json()["predictions"])
-        assert predictions.shape == (16, 10)
-        assert np.mean(predictions.argmax(1) == digits.y_test[:16]) >= 0.9
-        bad = requests.post(f"{base}/invocations", json={"inputs": np.zeros((2, 9, 9, 1)).tolist()}, timeout=30)
-        assert bad.status_code == 400
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with _serve(uri, workdir, "--env-manager", "local") as base:
+        _check_invocations(base, digits)
+
+
+def _request(base: str, x: np.ndarray, batch_size: int) -> np.ndarray:
+    body = {"inputs": x.tolist(), "params": {"batch_size": batch_size}}
+    response = requests.post(f"{base}/invocations", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return np.asarray(response.json()["predictions"])
+
+
+@pytest.mark.slow
+def test_models_serve_concurrent_requests_match_serial_answers(champion, digits):
+    """8 clients x 50 requests at once into one server process (uvicorn, 1 worker, whose
+    /invocations handler runs ``predict`` in a thread pool): no errors, serial answers."""
+    uri, workdir = champion
+    jobs = [(t, r, 1 + (11 * t + 7 * r) % 48, 1 + r % 9) for t in range(8) for r in range(50)]
+    with _serve(uri, workdir, "--env-manager", "local", "--workers", "1") as base:
+        serial = {(t, r): _request(base, digits.x_test[:n], b) for t, r, n, b in jobs}
+        answers, errors = {}, []
+        start = threading.Barrier(8)
+
+        def client(thread: int):
+            start.wait()
+            for t, r, n, b in jobs:
+                if t == thread:
+                    try:
+                        answers[(t, r)] = _request(base, digits.x_test[:n], b)
+                    except Exception as error:  # counted: the assertion reports how many failed
+                        errors.append(str(error)[:300])
+
+        clients = [threading.Thread(target=client, args=(t,)) for t in range(8)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+    assert not errors, f"{len(errors)} of {len(jobs)} concurrent requests failed, e.g. {errors[:2]}"
+    for key, expected in serial.items():
+        np.testing.assert_array_equal(answers[key], expected, err_msg=str(key))
+
+
+@pytest.mark.slow
+def test_models_serve_builds_the_model_environment(champion, digits):
+    """MLflow's default env manager (virtualenv: pyenv's Python 3.11.7 + the model's
+    requirements.txt, where mlflow-tflite is not installed) serves the model from its code/."""
+    uri, workdir = champion
+    # The first run builds the environment (pip installs mlflow, ai-edge-litert, numpy, pandas);
+    # MLflow caches it under ~/.mlflow/envs by a hash of the requirements.
+    with _serve(uri, workdir, ready_seconds=1500) as base:
+        _check_invocations(base, digits)
