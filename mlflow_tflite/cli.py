@@ -10,6 +10,7 @@ import os
 import click
 
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.quiet import start_tensorflow
 
 # TensorFlow's C++ INFO/WARNING lines drown the CLI's own output; a user's setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,14 +29,37 @@ def _given(value: str | None) -> str | None:
     return None if value in (None, "", DEMO, AUTO) else value
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 class _OneLineErrors(click.Group):
-    """Turns a TFLiteError into click's one-line ``Error: message`` and exit status 1."""
+    """Every error as one line (``Error: message``, exit status 1), never a traceback.
+
+    Ctrl-C prints one line and exits 130 (the runs it interrupted end KILLED). Errors that are
+    not this project's (MLflow, the network, a bug) name their type; set
+    ``MLFLOW_TFLITE_TRACEBACK=1`` to see the traceback instead.
+    """
 
     def invoke(self, ctx):
+        from mlflow.exceptions import MlflowException
+
         try:
             return super().invoke(ctx)
         except TFLiteError as error:
             raise click.ClickException(error.message) from None
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted (Ctrl-C); the interrupted runs are marked KILLED", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except MlflowException as error:
+            raise click.ClickException(f"MLflow: {_first_line(error.message)}") from None
+        except Exception as error:
+            if os.environ.get("MLFLOW_TFLITE_TRACEBACK"):
+                raise
+            raise click.ClickException(f"{type(error).__name__}: {_first_line(error)}") from None
 
 
 @click.group(cls=_OneLineErrors)
@@ -69,6 +93,12 @@ def _shared_options(command):
         click.option("--registered-model-name", default=AUTO, show_default=True,
                      help="Registry name; auto derives it from the source (digits-cnn for the demo)."),
         click.option("--num-threads", default=1, type=int, show_default=True, help="LiteRT threads for latency/pyfunc."),
+        click.option("--max-accuracy-drop", default=0.01, type=float, show_default=True,
+                     help="Tolerance: accuracy_drop (labels) or 1 - agreement (no labels), absolute fraction."),
+        click.option("--min-cosine-similarity", default=0.99, type=float, show_default=True,
+                     help="Tolerance without labels: mean cosine similarity to the source outputs."),
+        click.option("--max-relative-error", default="none", show_default=True,
+                     help="Tolerance without labels: relative L2 error to the source outputs, or none."),
         click.option("--no-register", is_flag=True, help="Log the run(s) but do not register a model."),
         click.option("--task", default="auto", show_default=True,
                      help="classification, fidelity (regression/embeddings/detection), or auto."),
@@ -95,23 +125,36 @@ def _shared_options(command):
 @click.option("--sparsity", default=0.0, type=float, show_default=True, help="Target pruned fraction in [0, 1).")
 @click.option("--input-size", default=NATIVE, show_default=True, help="Square input side in pixels, or native.")
 def convert(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, registered_model_name,
-            num_threads, no_register, task, source_format, signature_key, input_arrays, output_arrays, input_shapes,
-            resize, scale, mean, std, channels):
+            num_threads, max_accuracy_drop, min_cosine_similarity, max_relative_error, no_register, task,
+            source_format, signature_key, input_arrays, output_arrays, input_shapes, resize, scale, mean, std,
+            channels):
     """Convert one variant, evaluate it and log it as an MLflow run (the `main` entry point)."""
     from mlflow_tflite.pipeline import prepare, run_variant
+    from mlflow_tflite.tracking import check_tracking_store
     from mlflow_tflite.variants import Variant
 
     requested_size = _optional_int(input_size, "input_size")
-    # Check the parameters before any expensive work.
+    # Check the parameters and the tracking store before any expensive work.
     Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type)
     if num_threads < 1:
         raise TFLiteError(f"num_threads={num_threads} must be >= 1")
+    tolerance = _tolerance(max_accuracy_drop, min_cosine_similarity, max_relative_error)
     options = _open_options(task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize,
                             scale, mean, std, channels)
+    check_tracking_store()
+    start_tensorflow()
     prepared = prepare(_given(model), _given(data), **options)
     variant = Variant(quant, sparsity, requested_size or prepared.native_input_size, calibration_samples, ops, io_type)
-    result = run_variant(prepared, variant, _given(registered_model_name), num_threads, register=not no_register)
+    result = run_variant(prepared, variant, _given(registered_model_name), num_threads, register=not no_register,
+                         tolerance=tolerance)
     _print_result(result)
+
+
+def _tolerance(max_accuracy_drop: float, min_cosine_similarity: float, max_relative_error: str):
+    from mlflow_tflite.selection import Tolerance
+
+    return Tolerance(max_accuracy_drop, min_cosine_similarity,
+                     _optional_float(max_relative_error, "max_relative_error"))
 
 
 def _floats(value: str, name: str) -> tuple[float, ...] | None:
@@ -173,18 +216,18 @@ def _optional_float(value: str | float | None, name: str) -> float | None:
 @click.option("--quant", default="none,dynamic,float16,int8", show_default=True, help="Comma-separated modes.")
 @click.option("--sparsity", default="0,0.5,0.8", show_default=True, help="Comma-separated target sparsities.")
 @click.option("--input-size", default=NATIVE, show_default=True, help="Comma-separated input sizes, or native.")
-@click.option("--max-accuracy-drop", default=0.01, type=float, show_default=True, help="Absolute tolerance.")
 @click.option("--objective", default="latency", show_default=True, help="latency, size or accuracy.")
 @click.option("--max-size-bytes", default="none", show_default=True, help="Size budget in bytes, or none.")
 @click.option("--max-latency-ms", default="none", show_default=True, help="Latency p50 budget in ms, or none.")
 @click.option("--workers", default=1, type=int, show_default=True, help="Worker processes.")
 @click.option("--resume", default="", help="Parent run id of an interrupted sweep: FINISHED variants are skipped.")
-def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, max_accuracy_drop, objective,
-          max_size_bytes, max_latency_ms, registered_model_name, workers, num_threads, resume, no_register,
-          task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize, scale, mean, std,
-          channels):
+def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, objective,
+          max_size_bytes, max_latency_ms, registered_model_name, workers, num_threads, max_accuracy_drop,
+          min_cosine_similarity, max_relative_error, resume, no_register, task, source_format, signature_key,
+          input_arrays, output_arrays, input_shapes, resize, scale, mean, std, channels):
     """Run a grid of variants as child runs of one parent run; register the best (`sweep` entry point)."""
     from mlflow_tflite.sweep import SweepConfig, run_sweep
+    from mlflow_tflite.tracking import check_tracking_store
     from mlflow_tflite.variants import expand_grid, parse_list
 
     sizes = [_optional_int(v, "input_size") for v in parse_list(input_size, "input_size")]
@@ -194,11 +237,14 @@ def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io
     options = _open_options(task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize,
                             scale, mean, std, channels)
     config = SweepConfig(
-        variants, _given(model), _given(data), options, objective, max_accuracy_drop,
+        variants, _given(model), _given(data), options, objective,
+        _tolerance(max_accuracy_drop, min_cosine_similarity, max_relative_error),
         _optional_float(max_size_bytes, "max_size_bytes"), _optional_float(max_latency_ms, "max_latency_ms"),
         _given(registered_model_name), workers, num_threads, None if resume in ("", "none") else resume,
         not no_register,
     )
+    check_tracking_store()
+    start_tensorflow()
     result = run_sweep(config)
     for row in result.rows:
         shown = ", ".join(f"{k}={row['metrics'][k]:.4g}" for k in ("accuracy_drop", "size_bytes", "latency_ms_p50")
@@ -212,11 +258,17 @@ def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io
 @cli.command()
 @click.option("--model-uri", required=True, help="A logged tflite model: runs:/<run_id>/model or models:/m-<id>.")
 @click.option("--registered-model-name", required=True, help="Registry name.")
-def promote(model_uri, registered_model_name):
-    """Register a logged model; it becomes champion only if it beats the champion on the same data."""
-    from mlflow_tflite.selection import promote_logged_model
+@click.option("--max-accuracy-drop", default=0.01, type=float, show_default=True, help="Tolerance (see convert).")
+@click.option("--min-cosine-similarity", default=0.99, type=float, show_default=True, help="Tolerance (see convert).")
+@click.option("--max-relative-error", default="none", show_default=True, help="Tolerance (see convert).")
+def promote(model_uri, registered_model_name, max_accuracy_drop, min_cosine_similarity, max_relative_error):
+    """Register a logged model; it becomes champion only if within tolerance and it beats the champion."""
+    from mlflow_tflite.registry import promote_logged_model
+    from mlflow_tflite.tracking import check_tracking_store
 
-    _echo_registration(promote_logged_model(model_uri, registered_model_name))
+    tolerance = _tolerance(max_accuracy_drop, min_cosine_similarity, max_relative_error)
+    check_tracking_store()
+    _echo_registration(promote_logged_model(model_uri, registered_model_name, tolerance))
 
 
 def _print_result(result) -> None:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import mlflow
 import numpy as np
 
-from mlflow_tflite import convert, evaluate, selection, tracking
+from mlflow_tflite import convert, evaluate, registry, tracking
 from mlflow_tflite.data import Dataset, calibration_sample, load_dataset, validate_dataset
 from mlflow_tflite.demo import DEMO_MODEL_NAME
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.selection import Tolerance
 from mlflow_tflite.sources import Source, from_tf_keras, open_source
 from mlflow_tflite.variants import Variant
 
@@ -48,12 +49,15 @@ class Prepared:
         reference: source outputs on ``dataset.x_test`` (one float32 array per output); every
             variant, resized or pruned, is compared against these.
         task: ``classification`` (accuracy metrics) or ``fidelity`` (output agreement only).
+        class_outputs: positions of the source outputs that hold class scores (they get a
+            top-1 ``agreement``), see ``evaluate.class_score_outputs``.
     """
 
     source: Source
     dataset: Dataset | None
     reference: list[np.ndarray] | None
     task: str = "classification"
+    class_outputs: tuple[int, ...] = ()
     _variant_models: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -76,7 +80,8 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
         data: a .npz/.npy path, an image folder, ``"digits"``, or ``None``.
         task: ``classification``, ``fidelity`` (no accuracy metrics: regression, embeddings,
             detection heads), or ``auto``: classification when the data has labels and the
-            first output is a vector of class scores.
+            first output holds class scores (softmax-like rows, or logits whose top-1 matches
+            the labels, see ``evaluate.class_score_outputs``).
         preprocessing: ``data.Preprocessing`` applied to the data at load time.
         source_options: ``source_format``, ``signature_key``, ``input_arrays``,
             ``output_arrays``, ``input_shapes`` (see ``sources.open_source``).
@@ -100,11 +105,19 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
         dataset = load_dataset(data, preprocessing) if data else None
     if dataset is None:
         return Prepared(source, None, None, "fidelity")
-    classes = source.num_classes if task != "fidelity" else None
-    validate_dataset(dataset, source.input_shapes, classes)
+    validate_dataset(dataset, source.input_shapes, None)
+    reference = source.predict(dataset.test_inputs)
+    class_outputs = evaluate.class_score_outputs(reference, dataset.y_test, task)
     if task == "auto":
-        task = "classification" if dataset.labelled and classes else "fidelity"
-    return Prepared(source, dataset, source.predict(dataset.test_inputs), task)
+        task = "classification" if dataset.labelled and 0 in class_outputs else "fidelity"
+    if task == "classification":
+        if 0 not in class_outputs:
+            raise TFLiteError(
+                f"task=classification needs a first output of class scores (N, classes) but {source.uri} gives "
+                f"{tuple(reference[0].shape)}; use task=fidelity"
+            )
+        validate_dataset(dataset, source.input_shapes, int(reference[0].shape[1]))
+    return Prepared(source, dataset, reference, task, class_outputs)
 
 
 def variant_model(prepared: Prepared, variant: Variant, seed: int = 0) -> VariantModel:
@@ -210,11 +223,12 @@ def _example(source: Source, x_test: list[np.ndarray]):
     return {name: x[:2] for name, x in zip(source.input_names, x_test)}
 
 
-def convert_and_evaluate(prepared: Prepared, variant: Variant, num_threads: int = 1) -> Outcome:
-    """Convert the variant's model and measure it against the original source.
+def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
+    """Convert the variant's model and measure it against the original source (no latency yet).
 
     Accuracy and fidelity compare the variant (on test images at its input size) with the
     original source model's reference outputs, so resizing and pruning losses both show.
+    Latency is timed afterwards, in a quiet phase (:func:`time_latency`).
 
     Raises:
         TFLiteError: resizing, pruning or conversion failed, or a calibrated mode has no data.
@@ -228,23 +242,54 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant, num_threads: int 
     conversion = convert.convert(adapted.source, variant, calibration)
     tflite_model, inventory = conversion.tflite_model, runtime.op_inventory(conversion.tflite_model)
     example = _example(adapted.source, adapted.x_test) if adapted.x_test else _probe_input(adapted.source)
+    metrics = {**evaluate.size_metrics(tflite_model), "convert_seconds": conversion.convert_seconds}
     try:
-        interpreter = runtime.make_interpreter(tflite_model, num_threads)
+        interpreter = runtime.make_interpreter(tflite_model)
     except TFLiteError as error:
         if not runtime.flex_ops(tflite_model):
             raise
-        metrics = {**evaluate.size_metrics(tflite_model), "convert_seconds": conversion.convert_seconds}
         return Outcome(tflite_model, metrics, calibration, example, inventory, error.message)
-    if prepared.dataset is None:
-        metrics = {**evaluate.size_metrics(tflite_model), **runtime.measure_latency(interpreter, [example])}
-    else:
-        metrics = evaluate.evaluate(
+    if prepared.dataset is not None:
+        metrics.update(evaluate.evaluate(
             tflite_model, interpreter, prepared.reference, adapted.x_test, prepared.dataset.y_test,
-            input_names=adapted.source.input_names, output_names=adapted.source.output_names, task=prepared.task,
-        )
+            input_names=adapted.source.input_names, output_names=adapted.source.output_names,
+            class_outputs=prepared.class_outputs, task=prepared.task,
+        ))
     metrics["sparsity_achieved"] = optimize.tflite_sparsity(tflite_model)
-    metrics["convert_seconds"] = conversion.convert_seconds
     return Outcome(tflite_model, metrics, calibration, example, inventory)
+
+
+def example_arrays(example) -> tuple[list[np.ndarray], list[str] | None]:
+    """An input example (an array, or a dict by source input name) -> (arrays, names or None)."""
+    if isinstance(example, dict):
+        return [np.asarray(v) for v in example.values()], list(example)
+    return [np.asarray(example)], None
+
+
+def time_latency(models: dict[str, tuple[bytes, object]], num_threads: int = 1) -> dict[str, dict[str, float]]:
+    """Latency metrics of several .tflite models, timed side by side (``runtime.measure_latencies``).
+
+    Call it in a quiet phase: after every conversion, with no other work on the machine's cores.
+
+    Args:
+        models: name -> (flatbuffer bytes, input example: an array, or a dict of arrays by the
+            source's input names; the first row is used).
+        num_threads: LiteRT interpreter threads.
+
+    Returns:
+        name -> ``latency_ms_*`` metrics in milliseconds.
+
+    Raises:
+        TFLiteError: a model does not load or run.
+    """
+    from mlflow_tflite import runtime
+
+    loaded = {}
+    for name, (tflite_model, example) in models.items():
+        interpreter = runtime.make_interpreter(tflite_model, num_threads)
+        arrays, names = example_arrays(example)
+        loaded[name] = (interpreter, evaluate.inputs_in_model_order(interpreter, arrays, names))
+    return runtime.measure_latencies(loaded)
 
 
 def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num_threads: int):
@@ -271,7 +316,7 @@ class VariantResult:
     variant: Variant
     metrics: dict[str, float]
     model_uri: str
-    registration: selection.Registration | None
+    registration: registry.Registration | None
 
 
 def run_variant(
@@ -280,6 +325,7 @@ def run_variant(
     registered_model_name: str | None = None,
     num_threads: int = 1,
     register: bool = True,
+    tolerance: Tolerance = Tolerance(),
 ) -> VariantResult:
     """Convert, evaluate and log one variant as an MLflow run; register it if asked.
 
@@ -289,6 +335,7 @@ def run_variant(
         registered_model_name: registry name; default the source's name (``digits-cnn``).
         num_threads: LiteRT interpreter threads for latency and the pyfunc.
         register: register the model version and apply the ``champion`` alias guard.
+        tolerance: a variant outside it is registered as ``challenger`` only.
 
     Returns:
         :class:`VariantResult`.
@@ -300,12 +347,15 @@ def run_variant(
     with tracking.variant_run(variant) as run:
         tracking.log_source(prepared.source.uri, variant, num_threads, prepared.task, prepared.source.lineage,
                             prepared.dataset.preprocessing if prepared.dataset else None)
-        outcome = convert_and_evaluate(prepared, variant, num_threads)
+        outcome = convert_and_evaluate(prepared, variant)
+        if not outcome.not_evaluated:
+            outcome.metrics.update(time_latency({variant.name: (outcome.tflite_model, outcome.input_example)},
+                                                num_threads)[variant.name])
         model_info, eval_digest = log_outcome(outcome, variant, prepared.dataset, num_threads)
         registration = None
         if register and not outcome.not_evaluated:
             name = registered_model_name or prepared.source.name
-            registration = selection.register_and_promote(
-                model_info.model_uri, name, outcome.metrics, eval_digest, variant.name
+            registration = registry.register_and_promote(
+                model_info.model_uri, name, outcome.metrics, eval_digest, variant.name, tolerance
             )
     return VariantResult(run.info.run_id, variant, outcome.metrics, model_info.model_uri, registration)

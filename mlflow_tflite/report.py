@@ -6,11 +6,14 @@ import pandas as pd
 
 import mlflow
 
+from mlflow_tflite.selection import quality
+
 TABLE_FILE = "comparison.json"
 PLOT_FILE = "pareto.png"
 TABLE_METRICS = (
     "accuracy", "accuracy_drop", "agreement", "max_abs_error", "size_bytes", "gzip_size_bytes",
-    "latency_ms_p50", "latency_ms_p90", "sparsity_achieved", "convert_seconds",
+    "latency_ms_p50", "latency_ms_p90", "latency_ms_ci95_low", "latency_ms_ci95_high", "sparsity_achieved",
+    "convert_seconds",
 )
 
 
@@ -34,7 +37,7 @@ def _evaluated(rows: list[dict]) -> list[dict]:
 
 
 def _score(metrics: dict) -> float:
-    return metrics.get("accuracy", metrics.get("agreement", 0.0))
+    return quality(metrics) or 0.0
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -76,7 +79,8 @@ def pareto_figure(rows: list[dict], best: dict | None, max_accuracy_drop: float)
             ax.axhline(source_accuracy - max_accuracy_drop, color="grey", linestyle="--",
                        label=f"tolerance (source − {max_accuracy_drop:g})")
         ax.legend(loc="best", fontsize=8)
-    metric = "accuracy" if finished and "accuracy" in finished[0]["metrics"] else "agreement"
+    metric = next((k for k in ("accuracy", "agreement", "cosine_similarity") if finished and k in finished[0]["metrics"]),
+                  "accuracy")
     ax.set_xlabel("latency p50 (ms, single example)")
     ax.set_ylabel(metric)
     ax.set_title("Variants: marker area ∝ size in bytes; outlined = Pareto front")

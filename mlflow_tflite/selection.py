@@ -1,181 +1,153 @@
-"""Registering a variant and guarding the ``champion`` alias.
+"""Choosing the best variant: the tolerance, one quality score, the objective and latency ties.
 
-A new version takes ``champion`` only when there is none yet, or when it beats the current
-champion's score on the same evaluation data (same MLflow dataset digest).
+Pure ranking on metric dicts (no MLflow calls): registering and the alias guard live in
+``registry.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import mlflow
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
+from mlflow_tflite.errors import TFLiteError
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 OBJECTIVES = ("latency", "size", "accuracy")
-EVAL_DIGEST_TAG = "mlflow_tflite.eval_digest"
-VARIANT_TAG = "mlflow_tflite.variant"
-VERSION_METRIC_TAGS = ("accuracy", "accuracy_drop", "agreement", "max_abs_error", "size_bytes", "latency_ms_p50")
+# Latency differences smaller than this fraction of the p50 are noise even when the measured
+# 95% intervals do not overlap: identical reruns of a sweep in separate processes differ by a
+# few percent on a quiet machine (benchmarks/latency_noise.py measures it).
+LATENCY_NOISE_FLOOR = 0.05
 
 
 @dataclass(frozen=True)
-class Registration:
-    """Outcome of :func:`register_and_promote`: the model version and whether it is now champion."""
+class Tolerance:
+    """How far a variant may stray from the source model and still be chosen or promoted.
 
-    name: str
-    version: str
-    champion: bool
-    reason: str
+    Attributes:
+        max_accuracy_drop: labelled classification: ``accuracy_drop`` (absolute fraction) at
+            most this; without labels the same bound applies to ``1 - agreement`` of the
+            class-score outputs.
+        min_cosine_similarity: fidelity (no labels): ``cosine_similarity`` (mean per example,
+            worst output) at least this, in [-1, 1].
+        max_relative_error: fidelity: ``relative_error`` (relative L2) at most this, or
+            ``None`` for no bound.
 
-
-def promotion_score(metrics: dict[str, float]) -> float | None:
-    """The number a champion is compared by (higher is better).
-
-    ``accuracy`` on labelled data; else top-1 ``agreement`` with the source; else
-    ``-max_abs_error``; ``None`` when the variant was not evaluated on data.
+    Raises:
+        TFLiteError: a bound outside its range.
     """
-    if "accuracy" in metrics:
-        return metrics["accuracy"]
-    if "agreement" in metrics:
-        return metrics["agreement"]
-    if "max_abs_error" in metrics:
-        return -metrics["max_abs_error"]
-    return None
 
+    max_accuracy_drop: float = 0.01
+    min_cosine_similarity: float = 0.99
+    max_relative_error: float | None = None
 
-def _current_champion(client: MlflowClient, name: str):
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    def __post_init__(self):
+        if not self.max_accuracy_drop >= 0:
+            raise TFLiteError(f"max_accuracy_drop={self.max_accuracy_drop} must be >= 0 (an absolute fraction, e.g. 0.01)")
+        if not -1.0 <= self.min_cosine_similarity <= 1.0:
+            raise TFLiteError(f"min_cosine_similarity={self.min_cosine_similarity} must be in [-1, 1], e.g. 0.99")
+        if self.max_relative_error is not None and not self.max_relative_error > 0:
+            raise TFLiteError(f"max_relative_error={self.max_relative_error} must be > 0, or none for no bound")
+
+    def violation(self, metrics: dict[str, float]) -> str | None:
+        """Why ``metrics`` are outside the tolerance (one line), or ``None`` when they are within."""
+        if "accuracy_drop" in metrics:
+            if metrics["accuracy_drop"] > self.max_accuracy_drop + 1e-12:
+                return f"accuracy_drop {metrics['accuracy_drop']:.4f} > max_accuracy_drop {self.max_accuracy_drop:g}"
+            return None
+        if "agreement" not in metrics and "cosine_similarity" not in metrics:
+            return "not evaluated on data"
+        if "agreement" in metrics and 1.0 - metrics["agreement"] > self.max_accuracy_drop + 1e-12:
+            return f"1 - agreement {1.0 - metrics['agreement']:.4f} > max_accuracy_drop {self.max_accuracy_drop:g}"
+        cosine = metrics.get("cosine_similarity")
+        if cosine is not None and cosine < self.min_cosine_similarity - 1e-12:
+            return f"cosine_similarity {cosine:.4f} < min_cosine_similarity {self.min_cosine_similarity:g}"
+        relative = metrics.get("relative_error")
+        if self.max_relative_error is not None and relative is not None and relative > self.max_relative_error:
+            return f"relative_error {relative:.4g} > max_relative_error {self.max_relative_error:g}"
         return None
 
 
-def _champion_decision(client: MlflowClient, name: str, score: float | None, eval_digest: str | None):
-    """(take champion?, reason) for a new version with ``score`` on data ``eval_digest``."""
-    current = _current_champion(client, name)
-    if current is None:
-        return True, "no champion yet"
-    if score is None or eval_digest is None:
-        return False, f"version {current.version} stays champion: the new version was not evaluated on data"
-    if current.tags.get(EVAL_DIGEST_TAG) != eval_digest:
-        return False, f"version {current.version} stays champion: it was evaluated on other data"
-    current_score = promotion_score({k: float(current.tags[k]) for k in VERSION_METRIC_TAGS if k in current.tags})
-    if current_score is not None and score <= current_score:
-        return False, f"version {current.version} stays champion: score {current_score:.4f} >= {score:.4f}"
-    return True, f"beats version {current.version} ({current_score} -> {score:.4f}) on the same data"
+def quality(metrics: dict[str, float]) -> float | None:
+    """The one quality score variants and versions are compared by (higher is better, a fraction).
 
-
-def register_and_promote(
-    model_uri: str,
-    name: str,
-    metrics: dict[str, float],
-    eval_digest: str | None,
-    variant_name: str,
-) -> Registration:
-    """Register ``model_uri`` under ``name``, tag and describe the version, and set an alias.
-
-    The version takes ``champion`` if it wins (see module doc), otherwise ``challenger``.
-
-    Args:
-        model_uri: the logged model (``models:/m-...`` or ``runs:/<id>/model``).
-        name: registered model name.
-        metrics: the variant's run metrics; a few are copied into version tags.
-        eval_digest: digest of the evaluation dataset (``mlflow.data`` digest), or ``None``.
-        variant_name: e.g. ``int8-s0-i8``, stored as the version tag ``mlflow_tflite.variant``.
-
-    Returns:
-        :class:`Registration`.
+    ``accuracy`` on labelled data; else top-1 ``agreement`` with the source (class-score
+    outputs); else ``cosine_similarity`` with the source (fidelity); ``None`` when the variant
+    was not evaluated on data.
     """
-    client = MlflowClient()
-    take_champion, reason = _champion_decision(client, name, promotion_score(metrics), eval_digest)
-    version = mlflow.register_model(model_uri, name).version
-    tags = {VARIANT_TAG: variant_name, **{k: repr(float(metrics[k])) for k in VERSION_METRIC_TAGS if k in metrics}}
-    if eval_digest:
-        tags[EVAL_DIGEST_TAG] = eval_digest
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
-    client.set_registered_model_alias(name, CHAMPION if take_champion else CHALLENGER, version)
-    return Registration(name, str(version), take_champion, reason)
+    for key in ("accuracy", "agreement", "cosine_similarity"):
+        if key in metrics:
+            return float(metrics[key])
+    return None
 
 
-def version_description(variant_name: str, metrics: dict[str, float], reason: str) -> str:
-    """Markdown for the model version page: the variant, its metrics table, the alias decision."""
-    rows = "\n".join(f"| {key} | {metrics[key]:.6g} |" for key in sorted(metrics))
-    return f"**Variant** `{variant_name}`\n\n| metric | value |\n|---|---|\n{rows}\n\n**Alias**: {reason}\n"
-
-
-def promote_logged_model(model_uri: str, name: str) -> Registration:
-    """Register any logged ``tflite`` model and apply the alias guard (the ``promote`` command).
-
-    The metrics, the variant name and the evaluation data digest are read from the run that
-    logged the model.
-
-    Args:
-        model_uri: ``runs:/<run_id>/model`` or ``models:/m-<id>`` of a logged model.
-        name: registered model name.
-
-    Raises:
-        TFLiteError: the URI does not name a logged model of a run.
-    """
-    from mlflow_tflite.errors import TFLiteError
-
-    try:
-        info = mlflow.models.get_model_info(model_uri)
-    except Exception:
-        raise TFLiteError(f"model URI {model_uri!r} does not name a logged model; pass runs:/<run_id>/model") from None
-    if info.run_id is None:
-        raise TFLiteError(f"model {model_uri!r} was not logged by a run, so it has no metrics to compare")
-    if "tflite" not in info.flavors:
-        raise TFLiteError(f"model {model_uri!r} is not of flavor tflite (it has {sorted(info.flavors)})")
-    from mlflow_tflite.tracking import evaluation_digest
-
-    run = MlflowClient().get_run(info.run_id)
-    variant = run.data.tags.get(VARIANT_TAG, "unknown")
-    return register_and_promote(model_uri, name, run.data.metrics, evaluation_digest(run), variant)
-
-
-def qualifies(metrics: dict[str, float], max_accuracy_drop: float, max_size_bytes: float | None = None,
-              max_latency_ms: float | None = None) -> bool:
-    """Whether a variant meets the accuracy tolerance and the budgets.
-
-    The tolerance applies to ``accuracy_drop`` (absolute, a fraction), or to
-    ``1 - agreement`` for fidelity-only variants without labels.
-    """
-    drop = metrics.get("accuracy_drop", 1.0 - metrics["agreement"] if "agreement" in metrics else 0.0)
-    if drop > max_accuracy_drop + 1e-12:
-        return False
+def within_budgets(metrics: dict[str, float], max_size_bytes: float | None, max_latency_ms: float | None) -> bool:
+    """True when ``size_bytes`` and ``latency_ms_p50`` are within the optional budgets (bytes, ms)."""
     if max_size_bytes is not None and metrics["size_bytes"] > max_size_bytes:
         return False
     return max_latency_ms is None or metrics["latency_ms_p50"] <= max_latency_ms
 
 
-def objective_key(metrics: dict[str, float], variant_name: str, objective: str) -> tuple:
-    """Sort key, smaller is better: the objective first, then accuracy, size, latency, name."""
-    accuracy = metrics.get("accuracy", metrics.get("agreement", 0.0))
-    primary = {
-        "latency": metrics["latency_ms_p50"],
-        "size": metrics["size_bytes"],
-        "accuracy": -accuracy,
-    }[objective]
-    return (primary, -accuracy, metrics["size_bytes"], metrics["latency_ms_p50"], variant_name)
+def qualifies(metrics: dict[str, float], tolerance: Tolerance, max_size_bytes: float | None = None,
+              max_latency_ms: float | None = None) -> bool:
+    """Whether a variant meets the tolerance (:meth:`Tolerance.violation`) and the budgets."""
+    return tolerance.violation(metrics) is None and within_budgets(metrics, max_size_bytes, max_latency_ms)
 
 
-def select_best(candidates: list[dict], objective: str, max_accuracy_drop: float,
+def latency_interval(metrics: dict[str, float]) -> tuple[float, float]:
+    """The p50 latency's noise interval in ms: its 95% interval, widened to +-:data:`LATENCY_NOISE_FLOOR`."""
+    p50 = metrics["latency_ms_p50"]
+    low = min(metrics.get("latency_ms_ci95_low", p50), p50 * (1 - LATENCY_NOISE_FLOOR))
+    high = max(metrics.get("latency_ms_ci95_high", p50), p50 * (1 + LATENCY_NOISE_FLOOR))
+    return low, high
+
+
+def latency_tied(a: dict[str, float], b: dict[str, float]) -> bool:
+    """True when two variants' p50 latencies are within the noise of each other (intervals overlap)."""
+    (a_low, a_high), (b_low, b_high) = latency_interval(a), latency_interval(b)
+    return a_low <= b_high and b_low <= a_high
+
+
+def _exact(key):
+    return key, lambda a, b: key(a) == key(b)
+
+
+_LATENCY = (lambda m: m["latency_ms_p50"], latency_tied)
+_QUALITY = _exact(lambda m: -(quality(m) or 0.0))
+_SIZE = _exact(lambda m: m["size_bytes"])
+# Per objective, the criteria in order; each keeps the candidates tied with the best so far.
+CRITERIA = {
+    "latency": (_LATENCY, _QUALITY, _SIZE),
+    "size": (_SIZE, _QUALITY, _LATENCY),
+    "accuracy": (_QUALITY, _SIZE, _LATENCY),
+}
+
+
+def rank_best(candidates: list[dict], objective: str) -> dict:
+    """The best of ``candidates`` by the objective's criteria, ties broken by the next, then name.
+
+    Latency counts as tied when the p50 values are within noise (:func:`latency_tied`), so
+    identical reruns choose the same variant; size and quality must be equal to tie.
+
+    Args:
+        candidates: non-empty list of dicts with ``variant`` (name) and ``metrics``.
+        objective: one of :data:`OBJECTIVES`.
+    """
+    remaining = list(candidates)
+    for key, tied in CRITERIA[objective]:
+        best = min(remaining, key=lambda c: (key(c["metrics"]), c["variant"]))
+        remaining = [c for c in remaining if tied(c["metrics"], best["metrics"])]
+    return min(remaining, key=lambda c: c["variant"])
+
+
+def select_best(candidates: list[dict], objective: str, tolerance: Tolerance,
                 max_size_bytes: float | None = None, max_latency_ms: float | None = None) -> dict | None:
     """The best candidate by ``objective`` among those that qualify, or ``None``.
 
     Args:
-        candidates: dicts with ``variant`` (name) and ``metrics`` (run metrics).
-        objective: ``latency`` (p50 ms), ``size`` (bytes) or ``accuracy``.
-        max_accuracy_drop: absolute tolerance on ``accuracy_drop`` (fraction, >= 0).
+        candidates: dicts with ``variant`` (name) and ``metrics`` (run metrics, with latency).
+        objective: ``latency`` (p50 ms), ``size`` (bytes) or ``accuracy`` (:func:`quality`).
+        tolerance: accuracy / fidelity bounds (:class:`Tolerance`).
         max_size_bytes, max_latency_ms: optional budgets.
 
-    Ties are broken by accuracy, then size, latency and variant name, so the choice is stable.
+    Ties (see :func:`rank_best`) go to quality, then size, then latency, then variant name.
     """
-    eligible = [c for c in candidates if qualifies(c["metrics"], max_accuracy_drop, max_size_bytes, max_latency_ms)]
-    if not eligible:
-        return None
-    return min(eligible, key=lambda c: objective_key(c["metrics"], c["variant"], objective))
+    eligible = [c for c in candidates if qualifies(c["metrics"], tolerance, max_size_bytes, max_latency_ms)]
+    return rank_best(eligible, objective) if eligible else None

@@ -56,12 +56,6 @@ class Source:
         """A new ``tf.lite.TFLiteConverter`` (converters are configured per variant)."""
         return self.converter_fn()
 
-    @property
-    def num_classes(self) -> int | None:
-        """Size of the first output when it is a vector of class scores ``(N, C)``, C > 1, else ``None``."""
-        first = self.output_shapes[0]
-        return int(first[1]) if len(first) == 2 and first[1] > 1 else None
-
 
 def _shape(shape) -> tuple[int, ...]:
     return tuple(-1 if d is None else int(d) for d in shape)

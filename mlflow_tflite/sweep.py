@@ -1,11 +1,16 @@
 """Sweeps: a grid of variants as child runs of one parent run, compared, and the best registered.
 
-Execution: variants run in ``workers`` worker processes (``concurrent.futures`` with the spawn
-start method). Each worker imports TensorFlow and opens the source once (the demo CNN is trained
-once and shared through its on-disk cache, ``demo.load_or_train_digits_cnn``); each pruned or
-resized model is built once (phase 2) and shared with the other workers as a saved .h5. Workers return results; only the parent process writes to MLflow, so the
-tracking store has a single writer. A worker that crashes fails only its variant: the remaining
-variants run one at a time in a fresh worker.
+Phases: (1) a worker opens the source (the demo CNN is trained once and shared through its
+on-disk cache); (2) each pruned or resized model is built once and shared with the other
+workers as a saved .h5; (3) workers convert and evaluate the variants, and the parent logs each
+as a child run as it arrives (FINISHED, without latency yet); (4) with the workers shut down,
+the parent times every variant's latency side by side in a quiet phase and adds it to the
+child runs; (5) selection and registration.
+
+Workers are ``concurrent.futures`` processes with the spawn start method. Workers return
+results; only the parent process writes to MLflow, so the tracking store has a single writer.
+A worker that crashes fails only its variant: the remaining variants run one at a time in a
+fresh worker.
 """
 
 from __future__ import annotations
@@ -15,20 +20,19 @@ import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from contextlib import closing
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
 import mlflow
-from mlflow import MlflowClient
 
-from mlflow_tflite import pipeline, selection, tracking
+from mlflow_tflite import pipeline, registry, selection, sweep_runs, tracking
 from mlflow_tflite.data import load_dataset
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.selection import Tolerance
 from mlflow_tflite.variants import Variant
 
-# Test hook: a worker aborts (as a native crash would) when it starts this variant.
-CRASH_VARIANT_ENV = "MLFLOW_TFLITE_CRASH_VARIANT"
 PARENT_TAGS = {tracking.ROLE_TAG: "sweep"}
 
 
@@ -41,12 +45,13 @@ class SweepConfig:
         model, data: the ``model`` / ``data`` parameters (``None`` and ``None`` for the demo).
         open_options: further ``pipeline.prepare`` arguments (task, preprocessing, source options).
         objective: ``latency``, ``size`` or ``accuracy`` (see ``selection.select_best``).
-        max_accuracy_drop: absolute tolerance on ``accuracy_drop`` (fraction >= 0).
+        tolerance: accuracy / fidelity bounds a variant must meet (``selection.Tolerance``).
         max_size_bytes, max_latency_ms: optional budgets (bytes, ms).
         registered_model_name: registry name (default from the source).
         workers: worker processes (>= 1).
         num_threads: LiteRT threads per interpreter.
-        resume: parent run id of an earlier sweep to continue (FINISHED variants are skipped).
+        resume: parent run id of an earlier sweep to continue (FINISHED variants are kept; the
+            settings must be the same).
         register: register the best variant.
     """
 
@@ -55,7 +60,7 @@ class SweepConfig:
     data: str | None = None
     open_options: dict = field(default_factory=dict)
     objective: str = "latency"
-    max_accuracy_drop: float = 0.01
+    tolerance: Tolerance = Tolerance()
     max_size_bytes: float | None = None
     max_latency_ms: float | None = None
     registered_model_name: str | None = None
@@ -69,14 +74,25 @@ class SweepConfig:
             raise TFLiteError("the sweep has no variants; give at least one quant, sparsity and input_size")
         if self.objective not in selection.OBJECTIVES:
             raise TFLiteError(f"objective {self.objective!r} is unknown; use one of {', '.join(selection.OBJECTIVES)}")
-        if not self.max_accuracy_drop >= 0:
-            raise TFLiteError(f"max_accuracy_drop={self.max_accuracy_drop} must be >= 0 (an absolute fraction, e.g. 0.01)")
         for name in ("max_size_bytes", "max_latency_ms"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise TFLiteError(f"{name}={value} must be > 0, or left out for no budget")
         if self.workers < 1:
             raise TFLiteError(f"workers={self.workers} must be >= 1")
+
+    def record(self, variants: list[Variant]) -> dict:
+        """Everything that changes a sweep's results, as JSON-able data (checked on resume)."""
+        return {
+            "variants": [v.name for v in variants],
+            "calibration_samples": sorted({v.calibration_samples for v in variants}),
+            "model": self.model, "data": self.data,
+            "open_options": {k: str(v) for k, v in sorted(self.open_options.items())},
+            "objective": self.objective, "tolerance": asdict(self.tolerance),
+            "max_size_bytes": self.max_size_bytes, "max_latency_ms": self.max_latency_ms,
+            "num_threads": self.num_threads, "registered_model_name": self.registered_model_name,
+            "register": self.register,
+        }
 
 
 @dataclass
@@ -86,7 +102,7 @@ class SweepResult:
     parent_run_id: str
     rows: list[dict] = field(default_factory=list)
     best: dict | None = None
-    registration: selection.Registration | None = None
+    registration: registry.Registration | None = None
     message: str = ""
 
 
@@ -97,10 +113,13 @@ class SweepResult:
 _WORKER: dict = {}
 
 
-def _worker_init(open_args: dict, workdir: str, num_threads: int) -> None:
+def _worker_init(open_args: dict, workdir: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    _WORKER.update(open_args=open_args, workdir=Path(workdir), num_threads=num_threads)
+    _WORKER.update(open_args=open_args, workdir=Path(workdir))
+    from mlflow_tflite.quiet import start_tensorflow
+
+    start_tensorflow()
 
 
 def _prepared() -> pipeline.Prepared:
@@ -155,13 +174,11 @@ def build_variant_model(variant: Variant) -> str:
 @_guarded
 def run_variant_task(variant: Variant) -> pipeline.Outcome:
     """Phase 3: convert and evaluate one variant (the pruned/resized model comes from phase 2)."""
-    if os.environ.get(CRASH_VARIANT_ENV) == variant.name:
-        os.abort()
     prepared = _prepared()
     key = (variant.input_size, variant.sparsity)
     if key not in prepared._variant_models and _model_file(variant).exists():
         prepared._variant_models[key] = pipeline.load_variant_model(prepared, variant, _model_file(variant))
-    return pipeline.convert_and_evaluate(prepared, variant, _WORKER["num_threads"])
+    return pipeline.convert_and_evaluate(prepared, variant)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,8 +214,9 @@ class Workers:
         self.pool = None
 
     def close(self) -> None:
+        """Shut the workers down (waits for them to exit)."""
         if self.pool is not None:
-            self.pool.shutdown(wait=True)
+            self.pool.shutdown(wait=True, cancel_futures=True)
         self.pool = None
 
     def run(self, task, items: list):
@@ -224,44 +242,26 @@ class Workers:
         self._reset()
 
 
-def _children(parent_run_id: str) -> list:
-    """All child runs of a parent run, oldest first."""
-    client = MlflowClient()
-    return client.search_runs(
-        [client.get_run(parent_run_id).info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-        max_results=10000,
-        order_by=["attributes.start_time ASC"],
-    )
-
-
-def _finished_children(children: list) -> dict[str, object]:
-    """FINISHED child runs by variant name; stale RUNNING ones (a killed sweep) are marked KILLED."""
-    client = MlflowClient()
-    finished = {}
-    for run in children:
-        if run.info.status == "FINISHED" and tracking.VARIANT_TAG in run.data.tags:
-            finished.setdefault(run.data.tags[tracking.VARIANT_TAG], run)
-        elif run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, "KILLED")
-    return finished
-
-
-def _log_child(variant: Variant, meta: dict, status: str, value, dataset, num_threads: int):
-    """One child run: FINISHED with the outcome, or FAILED with the error message."""
+def _log_child(variant: Variant, meta: dict, status: str, value, dataset, num_threads: int) -> dict:
+    """One child run: FINISHED with the outcome, or FAILED with the error message; its row."""
+    row = {"variant": variant.name, "status": "FINISHED", "metrics": {}, "model_uri": None, "error": "",
+           "eval_digest": None, "evaluated": False}
     try:
         with tracking.variant_run(variant, nested=True) as run:
+            row["run_id"] = run.info.run_id
             tracking.log_source(meta["uri"], variant, num_threads, meta["task"], meta["lineage"],
                                 dataset.preprocessing if dataset else None)
             if status != "ok":
                 raise TFLiteError(value)
-            pipeline.log_outcome(value, variant, dataset, num_threads)
-        return run
-    except TFLiteError:
-        return mlflow.get_run(run.info.run_id)
+            model_info, row["eval_digest"] = pipeline.log_outcome(value, variant, dataset, num_threads)
+            row.update(metrics=dict(value.metrics), model_uri=model_info.model_uri, evaluated=not value.not_evaluated)
+    except TFLiteError as error:
+        row.update(status="FAILED", error=error.message)
+    return row
 
 
-def _row(run) -> dict:
+def _row_of_run(run) -> dict:
+    """The row of a child run logged by an earlier session of this sweep (resume)."""
     return {
         "variant": run.data.tags[tracking.VARIANT_TAG],
         "run_id": run.info.run_id,
@@ -269,54 +269,74 @@ def _row(run) -> dict:
         "metrics": dict(run.data.metrics),
         "model_uri": run.data.tags.get(tracking.MODEL_URI_TAG),
         "error": run.data.tags.get(tracking.ERROR_TAG, ""),
+        "eval_digest": tracking.evaluation_digest(run),
+        "evaluated": tracking.NOT_EVALUATED_TAG not in run.data.tags,
     }
 
 
 def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
-    """Run every variant of ``config`` as a child run, then compare, choose and register.
+    """Run every variant of ``config`` as a child run, then time, compare, choose and register.
 
     Returns:
         :class:`SweepResult`; ``best`` is ``None`` (and nothing registered) when no variant
         meets the tolerance and budgets.
 
     Raises:
-        TFLiteError: bad configuration or an unusable source/data (before any child run).
+        TFLiteError: bad configuration, an unusable source/data, or a resume with other
+            settings (before any child run).
+        KeyboardInterrupt: Ctrl-C; the parent (and an open child) run ends KILLED.
     """
-    from tqdm.auto import tqdm
-
     preprocessing = config.open_options.get("preprocessing")
     dataset = load_dataset(config.data, preprocessing) if (config.data or config.model is None) else None
-    workdir = tempfile.TemporaryDirectory(prefix="mlflow-tflite-sweep-")
     open_args = {"model": config.model, "data": config.data, **config.open_options}
-    workers = Workers(config.workers, (open_args, workdir.name, config.num_threads))
-    try:
-        with mlflow.start_run(run_id=config.resume, run_name=None if config.resume else "sweep") as parent:
-            mlflow.set_tags(PARENT_TAGS)
-            (_, status, meta), = list(workers.run(describe, [None]))
-            if status != "ok":
-                raise TFLiteError(meta)
-            variants = [v if v.input_size else replace(v, input_size=meta["native_input_size"]) for v in config.variants]
-            tracking.log_params_once(_sweep_params(config, variants, meta["uri"]))
-            done = _finished_children(_children(parent.info.run_id))
-            todo = [v for v in variants if v.name not in done]
-            bar = tqdm(total=len(variants), initial=len(variants) - len(todo), desc="variants", disable=not progress)
-            model_errors = _build_variant_models(workers, todo, meta["native_input_size"])
-            runnable = [v for v in todo if (v.input_size, v.sparsity) not in model_errors]
-            for variant in todo:
-                if variant not in runnable:
-                    _log_child(variant, meta, "error", model_errors[(variant.input_size, variant.sparsity)], dataset,
-                               config.num_threads)
-                    bar.update(1)
-            for variant, status, value in workers.run(run_variant_task, runnable):
-                bar.set_postfix_str(variant.name)
-                _log_child(variant, meta, status, value, dataset, config.num_threads)
-                bar.update(1)
-            bar.close()
-            result = _choose_and_register(parent.info.run_id, variants, config, meta["name"])
-        return result
-    finally:
-        workers.close()
-        workdir.cleanup()
+    with tempfile.TemporaryDirectory(prefix="mlflow-tflite-sweep-") as workdir, \
+            closing(Workers(config.workers, (open_args, workdir))) as workers, \
+            tracking.tracked_run(run_id=config.resume, run_name=None if config.resume else "sweep") as parent:
+        mlflow.set_tags(PARENT_TAGS)
+        return _sweep(parent.info.run_id, config, workers, dataset, progress)
+
+
+def _describe(workers: Workers) -> dict:
+    (_, status, meta), = list(workers.run(describe, [None]))
+    if status != "ok":
+        raise TFLiteError(meta)
+    return meta
+
+
+def _sweep(parent_run_id: str, config: SweepConfig, workers: Workers, dataset, progress: bool) -> SweepResult:
+    from tqdm.auto import tqdm
+
+    meta = _describe(workers)
+    variants = [v if v.input_size else replace(v, input_size=meta["native_input_size"]) for v in config.variants]
+    sweep_runs.record_or_check_config(parent_run_id, config.record(variants), resumed=config.resume is not None)
+    tracking.log_params_once(_sweep_params(config, variants, meta["uri"]))
+    current = sweep_runs.current_children(parent_run_id)
+    todo = [v for v in variants if v.name not in current.finished]
+    bar = tqdm(total=len(variants), initial=len(variants) - len(todo), desc="variants", disable=not progress)
+    rows, outcomes = {}, {}
+    for variant, status, value in _convert(workers, todo, meta["native_input_size"]):
+        bar.set_postfix_str(variant.name)
+        rows[variant.name] = _log_child(variant, meta, status, value, dataset, config.num_threads)
+        sweep_runs.supersede(current.stale.get(variant.name, []), rows[variant.name]["run_id"])
+        if status == "ok":
+            outcomes[variant.name] = value
+        bar.update(1)
+    bar.close()
+    workers.close()  # the quiet phase: nothing else runs on these cores while latency is timed
+    rows.update({name: _row_of_run(run) for name, run in current.finished.items()})
+    ordered = [rows[v.name] for v in variants if v.name in rows]
+    _time_latencies(ordered, outcomes, current.finished, config.num_threads)
+    return _choose_and_register(parent_run_id, ordered, config, meta["name"])
+
+
+def _convert(workers: Workers, variants: list[Variant], native: int | None):
+    """Phases 2 and 3: yield ``(variant, status, Outcome or error message)`` as variants finish."""
+    model_errors = _build_variant_models(workers, variants, native)
+    for variant in variants:
+        if (variant.input_size, variant.sparsity) in model_errors:
+            yield variant, "error", model_errors[(variant.input_size, variant.sparsity)]
+    runnable = [v for v in variants if (v.input_size, v.sparsity) not in model_errors]
+    yield from workers.run(run_variant_task, runnable)
 
 
 def _build_variant_models(workers: Workers, variants: list[Variant], native: int | None) -> dict:
@@ -332,6 +352,22 @@ def _build_variant_models(workers: Workers, variants: list[Variant], native: int
     return errors
 
 
+def _time_latencies(rows: list[dict], outcomes: dict, earlier_runs: dict, num_threads: int) -> None:
+    """Phase 4: time every evaluated variant side by side (earlier sessions' too); log and keep it."""
+    timed = [r for r in rows if r["status"] == "FINISHED" and r["evaluated"]]
+    if not timed:
+        return
+    models = {}
+    for row in timed:
+        outcome = outcomes.get(row["variant"])
+        models[row["variant"]] = ((outcome.tflite_model, outcome.input_example) if outcome is not None
+                                  else sweep_runs.logged_model_and_example(earlier_runs[row["variant"]]))
+    latencies = pipeline.time_latency(models, num_threads)
+    for row in timed:
+        row["metrics"].update(latencies[row["variant"]])
+        sweep_runs.log_metrics_to(row["run_id"], latencies[row["variant"]])
+
+
 def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str) -> dict:
     join = lambda values: ",".join(dict.fromkeys(str(v) for v in values))  # noqa: E731
     return {
@@ -342,7 +378,7 @@ def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str)
         "ops": variants[0].ops,
         "source": source_uri,
         "objective": config.objective,
-        "max_accuracy_drop": config.max_accuracy_drop,
+        **asdict(config.tolerance),
         "max_size_bytes": config.max_size_bytes,
         "max_latency_ms": config.max_latency_ms,
         "workers": config.workers,
@@ -350,36 +386,33 @@ def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str)
     }
 
 
-def _choose_and_register(parent_run_id: str, variants: list[Variant], config: SweepConfig, source_name: str):
+def _no_winner_message(config: SweepConfig, candidates: int) -> str:
+    budgets = "".join(f", {name}={getattr(config, name):g}" for name in ("max_size_bytes", "max_latency_ms")
+                      if getattr(config, name) is not None)
+    return (f"no variant meets the tolerance ({config.tolerance}){budgets} among {candidates} finished variants; "
+            "nothing registered")
+
+
+def _choose_and_register(parent_run_id: str, rows: list[dict], config: SweepConfig, source_name: str) -> SweepResult:
     from mlflow_tflite import report
 
-    children = _children(parent_run_id)
-    finished = _finished_children(children)
-    names = [v.name for v in variants]
-    failed = {r.data.tags.get(tracking.VARIANT_TAG): r for r in children if r.info.status == "FAILED"}
-    rows = [_row(finished[n]) if n in finished else _row(failed[n]) for n in names if n in finished or n in failed]
     # Variants that could not be run here (Flex ops) have no latency or accuracy to compare.
     candidates = [r for r in rows if r["status"] == "FINISHED" and "latency_ms_p50" in r["metrics"]]
-    best = selection.select_best(candidates, config.objective, config.max_accuracy_drop,
+    best = selection.select_best(candidates, config.objective, config.tolerance,
                                  config.max_size_bytes, config.max_latency_ms)
-    report.log_comparison(rows, best, config.max_accuracy_drop)
+    report.log_comparison(rows, best, config.tolerance.max_accuracy_drop)
     result = SweepResult(parent_run_id, rows, best)
     if best is None:
-        result.message = (
-            f"no variant meets max_accuracy_drop={config.max_accuracy_drop:g}"
-            f"{'' if config.max_size_bytes is None else f', max_size_bytes={config.max_size_bytes:g}'}"
-            f"{'' if config.max_latency_ms is None else f', max_latency_ms={config.max_latency_ms:g}'}"
-            f" among {len(candidates)} finished variants; nothing registered"
-        )
+        result.message = _no_winner_message(config, len(candidates))
         mlflow.set_tag("mlflow_tflite.selection", result.message)
         return result
     mlflow.set_tags({"mlflow_tflite.best_variant": best["variant"], "mlflow_tflite.best_run_id": best["run_id"]})
     tracking.log_params_once({"best_variant": best["variant"]})
     result.message = f"best variant {best['variant']} by {config.objective}"
     if config.register:
-        eval_digest = tracking.evaluation_digest(finished[best["variant"]])
-        result.registration = selection.register_and_promote(
-            best["model_uri"], config.registered_model_name or source_name, best["metrics"], eval_digest, best["variant"]
+        result.registration = registry.register_and_promote(
+            best["model_uri"], config.registered_model_name or source_name, best["metrics"], best["eval_digest"],
+            best["variant"], config.tolerance,
         )
         mlflow.set_tag("mlflow_tflite.registered_version", result.registration.version)
     return result

@@ -94,24 +94,43 @@ def evaluation_digest(run) -> str | None:
 
 
 @contextlib.contextmanager
-def variant_run(variant: Variant, nested: bool = False):
-    """Start (or resume, under ``mlflow run``) a run for one variant.
+def tracked_run(**start_run_args):
+    """``mlflow.start_run(**start_run_args)`` that records how it ended.
 
     An exception inside the block tags the run with the one-line error message
-    (``mlflow_tflite.error``), ends it FAILED and propagates.
+    (``mlflow_tflite.error``), ends it FAILED (KILLED for Ctrl-C) and propagates.
 
     Yields:
         The active ``mlflow.ActiveRun``.
     """
-    with mlflow.start_run(nested=nested, run_name=variant.name) as run:
-        mlflow.set_tags({VARIANT_TAG: variant.name, ROLE_TAG: "variant"})
+    with mlflow.start_run(**start_run_args) as run:
         try:
             yield run
         except BaseException as error:
-            message = error.message if isinstance(error, TFLiteError) else f"{type(error).__name__}: {error}"
-            mlflow.set_tag(ERROR_TAG, message[:5000])
-            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            end_with_error(error)
             raise
+
+
+@contextlib.contextmanager
+def variant_run(variant: Variant, nested: bool = False):
+    """Start (or resume, under ``mlflow run``) a run for one variant, tagged with its name and role.
+
+    Ends like :func:`tracked_run` on an exception.
+
+    Yields:
+        The active ``mlflow.ActiveRun``.
+    """
+    with tracked_run(nested=nested, run_name=variant.name) as run:
+        mlflow.set_tags({VARIANT_TAG: variant.name, ROLE_TAG: "variant"})
+        yield run
+
+
+def end_with_error(error: BaseException) -> None:
+    """Tag the active run with the one-line error and end it: KILLED for Ctrl-C, else FAILED."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    message = error.message if isinstance(error, TFLiteError) else f"{type(error).__name__}: {error}"
+    mlflow.set_tag(ERROR_TAG, "interrupted (Ctrl-C)" if interrupted else message[:5000])
+    mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED))
 
 
 def log_variant_model(
@@ -133,3 +152,37 @@ def log_variant_model(
         num_threads=num_threads,
         metadata={"variant": variant.name},
     )
+
+
+def check_tracking_store(timeout_seconds: int = 10) -> None:
+    """Fail fast when the tracking store cannot be reached, before any conversion work.
+
+    One request, no retries (MLflow's default retry schedule waits minutes on a dead server).
+
+    Raises:
+        TFLiteError: the store at ``mlflow.get_tracking_uri()`` does not answer; the message
+            names the URI.
+    """
+    import os
+
+    from mlflow import MlflowClient
+
+    uri = mlflow.get_tracking_uri()
+    overrides = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        reason = (lines[0] if lines else type(error).__name__)[:200]
+        raise TFLiteError(
+            f"the MLflow tracking store {uri} cannot be reached ({reason}); start the server or set "
+            "MLFLOW_TRACKING_URI to one that answers"
+        ) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

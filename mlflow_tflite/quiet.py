@@ -1,0 +1,51 @@
+"""Start TensorFlow without its start-up noise on the terminal.
+
+On a machine without a GPU, importing TensorFlow and running its first op print C++ log lines
+("failed call to cuInit", "Could not find cuda drivers", oneDNN notices) straight to file
+descriptor 2, before any Python logging setting applies; the ``E`` lines look like failures to
+new users. :func:`start_tensorflow` runs the import and first op with descriptor 2 captured and
+passes on every captured line that is not one of those known notices.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+
+# Start-up lines of TensorFlow 2.x on a CPU-only machine (absl/XLA C++ logging).
+_NOISE = re.compile(
+    r"cuInit|cuda drivers|cudart_stub|oneDNN custom operations|absl::InitializeLog|"
+    r"TF-TRT|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer|"
+    r"This TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler flags"
+)
+_started = False
+
+
+def start_tensorflow() -> None:
+    """Import TensorFlow and initialise its devices once, dropping the known start-up notices.
+
+    Lines that are not known notices (a real error during import) are written to stderr as
+    they were. Idempotent; a no-op after the first call in a process.
+    """
+    global _started
+    if _started:
+        return
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.constant(0.0).numpy()  # the first op initialises the devices (the cuInit line)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                if line.strip() and not _NOISE.search(line)]
+    sys.stderr.write("".join(kept))
+    _started = True

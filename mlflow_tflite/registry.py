@@ -1,0 +1,167 @@
+"""Registering a variant and guarding the ``champion`` alias.
+
+A new version takes ``champion`` only when it is within the tolerance and there is no champion
+yet, or it beats the current champion's quality (``selection.quality``) on the same evaluation
+data (same MLflow dataset digest). A model is registered once: registering the same logged
+model again (a resumed sweep) reuses its version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.selection import Tolerance, quality
+from mlflow_tflite.tracking import VARIANT_TAG, evaluation_digest
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+EVAL_DIGEST_TAG = "mlflow_tflite.eval_digest"
+VERSION_METRIC_TAGS = ("accuracy", "accuracy_drop", "agreement", "cosine_similarity", "relative_error",
+                       "max_abs_error", "size_bytes", "latency_ms_p50")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Outcome of :func:`register_and_promote`: the model version and whether it is now champion."""
+
+    name: str
+    version: str
+    champion: bool
+    reason: str
+
+
+def _current_champion(client: MlflowClient, name: str):
+    """The version holding ``champion``, or ``None`` when the model or the alias does not exist.
+
+    Raises:
+        MlflowException: any other registry error (an unreachable server, no permission): it
+            must not be mistaken for "no champion yet", which would move the alias.
+    """
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as error:
+        missing_model = error.error_code == "RESOURCE_DOES_NOT_EXIST"
+        missing_alias = error.error_code == "INVALID_PARAMETER_VALUE" and "not found" in error.message
+        if missing_model or missing_alias:
+            return None
+        raise
+
+
+def _version_metrics(version) -> dict[str, float]:
+    return {k: float(version.tags[k]) for k in VERSION_METRIC_TAGS if k in version.tags}
+
+
+def champion_decision(client: MlflowClient, name: str, metrics: dict[str, float], eval_digest: str | None,
+                      tolerance: Tolerance, version: str | None = None) -> tuple[bool, str]:
+    """(take ``champion``?, one-line reason) for a version with ``metrics`` on data ``eval_digest``.
+
+    Args:
+        version: the version being decided, when it already exists (it may hold the alias).
+    """
+    violation = tolerance.violation(metrics)
+    current = _current_champion(client, name)
+    if current is not None and version is not None and str(current.version) == str(version):
+        return True, "already champion"
+    if violation:
+        return False, f"outside the tolerance ({violation}); champion not moved"
+    if current is None:
+        return True, "no champion yet"
+    score = quality(metrics)
+    if score is None or eval_digest is None:
+        return False, f"version {current.version} stays champion: the new version was not evaluated on data"
+    if current.tags.get(EVAL_DIGEST_TAG) != eval_digest:
+        return False, f"version {current.version} stays champion: it was evaluated on other data"
+    current_score = quality(_version_metrics(current))
+    if current_score is not None and score <= current_score:
+        return False, f"version {current.version} stays champion: score {current_score:.4f} >= {score:.4f}"
+    return True, f"beats version {current.version} ({current_score} -> {score:.4f}) on the same data"
+
+
+def _existing_version(client: MlflowClient, name: str, model_uri: str, run_id: str | None):
+    """The version of ``name`` already registered from ``model_uri`` (same run), or ``None``."""
+    if run_id is None:
+        return None
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        if version.name == name and version.source == model_uri:
+            return version
+    return None
+
+
+def register_and_promote(
+    model_uri: str,
+    name: str,
+    metrics: dict[str, float],
+    eval_digest: str | None,
+    variant_name: str,
+    tolerance: Tolerance = Tolerance(),
+) -> Registration:
+    """Register ``model_uri`` under ``name`` (once), tag and describe the version, and set an alias.
+
+    The version takes ``champion`` if it wins (see module doc), otherwise ``challenger``.
+
+    Args:
+        model_uri: the logged model (``models:/m-...`` or ``runs:/<id>/model``).
+        name: registered model name.
+        metrics: the variant's run metrics; a few are copied into version tags.
+        eval_digest: digest of the evaluation dataset (``mlflow.data`` digest), or ``None``.
+        variant_name: e.g. ``int8-s0-i8``, stored as the version tag ``mlflow_tflite.variant``.
+        tolerance: a version outside it never takes ``champion``.
+
+    Returns:
+        :class:`Registration`.
+
+    Raises:
+        MlflowException: the registry could not be read or written.
+    """
+    client = MlflowClient()
+    run_id = mlflow.models.get_model_info(model_uri).run_id if model_uri.startswith("models:/m-") else None
+    existing = _existing_version(client, name, model_uri, run_id)
+    take_champion, reason = champion_decision(client, name, metrics, eval_digest, tolerance,
+                                              existing.version if existing else None)
+    version = existing.version if existing else mlflow.register_model(model_uri, name).version
+    tags = {VARIANT_TAG: variant_name, **{k: repr(float(metrics[k])) for k in VERSION_METRIC_TAGS if k in metrics}}
+    if eval_digest:
+        tags[EVAL_DIGEST_TAG] = eval_digest
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
+    client.set_registered_model_alias(name, CHAMPION if take_champion else CHALLENGER, version)
+    return Registration(name, str(version), take_champion, reason)
+
+
+def version_description(variant_name: str, metrics: dict[str, float], reason: str) -> str:
+    """Markdown for the model version page: the variant, its metrics table, the alias decision."""
+    rows = "\n".join(f"| {key} | {metrics[key]:.6g} |" for key in sorted(metrics))
+    return f"**Variant** `{variant_name}`\n\n| metric | value |\n|---|---|\n{rows}\n\n**Alias**: {reason}\n"
+
+
+def promote_logged_model(model_uri: str, name: str, tolerance: Tolerance = Tolerance()) -> Registration:
+    """Register any logged ``tflite`` model and apply the alias guard (the ``promote`` command).
+
+    The metrics, the variant name and the evaluation data digest are read from the run that
+    logged the model.
+
+    Args:
+        model_uri: ``runs:/<run_id>/model`` or ``models:/m-<id>`` of a logged model.
+        name: registered model name.
+        tolerance: a model outside it is registered as ``challenger`` only.
+
+    Raises:
+        TFLiteError: the URI does not name a logged model of a run of flavor ``tflite``.
+    """
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+    except Exception:
+        raise TFLiteError(f"model URI {model_uri!r} does not name a logged model; pass runs:/<run_id>/model") from None
+    if info.run_id is None:
+        raise TFLiteError(f"model {model_uri!r} was not logged by a run, so it has no metrics to compare")
+    if "tflite" not in info.flavors:
+        raise TFLiteError(f"model {model_uri!r} is not of flavor tflite (it has {sorted(info.flavors)})")
+    run = MlflowClient().get_run(info.run_id)
+    variant = run.data.tags.get(VARIANT_TAG, "unknown")
+    return register_and_promote(model_uri, name, run.data.metrics, evaluation_digest(run), variant, tolerance)

@@ -1,0 +1,129 @@
+"""A sweep's runs in MLflow: its configuration record, its current child per variant, resume.
+
+A sweep parent records its configuration (``sweep_config.json`` and its digest as a tag) so a
+resumed sweep can refuse different settings. Each variant has one current child run: when a
+FAILED or KILLED variant is run again, the old child is tagged ``mlflow_tflite.superseded_by``
+and deleted (soft: ``mlflow runs restore`` brings it back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from mlflow_tflite import tracking
+from mlflow_tflite.errors import TFLiteError
+
+CONFIG_FILE = "sweep_config.json"
+CONFIG_DIGEST_TAG = "mlflow_tflite.config_digest"
+SUPERSEDED_TAG = "mlflow_tflite.superseded_by"
+
+
+def config_digest(config: dict) -> str:
+    """sha256 (first 16 hex digits) of a configuration dict, in canonical JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def record_or_check_config(parent_run_id: str, config: dict, resumed: bool) -> None:
+    """Record the sweep's configuration on its parent run, or check it against the recorded one.
+
+    Args:
+        parent_run_id: the sweep's parent run (active).
+        config: JSON-able dict of everything that changes the results (variants, calibration,
+            source and data options, selection policy, threads).
+        resumed: the parent run came from ``resume``: compare instead of record.
+
+    Raises:
+        TFLiteError: on resume, a setting differs from the recorded one (the message names
+            each differing key with both values), or the run is not a sweep parent.
+    """
+    digest = config_digest(config)
+    recorded = MlflowClient().get_run(parent_run_id).data.tags.get(CONFIG_DIGEST_TAG)
+    if not resumed or recorded is None:
+        if resumed and tracking.ROLE_TAG not in MlflowClient().get_run(parent_run_id).data.tags:
+            raise TFLiteError(f"run {parent_run_id} is not a sweep parent run; pass the parent run id to resume")
+        mlflow.log_dict(config, CONFIG_FILE)
+        mlflow.set_tag(CONFIG_DIGEST_TAG, digest)
+        return
+    if recorded == digest:
+        return
+    before = mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/{CONFIG_FILE}")
+    now = json.loads(json.dumps(config, default=str))
+    changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key)]
+    raise TFLiteError(
+        f"resume {parent_run_id} was started with other settings ({'; '.join(changed)}); "
+        "resume with the same settings, or start a new sweep"
+    )
+
+
+def children(parent_run_id: str) -> list:
+    """Active (not deleted) child runs of a parent run, oldest first."""
+    client = MlflowClient()
+    return client.search_runs(
+        [client.get_run(parent_run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=10000,
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+@dataclass
+class CurrentChildren:
+    """A sweep's child runs by variant name: FINISHED ones (kept) and the rest (to run again)."""
+
+    finished: dict[str, object]
+    stale: dict[str, list]
+
+
+def current_children(parent_run_id: str) -> CurrentChildren:
+    """The sweep's children; RUNNING ones (a killed sweep) are ended KILLED and count as stale."""
+    client = MlflowClient()
+    finished: dict[str, object] = {}
+    stale: dict[str, list] = {}
+    for run in children(parent_run_id):
+        name = run.data.tags.get(tracking.VARIANT_TAG)
+        if name is None:
+            continue
+        if run.info.status == "FINISHED" and name not in finished:
+            finished[name] = run
+            continue
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+        stale.setdefault(name, []).append(run)
+    return CurrentChildren(finished, stale)
+
+
+def supersede(old_runs: list, new_run_id: str) -> None:
+    """Tag earlier FAILED/KILLED children of a variant with their replacement and delete them (soft)."""
+    client = MlflowClient()
+    for run in old_runs:
+        client.set_tag(run.info.run_id, SUPERSEDED_TAG, new_run_id)
+        client.delete_run(run.info.run_id)
+
+
+def logged_model_and_example(run) -> tuple[bytes, object]:
+    """The ``model.tflite`` bytes and input example a variant run logged (for timing it again)."""
+    from mlflow.models import Model
+
+    model_uri = run.data.tags.get(tracking.MODEL_URI_TAG) or f"runs:/{run.info.run_id}/{tracking.MODEL_NAME}"
+    with tempfile.TemporaryDirectory() as folder:
+        local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
+        model = Model.load(local)
+        tflite_model = Path(local, model.flavors["tflite"]["model_file"]).read_bytes()
+        return tflite_model, model.load_input_example(local)
+
+
+def log_metrics_to(run_id: str, metrics: dict[str, float]) -> None:
+    """Add metrics to a (possibly ended) run in one call."""
+    import time
+
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])

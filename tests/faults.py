@@ -1,0 +1,47 @@
+"""Faults injected by the tests, never by production code.
+
+``crash_on_variant`` is a sweep worker task (picklable: this module is importable in the
+spawned workers, whose ``sys.path`` is the test process's) that aborts the worker process, as
+a native crash in a converter would, when it starts the variant named by ``CRASH_VARIANT_ENV``.
+
+Run as a script, ``python faults.py exit-after-register <mlflow-tflite args>`` runs the CLI and
+kills the process (``os._exit``) right after the registry call returns, as a machine that dies
+after registering would.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+CRASH_VARIANT_ENV = "TEST_CRASH_VARIANT"
+
+
+def crash_on_variant(variant):
+    from mlflow_tflite import sweep
+
+    if os.environ.get(CRASH_VARIANT_ENV) == variant.name:
+        os.abort()
+    return sweep.run_variant_task(variant)
+
+
+def _exit_after_register() -> None:
+    from mlflow_tflite import registry
+
+    real = registry.register_and_promote
+
+    def register_then_die(*args, **kwargs):
+        registration = real(*args, **kwargs)
+        sys.stdout.flush()
+        os._exit(9)
+        return registration
+
+    registry.register_and_promote = register_then_die
+
+
+if __name__ == "__main__":
+    fault, *cli_args = sys.argv[1:]
+    {"exit-after-register": _exit_after_register}[fault]()
+    from mlflow_tflite.cli import cli
+
+    cli(cli_args, prog_name="mlflow-tflite")
