@@ -99,9 +99,10 @@ def _first_line(error: Exception, limit: int = 200) -> str:
     return reason.split(" for '{{node")[0][:limit]  # drop TensorFlow's graph-node dump
 
 
-def _outputs_probabilities(model, x: np.ndarray) -> bool:
-    """True when the model's outputs on ``x`` look like softmax probabilities (rows sum to 1)."""
-    scores = np.asarray(model(x[:32], training=False))
+def _outputs_probabilities(model, inputs: list[np.ndarray]) -> bool:
+    """True when the model's outputs on ``inputs`` look like softmax probabilities (rows sum to 1)."""
+    first = [x[:32] for x in inputs]
+    scores = np.asarray(model(first if len(first) > 1 else first[0], training=False))
     return bool(np.all(scores >= 0.0) and np.all(scores <= 1.0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
 
 
@@ -142,7 +143,8 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
     Args:
         model: a Sequential or functional ``tf_keras.Model`` with one ``(N, C)`` class-score
             output (softmax probabilities or logits).
-        x_train: float32 ``(N, ...)`` training inputs matching the model input.
+        x_train: float32 ``(N, ...)`` training inputs matching the model input, or a list of
+            such arrays (same ``N``), one per input of a multi-input model, in model order.
         y_train: int ``(N,)`` class labels in ``[0, C)``.
         sparsity: target fraction of zero weights per pruned kernel, in ``[0, 1)``; 0 returns
             ``model`` itself unchanged.
@@ -179,11 +181,11 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
         raise TFLiteError(
             f"pruning needs epochs >= 1 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}"
         )
-    x_train = np.asarray(x_train, dtype=np.float32)
+    inputs = _training_inputs(model, x_train)
     y_train = np.asarray(y_train)
-    if len(x_train) == 0 or len(x_train) != len(y_train):
+    if len(inputs[0]) == 0 or len(inputs[0]) != len(y_train):
         raise TFLiteError(
-            f"pruning needs as many labels as examples, got {len(x_train)} examples and {len(y_train)} labels"
+            f"pruning needs as many labels as examples, got {len(inputs[0])} examples and {len(y_train)} labels"
         )
     outputs = model.outputs or []
     if len(outputs) != 1 or len(outputs[0].shape) != 2 or not (outputs[0].shape[-1] or 0) > 1:
@@ -198,7 +200,7 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
     tfmot = _import_tfmot()
     tf_keras.utils.set_random_seed(seed)
     clone = _clone(model)
-    end_step, frequency = pruning_schedule_steps(len(x_train), epochs, batch_size)
+    end_step, frequency = pruning_schedule_steps(len(y_train), epochs, batch_size)
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=float(sparsity), begin_step=0, end_step=end_step, frequency=frequency
     )
@@ -208,14 +210,14 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
         raise TFLiteError(
             f"model {model.name!r} cannot be pruned: {_first_line(error)}; use sparsity=0"
         ) from None
-    from_logits = not _outputs_probabilities(model, x_train)
+    from_logits = not _outputs_probabilities(model, inputs)
     pruned.compile(
         optimizer=tf_keras.optimizers.Adam(1e-3),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=["accuracy"],
     )
     pruned.fit(
-        x_train,
+        inputs if len(inputs) > 1 else inputs[0],
         y_train,
         epochs=epochs,
         batch_size=batch_size,
@@ -224,6 +226,27 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
         callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
     )
     return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+def _training_inputs(model, x_train) -> list[np.ndarray]:
+    """``x_train`` as one float32 array per model input, checked against the model's inputs.
+
+    Raises:
+        TFLiteError: a different number of arrays than model inputs, or arrays whose numbers of
+            rows differ.
+    """
+    arrays = list(x_train) if isinstance(x_train, (list, tuple)) else [x_train]
+    names = [tensor.name.split(":")[0] for tensor in model.inputs]
+    if len(arrays) != len(names):
+        raise TFLiteError(
+            f"pruning model {model.name!r} needs one training array per input {names} but got {len(arrays)}; "
+            "give x_train_0 ... in the data, one per input"
+        )
+    arrays = [np.asarray(x, dtype=np.float32) for x in arrays]
+    rows = sorted({len(x) for x in arrays})
+    if len(rows) != 1:
+        raise TFLiteError(f"pruning needs the same number of examples for every input {names}, got {rows}")
+    return arrays
 
 
 # --------------------------------------------------------------------------------------------

@@ -177,8 +177,7 @@ def _build_variant_model(prepared: Prepared, variant: Variant, seed: int) -> Var
         if prepared.dataset is None:
             raise TFLiteError(f"sparsity={variant.sparsity:g} needs training data to fine-tune; pass data")
         x_train, _ = _variant_data(prepared, variant)
-        train = x_train if len(x_train) > 1 else x_train[0]
-        keras_model = optimize.prune_model(keras_model, train, prepared.dataset.y_train, variant.sparsity, seed=seed)
+        keras_model = optimize.prune_model(keras_model, x_train, prepared.dataset.y_train, variant.sparsity, seed=seed)
     return _adapted(prepared, variant, keras_model)
 
 

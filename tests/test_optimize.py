@@ -179,8 +179,10 @@ def test_pruning_is_deterministic_with_a_seed(trained, digits):
 
 def test_pruning_keeps_the_global_keras_mode(pruned):
     import tensorflow as tf
+    import tf_keras
 
-    assert pruned  # TFMOT has been imported by prune_model
+    # prune_model really ran TFMOT (which sets TF_USE_LEGACY_KERAS on import) and returned tf_keras models.
+    assert sorted(pruned) == [0.5, 0.8] and all(isinstance(m, tf_keras.Model) for m in pruned.values())
     assert os.environ.get("TF_USE_LEGACY_KERAS") == LEGACY_KERAS_AT_IMPORT
     if LEGACY_KERAS_AT_IMPORT is None:
         assert tf.keras.version().startswith("3.")
@@ -209,6 +211,35 @@ def test_pruning_needs_labels_and_a_valid_target(trained, digits):
             prune_model(trained, digits.x_train, digits.y_train, bad)
     with pytest.raises(TFLiteError, match="as many labels"):
         prune_model(trained, digits.x_train, digits.y_train[:10], 0.5)
+
+
+def test_pruning_a_multi_input_classifier(digits, tmp_path, tracking):
+    """Two inputs, one class-score output: pruned through the pipeline like a single-input model."""
+    import tf_keras
+
+    from mlflow_tflite.pipeline import prepare, run_variant
+    from mlflow_tflite.variants import Variant
+
+    layers = tf_keras.layers
+    image, extra = tf_keras.Input((8, 8, 1), name="image"), tf_keras.Input((3,), name="extra")
+    features = layers.Concatenate()([layers.Flatten()(layers.Conv2D(8, 3, activation="relu")(image)), extra])
+    model = tf_keras.Model([image, extra], layers.Dense(10, activation="softmax")(features), name="two-inputs")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    extra_train, extra_test = rng.random((len(digits.x_train), 3), np.float32), rng.random((len(digits.x_test), 3), np.float32)
+    model.fit([digits.x_train, extra_train], digits.y_train, epochs=3, verbose=0)
+    model.save(tmp_path / "two.h5")
+    np.savez(tmp_path / "two.npz", x_train_0=digits.x_train, x_train_1=extra_train, y_train=digits.y_train,
+             x_test_0=digits.x_test, x_test_1=extra_test, y_test=digits.y_test)
+
+    prepared = prepare(str(tmp_path / "two.h5"), str(tmp_path / "two.npz"))
+    result = run_variant(prepared, Variant("none", 0.5, 8), register=False)
+    assert result.metrics["sparsity_achieved"] == pytest.approx(0.5, abs=0.05)
+    assert result.metrics["accuracy"] > 0.8, result.metrics
+    with pytest.raises(TFLiteError, match=r"one training array per input \['image', 'extra'\] but got 1"):
+        prune_model(model, digits.x_train, digits.y_train, 0.5)
+    with pytest.raises(TFLiteError, match="same number of examples for every input"):
+        prune_model(model, [digits.x_train, extra_train[:10]], digits.y_train, 0.5)
 
 
 def test_pruning_schedule_reaches_the_target_before_the_last_step():
@@ -265,7 +296,15 @@ def test_resize_to_16_keeps_weights_and_runs(trained, digits):
     tflite_model = _convert(resized, "none", None)
     tflite_accuracy = _tflite_accuracy(tflite_model, x16, digits.y_test)
     print(f"\nresize 8->16: accuracy={accuracy:.4f} tflite={tflite_accuracy:.4f} (native 8x8: {native:.4f})")
-    assert accuracy > 0.1  # above chance; a CNN trained at 8x8 is not expected to be good at 16x16
+    # The same architecture built at 16x16 from scratch with the trained weights is the reference:
+    # the resized model must compute exactly what it computes (accuracy at 16x16 means little for a
+    # CNN trained at 8x8, so it is printed, not asserted).
+    from mlflow_tflite.demo import build_digits_cnn
+
+    reference = build_digits_cnn((16, 16, 1))
+    reference.set_weights(trained.get_weights())
+    np.testing.assert_allclose(np.asarray(resized(x16, training=False)), np.asarray(reference(x16, training=False)),
+                               rtol=0, atol=1e-6)
     assert abs(tflite_accuracy - accuracy) <= 0.01
 
 

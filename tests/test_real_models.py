@@ -78,7 +78,7 @@ def test_onet_from_saved_model_every_mode(onet_saved_model, tracking):
     # The photograph's face crops: ONet is confident on most of them.
     assert np.mean(prepared.reference[2][::2, 1] > 0.5) > 0.5
 
-    results = {}
+    results, versions = {}, {}
     for quant in MODES:
         result = run_variant(prepared, Variant(quant, input_size=48), registered_model_name="mtcnn-onet")
         run = MlflowClient().get_run(result.run_id)
@@ -87,16 +87,19 @@ def test_onet_from_saved_model_every_mode(onet_saved_model, tracking):
         assert {"max_abs_error", "relative_error", "cosine_similarity"} <= run.data.metrics.keys()
         assert any(k.startswith("cosine_similarity_") for k in run.data.metrics)  # per output
         results[quant] = result.metrics
+        versions[quant] = result.registration.version
     print_table("MTCNN ONet (SavedModel, 120 test crops, fidelity vs Keras)", results)
     assert results["none"]["max_abs_error"] < 1e-4
     for quant in MODES:
         assert results[quant]["cosine_similarity"] > 0.98, quant
 
     # Multi-output pyfunc: a dict of the three heads, equal to the raw interpreter's output.
-    model = mlflow.pyfunc.load_model("models:/mtcnn-onet/4")
+    int8_uri = f"models:/mtcnn-onet/{versions['int8']}"
+    assert MlflowClient().get_model_version("mtcnn-onet", versions["int8"]).tags["mlflow_tflite.variant"] == "int8-s0-i48"
+    model = mlflow.pyfunc.load_model(int8_uri)
     predicted = model.predict(x[:8])
     assert isinstance(predicted, dict) and len(predicted) == 3
-    interpreter = mlflow_tflite_interpreter("models:/mtcnn-onet/4")
+    interpreter = mlflow_tflite_interpreter(int8_uri)
     raw = runtime.run(interpreter, [x[:8]])
     for (name, value), expected in zip(predicted.items(), raw):
         np.testing.assert_allclose(value, expected, atol=1e-6)
