@@ -1,16 +1,18 @@
-"""``mlflow-tflite`` command line (click): convert one variant; more commands per pipeline stage.
+"""``mlflow-tflite`` command line (click): convert one variant, sweep a grid, promote a model.
 
-Errors of this project print as one line (``Error: ...``) and exit with status 1.
+The options are generated from the option dataclasses (``options.click_options``), so each is
+parsed and checked once, here; expert options can also come from ``--config file.yaml``.
+Errors print as one line (``Error: ...``) and exit with status 1.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 
 import click
 
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.quiet import start_tensorflow
 
 # TensorFlow's C++ INFO/WARNING lines drown the CLI's own output; a user's setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,15 +20,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-# MLproject defaults: words rather than empty strings, which MLflow would log as "''".
-DEMO = "demo"
-NATIVE = "native"
-AUTO = "auto"
+from mlflow_tflite.data import Preprocessing  # noqa: E402
+from mlflow_tflite.options import (  # noqa: E402
+    IoType, OpsSet, QuantMode, RunSettings, choice, click_options, from_kwargs, given, load_config, number,
+    pop_fields,
+)
+from mlflow_tflite.sweep import SweepConfig  # noqa: E402
+from mlflow_tflite.selection import Tolerance  # noqa: E402
+from mlflow_tflite.sources import SourceOptions  # noqa: E402
 
-
-def _given(value: str | None) -> str | None:
-    """None for an unset path or name ('', 'demo', 'auto'), else the value."""
-    return None if value in (None, "", DEMO, AUTO) else value
+# Sections of a --config YAML file and the dataclass each one's keys are fields of.
+CONFIG_SECTIONS = {"source": SourceOptions, "preprocessing": Preprocessing, "tolerance": Tolerance,
+                   "run": RunSettings}
 
 
 def _first_line(error: BaseException) -> str:
@@ -68,183 +73,120 @@ def cli():
     """Convert TensorFlow models to TFLite variants tracked in MLflow."""
 
 
-def _optional_int(value: str | int | None, name: str) -> int | None:
-    """'' / None / 0 -> None; '96' -> 96; anything else -> a one-line error."""
-    if value in (None, "", "0", 0, NATIVE):
+@dataclass(frozen=True)
+class JobOptions:
+    """What `convert` and `sweep` share: the source, its data and how to open, judge and record it."""
+
+    model: str | None
+    data: str | None
+    source: SourceOptions
+    preprocessing: Preprocessing
+    tolerance: Tolerance
+    run: RunSettings
+
+    def open_args(self) -> dict:
+        """``pipeline.prepare`` keyword arguments (besides model and data)."""
+        preprocessing = None if self.preprocessing == Preprocessing() else self.preprocessing
+        return {"task": self.run.task, "preprocessing": preprocessing, **asdict(self.source)}
+
+
+def _job_options(command):
+    """The options of :class:`JobOptions`, from the dataclasses' fields, plus ``--config``."""
+    for cls in (RunSettings, Tolerance, Preprocessing, SourceOptions):
+        command = click_options(cls)(command)
+    command = click.option("--config", default="none", show_default=True,
+                           help="YAML file of expert options: sections " + ", ".join(CONFIG_SECTIONS) + ".")(command)
+    command = click.option("--data", default="demo", show_default=True,
+                           help=".npz with x_train/y_train/x_test/y_test (or x/y), .npy, image folder, digits, or demo.")(command)
+    return click.option("--model", default="demo", show_default=True,
+                        help="A .keras/.h5 file, SavedModel directory, frozen graph, MLflow model URI, or demo.")(command)
+
+
+def _variant_options(command):
+    """The variant options `convert` and `sweep` share (the grid lists are per command)."""
+    command = click.option("--io-type", default="int8", type=choice(IoType), show_default=True,
+                           help="I/O type of int8_full: int8, or uint8 (Edge TPU).")(command)
+    command = click.option("--ops", default="builtins", type=choice(OpsSet), show_default=True,
+                           help="builtins, or select_tf for SELECT_TF_OPS.")(command)
+    return click.option("--calibration-samples", default=200, type=number(int, 0, low_open=True,
+                        hint="; 100-500 is typical (default 200)"), show_default=True,
+                        help="Representative dataset size.")(command)
+
+
+def _read_job_options(kwargs: dict) -> JobOptions:
+    """Pop the shared options from a command's arguments; a config file fills what was not typed."""
+    config = load_config(kwargs.pop("config"), CONFIG_SECTIONS)
+    return JobOptions(
+        given(kwargs.pop("model")), given(kwargs.pop("data")),
+        *(from_kwargs(cls, kwargs, config[name]) for name, cls in CONFIG_SECTIONS.items()),
+    )
+
+
+def _input_size(value: str | int | None) -> int | None:
+    """'native' / '0' / None -> None; '96' -> 96; anything else -> a one-line error."""
+    if given(value) is None or str(value) == "0":
         return None
     try:
         return int(float(value))
     except ValueError:
-        raise TFLiteError(f"{name} {value!r} is not a whole number; pass e.g. 96, or nothing for the native size") from None
+        raise TFLiteError(f"input_size {value!r} is not a whole number; pass e.g. 96, or native") from None
 
 
-def _shared_options(command):
-    """The options `convert` and `sweep` share (DESIGN.md: the same parameter names)."""
-    options = [
-        click.option("--model", default=DEMO, show_default=True,
-                     help="A .keras/.h5 file or SavedModel directory, or demo."),
-        click.option("--data", default=DEMO, show_default=True,
-                     help=".npz with x_train/y_train/x_test/y_test (or x/y), digits, or demo."),
-        click.option("--calibration-samples", default=200, type=int, show_default=True,
-                     help="Representative dataset size."),
-        click.option("--ops", default="builtins", show_default=True, help="builtins, or select_tf for SELECT_TF_OPS."),
-        click.option("--io-type", default="int8", show_default=True,
-                     help="I/O type of int8_full: int8, or uint8 (Edge TPU)."),
-        click.option("--registered-model-name", default=AUTO, show_default=True,
-                     help="Registry name; auto derives it from the source (digits-cnn for the demo)."),
-        click.option("--num-threads", default=1, type=int, show_default=True, help="LiteRT threads for latency/pyfunc."),
-        click.option("--max-accuracy-drop", default=0.01, type=float, show_default=True,
-                     help="Tolerance: accuracy_drop (labels) or 1 - agreement (no labels), absolute fraction."),
-        click.option("--min-cosine-similarity", default=0.99, type=float, show_default=True,
-                     help="Tolerance without labels: mean cosine similarity to the source outputs."),
-        click.option("--max-relative-error", default="none", show_default=True,
-                     help="Tolerance without labels: relative L2 error to the source outputs, or none."),
-        click.option("--no-register", is_flag=True, help="Log the run(s) but do not register a model."),
-        click.option("--task", default="auto", show_default=True,
-                     help="classification, fidelity (regression/embeddings/detection), or auto."),
-        click.option("--source-format", default=AUTO, show_default=True,
-                     help="keras, h5, saved_model, frozen_graph, mlflow, or auto (detected)."),
-        click.option("--signature-key", default="serving_default", show_default=True, help="SavedModel signature."),
-        click.option("--input-arrays", default="", help="Frozen graph input node names, comma-separated."),
-        click.option("--output-arrays", default="", help="Frozen graph output node names, comma-separated."),
-        click.option("--input-shapes", default="", help="Frozen graph shapes: name:1,224,224,3;other:1,10"),
-        click.option("--resize", default=NATIVE, show_default=True, help="Resize images to this square side, or native."),
-        click.option("--scale", default=1.0, type=float, show_default=True, help="Multiply raw values (1/255 = 0.00392...)."),
-        click.option("--mean", default="", help="Per-channel mean to subtract after scaling, comma-separated."),
-        click.option("--std", default="", help="Per-channel std to divide by, comma-separated."),
-        click.option("--channels", default=AUTO, show_default=True, help="Image folder channels: 1, 3 or auto."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _check_and_start(job: JobOptions) -> None:
+    """Before expensive work: the tracking store answers; then TensorFlow starts quietly."""
+    from mlflow_tflite.quiet import start_tensorflow
+    from mlflow_tflite.tracking import check_tracking_store
+
+    check_tracking_store()
+    start_tensorflow()
 
 
 @cli.command()
-@_shared_options
-@click.option("--quant", default="int8", show_default=True, help="none, dynamic, float16, int8, int8_full, int16x8.")
-@click.option("--sparsity", default=0.0, type=float, show_default=True, help="Target pruned fraction in [0, 1).")
-@click.option("--input-size", default=NATIVE, show_default=True, help="Square input side in pixels, or native.")
-def convert(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, registered_model_name,
-            num_threads, max_accuracy_drop, min_cosine_similarity, max_relative_error, no_register, task,
-            source_format, signature_key, input_arrays, output_arrays, input_shapes, resize, scale, mean, std,
-            channels):
+@_job_options
+@_variant_options
+@click.option("--quant", default="int8", type=choice(QuantMode), show_default=True,
+              help=", ".join(QuantMode) + ".")
+@click.option("--sparsity", default=0.0, type=number(float), show_default=True, help="Target pruned fraction in [0, 1).")
+@click.option("--input-size", default="native", show_default=True, help="Square input side in pixels, or native.")
+def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, **kwargs):
     """Convert one variant, evaluate it and log it as an MLflow run (the `main` entry point)."""
     from mlflow_tflite.pipeline import prepare, run_variant
-    from mlflow_tflite.tracking import check_tracking_store
     from mlflow_tflite.variants import Variant
 
-    requested_size = _optional_int(input_size, "input_size")
-    # Check the parameters and the tracking store before any expensive work.
-    Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type)
-    if num_threads < 1:
-        raise TFLiteError(f"num_threads={num_threads} must be >= 1")
-    tolerance = _tolerance(max_accuracy_drop, min_cosine_similarity, max_relative_error)
-    options = _open_options(task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize,
-                            scale, mean, std, channels)
-    check_tracking_store()
-    start_tensorflow()
-    prepared = prepare(_given(model), _given(data), **options)
+    job = _read_job_options(kwargs)
+    requested_size = _input_size(input_size)
+    Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type)  # checked before any work
+    _check_and_start(job)
+    prepared = prepare(job.model, job.data, **job.open_args())
     variant = Variant(quant, sparsity, requested_size or prepared.native_input_size, calibration_samples, ops, io_type)
-    result = run_variant(prepared, variant, _given(registered_model_name), num_threads, register=not no_register,
-                         tolerance=tolerance)
+    result = run_variant(prepared, variant, job.run.registered_model_name, job.run.num_threads,
+                         register=not job.run.no_register, tolerance=job.tolerance)
     _print_result(result)
 
 
-def _tolerance(max_accuracy_drop: float, min_cosine_similarity: float, max_relative_error: str):
-    from mlflow_tflite.selection import Tolerance
-
-    return Tolerance(max_accuracy_drop, min_cosine_similarity,
-                     _optional_float(max_relative_error, "max_relative_error"))
-
-
-def _floats(value: str, name: str) -> tuple[float, ...] | None:
-    if value in ("", "none"):
-        return None
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise TFLiteError(f"{name} {value!r} is not a comma-separated list of numbers, e.g. 0.485,0.456,0.406") from None
-
-
-def _input_shapes(value: str) -> dict[str, tuple[int, ...]] | None:
-    """'a:1,8,8,1;b:1,4' -> {'a': (1, 8, 8, 1), 'b': (1, 4)}."""
-    if value in ("", "none"):
-        return None
-    shapes = {}
-    for part in value.split(";"):
-        name, _, dims = part.partition(":")
-        try:
-            shapes[name.strip()] = tuple(int(d) for d in dims.split(","))
-        except ValueError:
-            raise TFLiteError(f"input_shapes part {part!r} is not name:d1,d2,...; e.g. input:1,224,224,3") from None
-    return shapes
-
-
-def _open_options(task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize, scale,
-                  mean, std, channels) -> dict:
-    """`pipeline.prepare` keyword arguments from the shared CLI options."""
-    from mlflow_tflite.data import Preprocessing
-
-    preprocessing = Preprocessing(
-        _optional_int(resize, "resize"), scale, _floats(mean, "mean"), _floats(std, "std"),
-        None if channels in ("", AUTO) else _optional_int(channels, "channels"),
-    )
-    split = lambda v: None if v in ("", "none") else [n.strip() for n in v.split(",") if n.strip()] or None  # noqa: E731
-    return {
-        "task": task,
-        "preprocessing": None if preprocessing == type(preprocessing)() else preprocessing,
-        "source_format": _given(source_format),
-        "signature_key": signature_key,
-        "input_arrays": split(input_arrays),
-        "output_arrays": split(output_arrays),
-        "input_shapes": _input_shapes(input_shapes),
-    }
-
-
-def _optional_float(value: str | float | None, name: str) -> float | None:
-    """'' / 'none' / None -> None; '65536' -> 65536.0; anything else -> a one-line error."""
-    if value in (None, "", "none"):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise TFLiteError(f"{name} {value!r} is not a number; pass e.g. 100000, or none for no budget") from None
-
-
 @cli.command()
-@_shared_options
+@_job_options
+@_variant_options
+@click_options(SweepConfig)
 @click.option("--quant", default="none,dynamic,float16,int8", show_default=True, help="Comma-separated modes.")
 @click.option("--sparsity", default="0,0.5,0.8", show_default=True, help="Comma-separated target sparsities.")
-@click.option("--input-size", default=NATIVE, show_default=True, help="Comma-separated input sizes, or native.")
-@click.option("--objective", default="latency", show_default=True, help="latency, size or accuracy.")
-@click.option("--max-size-bytes", default="none", show_default=True, help="Size budget in bytes, or none.")
-@click.option("--max-latency-ms", default="none", show_default=True, help="Latency p50 budget in ms, or none.")
-@click.option("--workers", default=1, type=int, show_default=True, help="Worker processes.")
-@click.option("--resume", default="", help="Parent run id of an interrupted sweep: FINISHED variants are skipped.")
-def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io_type, objective,
-          max_size_bytes, max_latency_ms, registered_model_name, workers, num_threads, max_accuracy_drop,
-          min_cosine_similarity, max_relative_error, resume, no_register, task, source_format, signature_key,
-          input_arrays, output_arrays, input_shapes, resize, scale, mean, std, channels):
+@click.option("--input-size", default="native", show_default=True, help="Comma-separated input sizes, or native.")
+def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, **kwargs):
     """Run a grid of variants as child runs of one parent run; register the best (`sweep` entry point)."""
-    from mlflow_tflite.sweep import SweepConfig, run_sweep
-    from mlflow_tflite.tracking import check_tracking_store
+    from mlflow_tflite.sweep import run_sweep
     from mlflow_tflite.variants import expand_grid, parse_list
 
-    sizes = [_optional_int(v, "input_size") for v in parse_list(input_size, "input_size")]
+    job = _read_job_options(kwargs)
+    sizes = [_input_size(v) for v in parse_list(input_size, "input_size")]
     variants = expand_grid(
         parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float), sizes, calibration_samples, ops, io_type
     )
-    options = _open_options(task, source_format, signature_key, input_arrays, output_arrays, input_shapes, resize,
-                            scale, mean, std, channels)
     config = SweepConfig(
-        variants, _given(model), _given(data), options, objective,
-        _tolerance(max_accuracy_drop, min_cosine_similarity, max_relative_error),
-        _optional_float(max_size_bytes, "max_size_bytes"), _optional_float(max_latency_ms, "max_latency_ms"),
-        _given(registered_model_name), workers, num_threads, None if resume in ("", "none") else resume,
-        not no_register,
+        variants, job.model, job.data, job.open_args(), tolerance=job.tolerance,
+        registered_model_name=job.run.registered_model_name, num_threads=job.run.num_threads,
+        register=not job.run.no_register, **pop_fields(SweepConfig, kwargs),
     )
-    check_tracking_store()
-    start_tensorflow()
+    _check_and_start(job)
     result = run_sweep(config)
     for row in result.rows:
         shown = ", ".join(f"{k}={row['metrics'][k]:.4g}" for k in ("accuracy_drop", "size_bytes", "latency_ms_p50")
@@ -256,17 +198,15 @@ def sweep(model, data, quant, sparsity, input_size, calibration_samples, ops, io
 
 
 @cli.command()
+@click_options(Tolerance)
 @click.option("--model-uri", required=True, help="A logged tflite model: runs:/<run_id>/model or models:/m-<id>.")
 @click.option("--registered-model-name", required=True, help="Registry name.")
-@click.option("--max-accuracy-drop", default=0.01, type=float, show_default=True, help="Tolerance (see convert).")
-@click.option("--min-cosine-similarity", default=0.99, type=float, show_default=True, help="Tolerance (see convert).")
-@click.option("--max-relative-error", default="none", show_default=True, help="Tolerance (see convert).")
-def promote(model_uri, registered_model_name, max_accuracy_drop, min_cosine_similarity, max_relative_error):
+def promote(model_uri, registered_model_name, **kwargs):
     """Register a logged model; it becomes champion only if within tolerance and it beats the champion."""
     from mlflow_tflite.registry import promote_logged_model
     from mlflow_tflite.tracking import check_tracking_store
 
-    tolerance = _tolerance(max_accuracy_drop, min_cosine_similarity, max_relative_error)
+    tolerance = from_kwargs(Tolerance, kwargs)
     check_tracking_store()
     _echo_registration(promote_logged_model(model_uri, registered_model_name, tolerance))
 
@@ -280,7 +220,9 @@ def _print_result(result) -> None:
     )
     click.echo(f"run {result.run_id} variant {result.variant.name}: {shown}")
     if "latency_ms_p50" not in metrics:
-        click.echo("not evaluated or registered: see the run's tag mlflow_tflite.not_evaluated")
+        from mlflow_tflite.tags import NOT_EVALUATED_TAG
+
+        click.echo(f"not evaluated or registered: see the run's tag {NOT_EVALUATED_TAG}")
     if result.registration:
         _echo_registration(result.registration)
 

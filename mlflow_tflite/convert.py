@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.options import IoType, OpsSet
 from mlflow_tflite.sources import Source
 from mlflow_tflite.variants import Variant
 
@@ -48,35 +49,31 @@ def configure(converter, variant: Variant, calibration: list[np.ndarray] | None,
               input_names: list[str] | None = None) -> None:
     """Set a ``tf.lite.TFLiteConverter`` up for a variant's quantization mode and op set.
 
+    The settings are the mode's row of ``options.QUANT_RECIPES``.
+
     Raises:
         TFLiteError: a calibrated mode (int8, int8_full, int16x8) without calibration data.
     """
     import tensorflow as tf
 
-    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
-    if variant.calibrated and (calibration is None or len(calibration[0]) == 0):
+    recipe = variant.recipe
+    if recipe.calibrated and (calibration is None or len(calibration[0]) == 0):
         raise TFLiteError(
             f"quant={variant.quant} needs a representative dataset but no calibration data was given; "
             "pass data (x_train) or choose quant=dynamic for weight-only quantization"
         )
-    if variant.quant != "none":
+    if recipe.optimize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant.quant == "float16":
+    if recipe.float16_weights:
         converter.target_spec.supported_types = [tf.float16]
-    if variant.calibrated:
+    if recipe.calibrated:
         converter.representative_dataset = representative_dataset(calibration, input_names)
-    if variant.quant in ("int8", "int8_full"):
-        # Integer kernels only: a model that cannot be fully quantized fails instead of
-        # silently keeping float ops.
-        builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8
-    if variant.quant == "int8_full":
-        io_type = tf.uint8 if variant.io_type == "uint8" else tf.int8
+    if recipe.integer_io:
+        io_type = tf.uint8 if variant.io_type == IoType.UINT8 else tf.int8
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
-    if variant.quant == "int16x8":
-        builtins = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-    ops = [builtins]
-    if variant.ops == "select_tf":
+    ops = [getattr(tf.lite.OpsSet, recipe.kernels)]
+    if variant.ops == OpsSet.SELECT_TF:
         ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
     converter.target_spec.supported_ops = ops
 

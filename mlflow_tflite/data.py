@@ -1,4 +1,4 @@
-"""Data: the built-in digits data set, .npz files, validation and calibration sampling."""
+"""Data: the built-in digits data set, .npz files, image resizing, validation and calibration sampling."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.options import floats_list, number, option
 
 DIGITS_SOURCE = "sklearn.datasets.load_digits"
 
@@ -67,11 +68,13 @@ class Preprocessing:
         channels: 1 (grey) or 3 (RGB) for image folders; None keeps the files' own.
     """
 
-    resize: int | None = None
-    scale: float = 1.0
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    channels: int | None = None
+    resize: int | None = option(None, "Resize images to this square side, or native.",
+                                number(int, 0, low_open=True, optional=True))
+    scale: float = option(1.0, "Multiply raw values (1/255 = 0.00392...).", number(float))
+    mean: tuple[float, ...] | None = option(None, "Per-channel mean to subtract after scaling, comma-separated.",
+                                            floats_list())
+    std: tuple[float, ...] | None = option(None, "Per-channel std to divide by, comma-separated.", floats_list())
+    channels: int | None = option(None, "Image folder channels: 1, 3 or auto.", number(int, 1, 3, optional=True))
 
     def __post_init__(self):
         if self.resize is not None and self.resize <= 0:
@@ -85,8 +88,6 @@ class Preprocessing:
         """``(N, ...)`` raw values -> float32 ``(x * scale - mean) / std`` (resized first if asked)."""
         x = np.asarray(x, dtype=np.float32)
         if self.resize is not None and x.ndim == 4 and x.shape[1:3] != (self.resize, self.resize):
-            from mlflow_tflite.optimize import resize_images
-
             x = resize_images(x, self.resize)
         x = x * np.float32(self.scale)
         if self.mean is not None:
@@ -101,6 +102,44 @@ class Preprocessing:
                   "channels": self.channels}
         return {f"preprocess_{k}": (",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else v)
                 for k, v in values.items() if v is not None}
+
+
+def resize_images(x: np.ndarray, input_size: int) -> np.ndarray:
+    """Resize ``(N, H, W, C)`` images to ``(N, input_size, input_size, C)`` (bilinear, no antialias).
+
+    Uses ``tf.image.resize(method="bilinear", antialias=False)``, in chunks of 1,024 images.
+    Values keep their units (no rescaling); bilinear interpolation stays within the input range.
+
+    Args:
+        x: ``(N, H, W, C)`` array (cast to float32).
+        input_size: new height and width in pixels (> 0).
+
+    Returns:
+        float32 ``(N, input_size, input_size, C)``; a float32 copy of ``x`` when it already has
+        that size.
+
+    Raises:
+        TFLiteError: ``x`` is not 4-D or ``input_size`` is not a positive integer.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 4:
+        raise TFLiteError(
+            f"input_size={input_size} resizes (N, H, W, C) images but the data has shape {x.shape}; drop input_size"
+        )
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size <= 0:
+        raise TFLiteError(f"input_size {input_size!r} must be a positive number of pixels, e.g. 96")
+    if x.shape[1] == input_size and x.shape[2] == input_size:
+        return x.copy()
+    import tensorflow as tf
+
+    size = (int(input_size), int(input_size))
+    parts = [
+        tf.image.resize(x[i : i + 1024], size, method="bilinear", antialias=False).numpy()
+        for i in range(0, len(x), 1024)
+    ]
+    if not parts:
+        return np.zeros((0, *size, x.shape[3]), np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 def load_digits_dataset(test_fraction: float = 0.25, seed: int = 0) -> Dataset:

@@ -50,12 +50,13 @@ from mlflow.utils.model_utils import (
 )
 from mlflow.utils.requirements_utils import _get_pinned_requirement
 
-from mlflow_tflite import runtime
+from mlflow_tflite import runtime, tflite_file
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.options import QuantMode, parse_enum
 
 FLAVOR_NAME = "tflite"
 MODEL_FILE_NAME = "model.tflite"
-QUANTIZATION_MODES = ("none", "dynamic", "float16", "int8", "int8_full", "int16x8")
+QUANTIZATION_MODES = tuple(m.value for m in QuantMode)
 DEFAULT_BATCH_SIZE = 256
 # This package, copied into every saved model's code/ directory (see save_model).
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -188,16 +189,15 @@ def save_model(
         TypeError: ``code_paths`` is not a list.
     """
     model_bytes = read_tflite_bytes(tflite_model)
-    flex = bool(runtime.flex_ops(model_bytes))
+    flex = bool(tflite_file.flex_ops(model_bytes))
     if flex:
-        inputs, outputs = runtime.static_io_tensors(model_bytes)
+        inputs, outputs = tflite_file.static_io_tensors(model_bytes)
     else:
         interpreter = runtime.make_interpreter(model_bytes)
         inputs, outputs = runtime.io_tensors(interpreter)
     if quantization is None:
         quantization = "none" if flex else runtime.quantization_mode(interpreter)
-    if quantization not in QUANTIZATION_MODES:
-        raise TFLiteError(f"quantization {quantization!r} is unknown; use one of {', '.join(QUANTIZATION_MODES)}")
+    quantization = parse_enum(QuantMode, quantization, "quantization").value  # a plain string in the MLmodel
     _validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
     code_paths = _code_paths_with_package(code_paths)
 

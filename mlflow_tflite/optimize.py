@@ -1,4 +1,4 @@
-"""Model optimizations applied before conversion: magnitude pruning, input resizing, sparsity.
+"""Model optimizations applied before conversion: magnitude pruning and input resizing.
 
 Pruning follows TensorFlow Model Optimization's pruning guide
 (https://www.tensorflow.org/model_optimization/guide/pruning/pruning_with_keras):
@@ -8,8 +8,8 @@ Pruning follows TensorFlow Model Optimization's pruning guide
 ``TF_USE_LEGACY_KERAS``) is left as the user set it (see :func:`_import_tfmot`).
 
 The achieved sparsity is measured on the converted .tflite flatbuffer
-(:func:`tflite_sparsity`), read with LiteRT's flatbuffer schema, so no TensorFlow import is
-needed for it.
+(:func:`mlflow_tflite.tflite_file.tflite_sparsity`); image data is resized by
+:func:`mlflow_tflite.data.resize_images`.
 """
 
 from __future__ import annotations
@@ -250,183 +250,6 @@ def _training_inputs(model, x_train) -> list[np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------
-# Sparsity of a converted model
-# --------------------------------------------------------------------------------------------
-
-# Ops whose constant inputs of rank >= 2 are weights (kernels, matrices, embedding tables).
-_KERNEL_OPS = (
-    "CONV_2D",
-    "DEPTHWISE_CONV_2D",
-    "FULLY_CONNECTED",
-    "TRANSPOSE_CONV",
-    "CONV_3D",
-    "CONV_3D_TRANSPOSE",
-    "BATCH_MATMUL",
-    "EMBEDDING_LOOKUP",
-    "LSTM",
-    "UNIDIRECTIONAL_SEQUENCE_LSTM",
-    "BIDIRECTIONAL_SEQUENCE_LSTM",
-    "RNN",
-    "UNIDIRECTIONAL_SEQUENCE_RNN",
-    "BIDIRECTIONAL_SEQUENCE_RNN",
-    "SVDF",
-)
-# Ops that turn a stored constant into the weight the kernel reads: float16 -> float32 (or int8
-# -> float32) DEQUANTIZE, and DENSIFY of sparse-format weights.
-_PASS_THROUGH_OPS = ("DEQUANTIZE", "DENSIFY")
-# Stored weight types: TensorType name -> numpy dtype (bfloat16 is read as raw uint16 bits).
-_WEIGHT_DTYPES = {
-    "FLOAT32": np.float32,
-    "FLOAT16": np.float16,
-    "FLOAT64": np.float64,
-    "BFLOAT16": np.uint16,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "INT16": np.int16,
-    "INT4": np.uint8,
-}
-
-
-def _weight_values(data: np.ndarray, type_name: str) -> np.ndarray:
-    """The stored values of a constant tensor, in the stored type (int4 unpacked to int8)."""
-    raw = np.frombuffer(np.asarray(data, dtype=np.uint8).tobytes(), dtype=_WEIGHT_DTYPES[type_name])
-    if type_name == "INT4":  # two values per byte, low nibble first, two's complement
-        nibbles = np.stack([raw & 0x0F, raw >> 4], axis=1).reshape(-1).astype(np.int8)
-        return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
-    return raw
-
-
-def _zero_mask(tensor, values: np.ndarray, type_name: str, dense: bool) -> np.ndarray:
-    """Boolean mask of the values that stand for 0.0 (the zero point for quantized integers)."""
-    if type_name == "BFLOAT16":
-        return (values & 0x7FFF) == 0  # +0.0 and -0.0
-    if values.dtype.kind == "f":
-        return values == 0
-    zero_points = np.asarray(getattr(tensor.quantization, "zeroPoint", None) if tensor.quantization else None)
-    if zero_points.ndim == 0 or zero_points.size == 0:
-        return values == 0
-    if zero_points.size == 1 or np.all(zero_points == zero_points.flat[0]):
-        return values == zero_points.flat[0]
-    # Per-channel zero points along the quantized dimension (only meaningful for dense tensors).
-    axis = tensor.quantization.quantizedDimension
-    shape = list(tensor.shape)
-    if not dense or axis >= len(shape) or shape[axis] != zero_points.size:
-        return values == 0
-    broadcast = [1] * len(shape)
-    broadcast[axis] = zero_points.size
-    return values.reshape(shape) == zero_points.reshape(broadcast)
-
-
-def tflite_tensor_sparsity(tflite_model: bytes) -> dict[str, tuple[int, int]]:
-    """Zero and total counts of every weight tensor of a .tflite model.
-
-    Weight tensors are the constant inputs of rank >= 2 of conv, depthwise conv, transpose
-    conv, fully-connected, batch-matmul, embedding and RNN/LSTM ops, followed back through
-    DEQUANTIZE and DENSIFY ops to the stored constant: so float16 models count their float16
-    constants (not the float32 values DEQUANTIZE produces at run time), and dynamic-range and
-    int8 models count their int8 constants. Biases (rank 1), activations, shape/index tensors
-    and quantization parameters are not weights. A quantized value counts as zero when it
-    equals its zero point (per channel; weights are symmetric, zero point 0); float values
-    when they are +0.0 or -0.0. Sparse-format tensors count their implicit zeros. Each stored
-    buffer is counted once even if several ops or subgraphs share it.
-
-    Args:
-        tflite_model: .tflite flatbuffer bytes.
-
-    Returns:
-        ``{tensor name: (zero values, total values)}``, in subgraph and op order; a name that
-        occurs twice gets a ``#k`` suffix. Empty when the model has no weight tensors.
-
-    Raises:
-        TFLiteError: the bytes are not a .tflite flatbuffer.
-    """
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    from mlflow_tflite.runtime import read_flatbuffer
-
-    model = read_flatbuffer(tflite_model)
-
-    op_names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    type_names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
-    codes = [op_names.get(flatbuffer_utils.get_builtin_code_from_operator_code(c)) for c in model.operatorCodes or []]
-
-    counts: dict[str, tuple[int, int]] = {}
-    seen: set = set()
-    for s, subgraph in enumerate(model.subgraphs or []):
-        tensors = subgraph.tensors or []
-        operators = subgraph.operators or []
-        producers = {out: op for op in operators for out in (op.outputs or [])}
-
-        def stored(index: int) -> int:
-            while index in producers and codes[producers[index].opcodeIndex] in _PASS_THROUGH_OPS:
-                index = producers[index].inputs[0]
-            return index
-
-        for op in operators:
-            if codes[op.opcodeIndex] not in _KERNEL_OPS:
-                continue
-            for index in op.inputs or []:
-                if index < 0:
-                    continue
-                index = stored(index)
-                tensor = tensors[index]
-                buffer = model.buffers[tensor.buffer] if 0 < tensor.buffer < len(model.buffers or []) else None
-                type_name = type_names.get(tensor.type)
-                shape = list(tensor.shape) if tensor.shape is not None else []
-                if (
-                    index in producers
-                    or buffer is None
-                    or buffer.data is None
-                    or len(buffer.data) == 0
-                    or type_name not in _WEIGHT_DTYPES
-                    or len(shape) < 2
-                ):
-                    continue
-                key = ("buffer", tensor.buffer)
-                if key in seen:
-                    continue
-                seen.add(key)
-                values = _weight_values(buffer.data, type_name)
-                dense = tensor.sparsity is None
-                total = int(np.prod(shape))
-                values = values[:total]
-                zeros = int(np.count_nonzero(_zero_mask(tensor, values, type_name, dense)))
-                if not dense:  # only the non-zero blocks are stored
-                    zeros += total - len(values)
-                name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name or f"{s}:{index}")
-                unique, k = name, 1
-                while unique in counts:
-                    k += 1
-                    unique = f"{name}#{k}"
-                counts[unique] = (zeros, total)
-    return counts
-
-
-def tflite_sparsity(tflite_model: bytes) -> float:
-    """Fraction of exactly-zero weight values in a .tflite model (the run's ``sparsity_achieved``).
-
-    Weighted over all weight tensors (conv / fully-connected kernels and the like, see
-    :func:`tflite_tensor_sparsity`), read from the flatbuffer's constants in their stored type:
-    float32 for ``none``, int8 for ``dynamic`` / ``int8`` / ``int8_full`` / ``int16x8``, float16
-    for ``float16``. Quantization can add a few zeros (weights smaller than half a quantization
-    step round to 0), so an unpruned int8 model is slightly above 0.
-
-    Args:
-        tflite_model: .tflite flatbuffer bytes.
-
-    Returns:
-        A fraction in ``[0, 1]``; 0.0 for a model without weight tensors.
-
-    Raises:
-        TFLiteError: the bytes are not a .tflite flatbuffer.
-    """
-    counts = tflite_tensor_sparsity(tflite_model).values()
-    total = sum(t for _, t in counts)
-    return float(sum(z for z, _ in counts) / total) if total else 0.0
-
-
-# --------------------------------------------------------------------------------------------
 # Input size
 # --------------------------------------------------------------------------------------------
 
@@ -531,40 +354,3 @@ def _set_input_shapes(config: dict, new_shape: list) -> int:
             config["build_input_shape"] = list(new_shape)
     return replaced
 
-
-def resize_images(x: np.ndarray, input_size: int) -> np.ndarray:
-    """Resize ``(N, H, W, C)`` images to ``(N, input_size, input_size, C)`` (bilinear, no antialias).
-
-    Uses ``tf.image.resize(method="bilinear", antialias=False)``, in chunks of 1,024 images.
-    Values keep their units (no rescaling); bilinear interpolation stays within the input range.
-
-    Args:
-        x: ``(N, H, W, C)`` array (cast to float32).
-        input_size: new height and width in pixels (> 0).
-
-    Returns:
-        float32 ``(N, input_size, input_size, C)``; a float32 copy of ``x`` when it already has
-        that size.
-
-    Raises:
-        TFLiteError: ``x`` is not 4-D or ``input_size`` is not a positive integer.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 4:
-        raise TFLiteError(
-            f"input_size={input_size} resizes (N, H, W, C) images but the data has shape {x.shape}; drop input_size"
-        )
-    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size <= 0:
-        raise TFLiteError(f"input_size {input_size!r} must be a positive number of pixels, e.g. 96")
-    if x.shape[1] == input_size and x.shape[2] == input_size:
-        return x.copy()
-    import tensorflow as tf
-
-    size = (int(input_size), int(input_size))
-    parts = [
-        tf.image.resize(x[i : i + 1024], size, method="bilinear", antialias=False).numpy()
-        for i in range(0, len(x), 1024)
-    ]
-    if not parts:
-        return np.zeros((0, *size, x.shape[3]), np.float32)
-    return np.concatenate(parts).astype(np.float32, copy=False)

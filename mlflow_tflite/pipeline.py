@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import mlflow
 import numpy as np
 
-from mlflow_tflite import convert, evaluate, registry, tracking
-from mlflow_tflite.data import Dataset, calibration_sample, load_dataset, validate_dataset
+from mlflow_tflite import convert, evaluate, registry, tags, tracking
+from mlflow_tflite.data import Dataset, calibration_sample, load_dataset, resize_images, validate_dataset
 from mlflow_tflite.demo import DEMO_MODEL_NAME
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.selection import Tolerance
@@ -49,8 +49,11 @@ class Prepared:
         reference: source outputs on ``dataset.x_test`` (one float32 array per output); every
             variant, resized or pruned, is compared against these.
         task: ``classification`` (accuracy metrics) or ``fidelity`` (output agreement only).
+        variant_models: cache of :class:`VariantModel` by ``Variant.model_key`` (input size,
+            sparsity): each resized/pruned model is built (or loaded from another worker) once.
         class_outputs: positions of the source outputs that hold class scores (they get a
             top-1 ``agreement``), see ``evaluate.class_score_outputs``.
+        source_params: the source options that differ from ``SourceOptions()``, as run params.
     """
 
     source: Source
@@ -58,7 +61,8 @@ class Prepared:
     reference: list[np.ndarray] | None
     task: str = "classification"
     class_outputs: tuple[int, ...] = ()
-    _variant_models: dict = field(default_factory=dict, repr=False)
+    source_params: dict[str, str] = field(default_factory=dict)
+    variant_models: dict = field(default_factory=dict, repr=False)
 
     @property
     def native_input_size(self) -> int | None:
@@ -103,8 +107,9 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
     else:
         source = open_source(model, **source_options)
         dataset = load_dataset(data, preprocessing) if data else None
+    source_params = _changed_source_options(source_options)
     if dataset is None:
-        return Prepared(source, None, None, "fidelity")
+        return Prepared(source, None, None, "fidelity", source_params=source_params)
     validate_dataset(dataset, source.input_shapes, None)
     reference = source.predict(dataset.test_inputs)
     class_outputs = evaluate.class_score_outputs(reference, dataset.y_test, task)
@@ -117,7 +122,18 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
                 f"{tuple(reference[0].shape)}; use task=fidelity"
             )
         validate_dataset(dataset, source.input_shapes, int(reference[0].shape[1]))
-    return Prepared(source, dataset, reference, task, class_outputs)
+    return Prepared(source, dataset, reference, task, class_outputs, source_params=source_params)
+
+
+def _changed_source_options(source_options: dict) -> dict[str, str]:
+    """Source options that differ from their defaults, as run params (``input_shapes`` as text)."""
+    from dataclasses import fields
+
+    from mlflow_tflite.sources import SourceOptions
+
+    defaults = {f.name: f.default for f in fields(SourceOptions)}
+    return {key: ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            for key, value in source_options.items() if value is not None and value != defaults.get(key)}
 
 
 def variant_model(prepared: Prepared, variant: Variant, seed: int = 0) -> VariantModel:
@@ -130,10 +146,9 @@ def variant_model(prepared: Prepared, variant: Variant, seed: int = 0) -> Varian
         TFLiteError: the source cannot be resized or pruned (not a tf_keras model, layers that
             depend on the input size, no labels to fine-tune on).
     """
-    key = (variant.input_size, variant.sparsity)
-    if key not in prepared._variant_models:
-        prepared._variant_models[key] = _build_variant_model(prepared, variant, seed)
-    return prepared._variant_models[key]
+    if variant.model_key not in prepared.variant_models:
+        prepared.variant_models[variant.model_key] = _build_variant_model(prepared, variant, seed)
+    return prepared.variant_models[variant.model_key]
 
 
 def _resized(prepared: Prepared, variant: Variant) -> bool:
@@ -147,8 +162,6 @@ def _variant_data(prepared: Prepared, variant: Variant) -> tuple[list | None, li
         return None, None
     if not _resized(prepared, variant):
         return dataset.train_inputs, dataset.test_inputs
-    from mlflow_tflite.optimize import resize_images
-
     return ([resize_images(x, variant.input_size) for x in dataset.train_inputs],
             [resize_images(x, variant.input_size) for x in dataset.test_inputs])
 
@@ -232,20 +245,20 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
     Raises:
         TFLiteError: resizing, pruning or conversion failed, or a calibrated mode has no data.
     """
-    from mlflow_tflite import optimize, runtime
+    from mlflow_tflite import runtime, tflite_file
 
     adapted = variant_model(prepared, variant)
     calibration = None
     if variant.calibrated and adapted.x_train is not None:
         calibration = calibration_sample(adapted.x_train, variant.calibration_samples)
     conversion = convert.convert(adapted.source, variant, calibration)
-    tflite_model, inventory = conversion.tflite_model, runtime.op_inventory(conversion.tflite_model)
+    tflite_model, inventory = conversion.tflite_model, tflite_file.op_inventory(conversion.tflite_model)
     example = _example(adapted.source, adapted.x_test) if adapted.x_test else _probe_input(adapted.source)
     metrics = {**evaluate.size_metrics(tflite_model), "convert_seconds": conversion.convert_seconds}
     try:
         interpreter = runtime.make_interpreter(tflite_model)
     except TFLiteError as error:
-        if not runtime.flex_ops(tflite_model):
+        if not tflite_file.flex_ops(tflite_model):
             raise
         return Outcome(tflite_model, metrics, calibration, example, inventory, error.message)
     if prepared.dataset is not None:
@@ -254,7 +267,7 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
             input_names=adapted.source.input_names, output_names=adapted.source.output_names,
             class_outputs=prepared.class_outputs, task=prepared.task,
         ))
-    metrics["sparsity_achieved"] = optimize.tflite_sparsity(tflite_model)
+    metrics["sparsity_achieved"] = tflite_file.tflite_sparsity(tflite_model)
     return Outcome(tflite_model, metrics, calibration, example, inventory)
 
 
@@ -300,10 +313,10 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
     mlflow.log_metrics(outcome.metrics)
     mlflow.log_dict(outcome.op_inventory, "op_inventory.json")
     if outcome.not_evaluated:
-        mlflow.set_tag(tracking.NOT_EVALUATED_TAG, outcome.not_evaluated[:5000])
+        mlflow.set_tag(tags.NOT_EVALUATED_TAG, outcome.not_evaluated[:5000])
     eval_digest = tracking.log_dataset_inputs(dataset, outcome.calibration) if dataset else None
     model_info = tracking.log_variant_model(outcome.tflite_model, variant, outcome.input_example, num_threads)
-    mlflow.set_tag(tracking.MODEL_URI_TAG, model_info.model_uri)
+    mlflow.set_tag(tags.MODEL_URI_TAG, model_info.model_uri)
     return model_info, eval_digest
 
 
@@ -345,7 +358,7 @@ def run_variant(
     """
     with tracking.variant_run(variant) as run:
         tracking.log_source(prepared.source.uri, variant, num_threads, prepared.task, prepared.source.lineage,
-                            prepared.dataset.preprocessing if prepared.dataset else None)
+                            prepared.dataset.preprocessing if prepared.dataset else None, prepared.source_params)
         outcome = convert_and_evaluate(prepared, variant)
         if not outcome.not_evaluated:
             outcome.metrics.update(time_latency({variant.name: (outcome.tflite_model, outcome.input_example)},

@@ -15,14 +15,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.flavor import FLAVOR_NAME
 from mlflow_tflite.selection import Tolerance, quality
-from mlflow_tflite.tracking import VARIANT_TAG, evaluation_digest
+from mlflow_tflite.tags import EVAL_DIGEST_TAG, VARIANT_TAG, VERSION_METRIC_TAGS
+from mlflow_tflite.tracking import evaluation_digest
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-EVAL_DIGEST_TAG = "mlflow_tflite.eval_digest"
-VERSION_METRIC_TAGS = ("accuracy", "accuracy_drop", "agreement", "cosine_similarity", "relative_error",
-                       "max_abs_error", "size_bytes", "latency_ms_p50")
 
 
 @dataclass(frozen=True)
@@ -160,8 +159,8 @@ def promote_logged_model(model_uri: str, name: str, tolerance: Tolerance = Toler
         raise TFLiteError(f"model URI {model_uri!r} does not name a logged model; pass runs:/<run_id>/model") from None
     if info.run_id is None:
         raise TFLiteError(f"model {model_uri!r} was not logged by a run, so it has no metrics to compare")
-    if "tflite" not in info.flavors:
-        raise TFLiteError(f"model {model_uri!r} is not of flavor tflite (it has {sorted(info.flavors)})")
+    if FLAVOR_NAME not in info.flavors:
+        raise TFLiteError(f"model {model_uri!r} is not of flavor {FLAVOR_NAME} (it has {sorted(info.flavors)})")
     run = MlflowClient().get_run(info.run_id)
     variant = run.data.tags.get(VARIANT_TAG, "unknown")
     return register_and_promote(model_uri, name, run.data.metrics, evaluation_digest(run), variant, tolerance)

@@ -60,85 +60,11 @@ def runtime_version() -> str:
     return version(RUNTIME_PACKAGE)
 
 
-# TensorType codes of the TFLite schema -> numpy dtypes.
-_NUMPY_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
-                9: np.int8, 10: np.float64, 15: np.uint32, 16: np.uint16}
 FLEX_UNAVAILABLE = (
     "neither LiteRT nor TensorFlow's Python interpreter here links the Flex delegate (TensorFlow 2.20+ pip "
     "packages dropped it: google-ai-edge/LiteRT issue 6458), so it cannot run in Python; it runs where the "
     "select-tf-ops library is linked (Android/iOS/C++), or convert with ops=builtins"
 )
-
-
-def read_flatbuffer(tflite_model: bytes):
-    """The .tflite flatbuffer as the LiteRT schema's object API (``schema_py_generated.ModelT``).
-
-    Raises:
-        TFLiteError: the bytes are not a TFLite flatbuffer.
-    """
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    data = bytes(tflite_model)
-    if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
-        raise TFLiteError(
-            f"the {len(data)}-byte model is not a valid TFLite flatbuffer (no TFL3 identifier); "
-            "pass the bytes or path of a .tflite file written by TFLiteConverter"
-        )
-    try:
-        return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
-    except Exception as error:
-        raise _invalid_model(data, error) from None
-
-
-def _op_name(model, code) -> str:
-    from ai_edge_litert import schema_py_generated as schema
-
-    if code.customCode:
-        return code.customCode.decode()
-    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return names.get(builtin, str(builtin))
-
-
-def op_inventory(tflite_model: bytes) -> dict[str, int]:
-    """Op name -> uses in all subgraphs, sorted by name, e.g. ``{"CONV_2D": 3, "FlexCumprod": 1}``.
-
-    Read from the flatbuffer, so it works for models no interpreter here can load (Flex ops).
-    """
-    model = read_flatbuffer(tflite_model)
-    counts: dict[str, int] = {}
-    for subgraph in model.subgraphs:
-        for op in subgraph.operators or []:
-            name = _op_name(model, model.operatorCodes[op.opcodeIndex])
-            counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def flex_ops(tflite_model: bytes) -> list[str]:
-    """Names of the Flex (SELECT_TF_OPS) ops in a model, e.g. ``["FlexCumprod"]``; empty if none."""
-    return [name for name in op_inventory(tflite_model) if name.startswith("Flex")]
-
-
-def static_io_tensors(tflite_model: bytes) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """Inputs and outputs read from the flatbuffer (as :func:`io_tensors`, without an interpreter)."""
-    model = read_flatbuffer(tflite_model)
-    subgraph = model.subgraphs[0]
-    names = {}
-    if model.signatureDefs:
-        signature = model.signatureDefs[0]
-        names = {t.tensorIndex: t.name.decode() for t in list(signature.inputs) + list(signature.outputs)}
-
-    def info(index: int) -> TensorInfo:
-        tensor = subgraph.tensors[index]
-        shape = tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape
-        quantization = tensor.quantization
-        scale = float(quantization.scale[0]) if quantization is not None and quantization.scale is not None else 0.0
-        zero_point = int(quantization.zeroPoint[0]) if scale and quantization.zeroPoint is not None else 0
-        return TensorInfo(names.get(index, tensor.name.decode()), int(index), tuple(int(d) for d in shape),
-                          np.dtype(_NUMPY_TYPES.get(tensor.type, np.float32)), scale, zero_point)
-
-    return [info(i) for i in subgraph.inputs], [info(i) for i in subgraph.outputs]
 
 
 def make_interpreter(tflite_model: bytes, num_threads: int = 1):
@@ -165,15 +91,17 @@ def make_interpreter(tflite_model: bytes, num_threads: int = 1):
         return _allocated(Interpreter, tflite_model, num_threads)
     except (ValueError, RuntimeError) as error:
         if "Flex" not in str(error) and "Select TensorFlow op" not in str(error):
-            raise _invalid_model(tflite_model, error) from None
+            raise invalid_model_error(tflite_model, error) from None
     import tensorflow as tf
 
     try:
         return _allocated(tf.lite.Interpreter, tflite_model, num_threads)
     except (ValueError, RuntimeError) as error:
         if "Flex" in str(error) or "Select TensorFlow op" in str(error):
+            from mlflow_tflite.tflite_file import flex_ops
+
             raise TFLiteError(f"the model needs Flex ops {flex_ops(tflite_model)} but {FLEX_UNAVAILABLE}") from None
-        raise _invalid_model(tflite_model, error) from None
+        raise invalid_model_error(tflite_model, error) from None
 
 
 def _allocated(interpreter_class, tflite_model: bytes, num_threads: int):
@@ -182,7 +110,16 @@ def _allocated(interpreter_class, tflite_model: bytes, num_threads: int):
     return interpreter
 
 
-def _invalid_model(tflite_model: bytes, error: Exception) -> TFLiteError:
+def invalid_model_error(tflite_model: bytes, error: Exception) -> TFLiteError:
+    """The error for bytes that do not load as a model, naming the first line of ``error``.
+
+    Args:
+        tflite_model: the bytes that failed to load (only their length is reported).
+        error: what the interpreter or flatbuffer parser raised.
+
+    Returns:
+        A :class:`TFLiteError` (to raise) saying the bytes are not a valid TFLite flatbuffer.
+    """
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     reason = lines[0] if lines else type(error).__name__
     return TFLiteError(
@@ -462,23 +399,25 @@ def measure_latency(interpreter, arrays: list[np.ndarray], plan: LatencyPlan = L
     return measure_latencies({"model": (interpreter, arrays)}, plan)["model"]
 
 
-def quantization_mode(interpreter) -> str:
+def quantization_mode(interpreter):
     """Infer the quantization mode of a loaded model from its tensors and ops.
 
-    Returns one of ``none``, ``dynamic``, ``float16``, ``int8``, ``int8_full``, ``int16x8``:
-    integer model inputs mean ``int8_full``; ``QUANTIZE`` ops with int16 activations mean
-    ``int16x8``, with int8 ones ``int8``; int8 weights without ``QUANTIZE`` ops are
-    dynamic-range; float16 constants are ``float16``.
+    Reads the model's traits and applies ``options.recognise`` (the ``recognised_by`` column of
+    ``options.QUANT_RECIPES``): integer model inputs mean ``int8_full``; ``QUANTIZE`` ops with
+    int16 activations mean ``int16x8``, with int8 ones ``int8``; int8 weights without
+    ``QUANTIZE`` ops are dynamic-range; float16 constants are ``float16``.
+
+    Returns:
+        ``options.QuantMode`` (equal to its string, e.g. ``"int8"``).
     """
+    from mlflow_tflite.options import ModelTraits, recognise
+
     inputs, _ = io_tensors(interpreter)
-    if any(t.dtype in (np.int8, np.uint8) for t in inputs):
-        return "int8_full"
     dtypes = {np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
-    op_names = {op["op_name"] for op in interpreter._get_ops_details()}
-    if "QUANTIZE" in op_names:
-        return "int16x8" if np.dtype(np.int16) in dtypes else "int8"
-    if np.dtype(np.int8) in dtypes:
-        return "dynamic"
-    if np.dtype(np.float16) in dtypes:
-        return "float16"
-    return "none"
+    return recognise(ModelTraits(
+        integer_inputs=any(t.dtype in (np.int8, np.uint8) for t in inputs),
+        quantize_op="QUANTIZE" in {op["op_name"] for op in interpreter._get_ops_details()},
+        int16_tensors=np.dtype(np.int16) in dtypes,
+        int8_tensors=np.dtype(np.int8) in dtypes,
+        float16_tensors=np.dtype(np.float16) in dtypes,
+    ))

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.options import Objective, number, option
 
-OBJECTIVES = ("latency", "size", "accuracy")
+OBJECTIVES = tuple(Objective)
 # Latency differences smaller than this fraction of the p50 are treated as noise even when the
 # measured 95% intervals do not overlap: the within-run interval cannot see drift between
 # processes (benchmarks/latency_noise.py: <= 0.6% between identical reruns on a quiet 2-core
@@ -35,9 +36,13 @@ class Tolerance:
         TFLiteError: a bound outside its range.
     """
 
-    max_accuracy_drop: float = 0.01
-    min_cosine_similarity: float = 0.99
-    max_relative_error: float | None = None
+    max_accuracy_drop: float = option(
+        0.01, "Tolerance: accuracy_drop (labels) or 1 - agreement (no labels), absolute fraction.", number(float))
+    min_cosine_similarity: float = option(
+        0.99, "Tolerance without labels: mean cosine similarity to the source outputs.", number(float))
+    max_relative_error: float | None = option(
+        None, "Tolerance without labels: relative L2 error to the source outputs, or none.",
+        number(float, optional=True))
 
     def __post_init__(self):
         if not self.max_accuracy_drop >= 0:

@@ -14,6 +14,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.options import SourceFormat, choice, names_list, option, shapes_map
+from mlflow_tflite.tags import SOURCE_MODEL_URI_TAG, SOURCE_RUN_ID_TAG
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Source:
         predict_fn: list of float32 input arrays -> list of float32 output arrays.
         converter_fn: () -> a new ``tf.lite.TFLiteConverter`` for this model.
         keras_model: the tf_keras model when ``kind == "tf_keras"`` (pruning needs it).
+        lineage: tag name -> value set on every variant run, for a source opened from an MLflow
+            model URI (``tags.SOURCE_MODEL_URI_TAG``, ``tags.SOURCE_RUN_ID_TAG``); empty otherwise.
     """
 
     name: str
@@ -294,7 +298,7 @@ def from_mlflow_model(model_uri: str) -> Source:
             "mlflow-tflite converts models of the tensorflow or keras flavor"
         )
     source.name = _name_from_uri(model_uri, source.name)
-    source.lineage = {"source_model_uri": model_uri, "source_run_id": info.run_id or ""}
+    source.lineage = {SOURCE_MODEL_URI_TAG: model_uri, SOURCE_RUN_ID_TAG: info.run_id or ""}
     return source
 
 
@@ -331,7 +335,29 @@ def _load_keras_file(path: Path):
             raise keras3_error from None
 
 
-SOURCE_FORMATS = ("keras", "h5", "saved_model", "frozen_graph", "mlflow")
+SOURCE_FORMATS = tuple(f.value for f in SourceFormat)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to open the ``model`` parameter when its format needs more than a path.
+
+    Attributes:
+        source_format: ``options.SourceFormat``, or ``None`` to detect it from the path.
+        signature_key: the SavedModel signature to convert.
+        input_arrays, output_arrays: frozen graph node names (tuples of str), or ``None``.
+        input_shapes: frozen graph input shapes, ``{name: (1, 224, 224, 3)}``, or ``None``.
+    """
+
+    source_format: SourceFormat | None = option(
+        None, "keras, h5, saved_model, frozen_graph, mlflow, or auto (detected).", choice(SourceFormat, optional=True))
+    signature_key: str = option("serving_default", "SavedModel signature.")
+    input_arrays: tuple[str, ...] | None = option(None, "Frozen graph input node names, comma-separated.",
+                                                  names_list())
+    output_arrays: tuple[str, ...] | None = option(None, "Frozen graph output node names, comma-separated.",
+                                                   names_list())
+    input_shapes: dict[str, tuple[int, ...]] | None = option(
+        None, "Frozen graph shapes: name:1,224,224,3;other:1,10", shapes_map())
 
 
 def detect_format(model: str) -> str:

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import mlflow
 
-from mlflow_tflite import pipeline, registry, selection, sweep_runs, tracking
+from mlflow_tflite import pipeline, registry, selection, sweep_runs, tags, tracking
 from mlflow_tflite.data import load_dataset
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.options import Objective, check_range, choice, number, option, parse_enum, text
 from mlflow_tflite.selection import Tolerance
 from mlflow_tflite.variants import Variant
 
-PARENT_TAGS = {tracking.ROLE_TAG: "sweep"}
+PARENT_TAGS = {tags.ROLE_TAG: tags.ROLE_SWEEP}
 
 
 @dataclass(frozen=True)
@@ -59,27 +60,26 @@ class SweepConfig:
     model: str | None = None
     data: str | None = None
     open_options: dict = field(default_factory=dict)
-    objective: str = "latency"
+    objective: Objective = option(Objective.LATENCY, "latency, size or accuracy.", choice(Objective))
     tolerance: Tolerance = Tolerance()
-    max_size_bytes: float | None = None
-    max_latency_ms: float | None = None
+    max_size_bytes: float | None = option(None, "Size budget in bytes, or none.",
+                                          number(float, 0, low_open=True, optional=True))
+    max_latency_ms: float | None = option(None, "Latency p50 budget in ms, or none.",
+                                          number(float, 0, low_open=True, optional=True))
     registered_model_name: str | None = None
-    workers: int = 1
+    workers: int = option(1, "Worker processes.", number(int, 1))
     num_threads: int = 1
-    resume: str | None = None
+    resume: str | None = option(None, "Parent run id of an interrupted sweep: FINISHED variants are kept.", text())
     register: bool = True
 
     def __post_init__(self):
         if not self.variants:
             raise TFLiteError("the sweep has no variants; give at least one quant, sparsity and input_size")
-        if self.objective not in selection.OBJECTIVES:
-            raise TFLiteError(f"objective {self.objective!r} is unknown; use one of {', '.join(selection.OBJECTIVES)}")
+        object.__setattr__(self, "objective", parse_enum(Objective, self.objective, "objective"))
         for name in ("max_size_bytes", "max_latency_ms"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise TFLiteError(f"{name}={value} must be > 0, or left out for no budget")
-        if self.workers < 1:
-            raise TFLiteError(f"workers={self.workers} must be >= 1")
+            if getattr(self, name) is not None:
+                check_range(getattr(self, name), name, 0, low_open=True, hint=", or none for no budget")
+        check_range(self.workers, "workers", 1)
 
     def record(self, variants: list[Variant]) -> dict:
         """Everything that changes a sweep's results, as JSON-able data (checked on resume)."""
@@ -160,7 +160,7 @@ def describe(_: object) -> dict:
     """Phase 1: open the source (train the demo) in a worker; its name, URI and native size."""
     prepared = _prepared()
     return {"name": prepared.source.name, "uri": prepared.source.uri, "native_input_size": prepared.native_input_size,
-            "task": prepared.task, "lineage": prepared.source.lineage}
+            "task": prepared.task, "lineage": prepared.source.lineage, "source_params": prepared.source_params}
 
 
 @_guarded
@@ -175,9 +175,8 @@ def build_variant_model(variant: Variant) -> str:
 def run_variant_task(variant: Variant) -> pipeline.Outcome:
     """Phase 3: convert and evaluate one variant (the pruned/resized model comes from phase 2)."""
     prepared = _prepared()
-    key = (variant.input_size, variant.sparsity)
-    if key not in prepared._variant_models and _model_file(variant).exists():
-        prepared._variant_models[key] = pipeline.load_variant_model(prepared, variant, _model_file(variant))
+    if variant.model_key not in prepared.variant_models and _model_file(variant).exists():
+        prepared.variant_models[variant.model_key] = pipeline.load_variant_model(prepared, variant, _model_file(variant))
     return pipeline.convert_and_evaluate(prepared, variant)
 
 
@@ -250,7 +249,7 @@ def _log_child(variant: Variant, meta: dict, status: str, value, dataset, num_th
         with tracking.variant_run(variant, nested=True) as run:
             row["run_id"] = run.info.run_id
             tracking.log_source(meta["uri"], variant, num_threads, meta["task"], meta["lineage"],
-                                dataset.preprocessing if dataset else None)
+                                dataset.preprocessing if dataset else None, meta["source_params"])
             if status != "ok":
                 raise TFLiteError(value)
             model_info, row["eval_digest"] = pipeline.log_outcome(value, variant, dataset, num_threads)
@@ -263,14 +262,14 @@ def _log_child(variant: Variant, meta: dict, status: str, value, dataset, num_th
 def _row_of_run(run) -> dict:
     """The row of a child run logged by an earlier session of this sweep (resume)."""
     return {
-        "variant": run.data.tags[tracking.VARIANT_TAG],
+        "variant": run.data.tags[tags.VARIANT_TAG],
         "run_id": run.info.run_id,
         "status": run.info.status,
         "metrics": dict(run.data.metrics),
-        "model_uri": run.data.tags.get(tracking.MODEL_URI_TAG),
-        "error": run.data.tags.get(tracking.ERROR_TAG, ""),
+        "model_uri": run.data.tags.get(tags.MODEL_URI_TAG),
+        "error": run.data.tags.get(tags.ERROR_TAG, ""),
         "eval_digest": tracking.evaluation_digest(run),
-        "evaluated": tracking.NOT_EVALUATED_TAG not in run.data.tags,
+        "evaluated": tags.NOT_EVALUATED_TAG not in run.data.tags,
     }
 
 
@@ -333,9 +332,9 @@ def _convert(workers: Workers, variants: list[Variant], native: int | None):
     """Phases 2 and 3: yield ``(variant, status, Outcome or error message)`` as variants finish."""
     model_errors = _build_variant_models(workers, variants, native)
     for variant in variants:
-        if (variant.input_size, variant.sparsity) in model_errors:
-            yield variant, "error", model_errors[(variant.input_size, variant.sparsity)]
-    runnable = [v for v in variants if (v.input_size, v.sparsity) not in model_errors]
+        if variant.model_key in model_errors:
+            yield variant, "error", model_errors[variant.model_key]
+    runnable = [v for v in variants if v.model_key not in model_errors]
     yield from workers.run(run_variant_task, runnable)
 
 
@@ -344,11 +343,11 @@ def _build_variant_models(workers: Workers, variants: list[Variant], native: int
     needed: dict[tuple, Variant] = {}
     for v in variants:
         if v.sparsity > 0 or v.input_size not in (None, native):
-            needed.setdefault((v.input_size, v.sparsity), v)
+            needed.setdefault(v.model_key, v)
     errors = {}
     for v, status, value in workers.run(build_variant_model, list(needed.values())):
         if status != "ok":
-            errors[(v.input_size, v.sparsity)] = value
+            errors[v.model_key] = value
     return errors
 
 
@@ -404,9 +403,9 @@ def _choose_and_register(parent_run_id: str, rows: list[dict], config: SweepConf
     result = SweepResult(parent_run_id, rows, best)
     if best is None:
         result.message = _no_winner_message(config, len(candidates))
-        mlflow.set_tag("mlflow_tflite.selection", result.message)
+        mlflow.set_tag(tags.SELECTION_TAG, result.message)
         return result
-    mlflow.set_tags({"mlflow_tflite.best_variant": best["variant"], "mlflow_tflite.best_run_id": best["run_id"]})
+    mlflow.set_tags({tags.BEST_VARIANT_TAG: best["variant"], tags.BEST_RUN_ID_TAG: best["run_id"]})
     tracking.log_params_once({"best_variant": best["variant"]})
     result.message = f"best variant {best['variant']} by {config.objective}"
     if config.register:
@@ -414,5 +413,5 @@ def _choose_and_register(parent_run_id: str, rows: list[dict], config: SweepConf
             best["model_uri"], config.registered_model_name or source_name, best["metrics"], best["eval_digest"],
             best["variant"], config.tolerance,
         )
-        mlflow.set_tag("mlflow_tflite.registered_version", result.registration.version)
+        mlflow.set_tag(tags.REGISTERED_VERSION_TAG, result.registration.version)
     return result

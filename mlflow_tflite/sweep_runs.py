@@ -20,10 +20,10 @@ from mlflow.entities import Metric
 
 from mlflow_tflite import tracking
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.flavor import FLAVOR_NAME
+from mlflow_tflite.tags import CONFIG_DIGEST_TAG, MODEL_URI_TAG, ROLE_TAG, SUPERSEDED_TAG, VARIANT_TAG
 
 CONFIG_FILE = "sweep_config.json"
-CONFIG_DIGEST_TAG = "mlflow_tflite.config_digest"
-SUPERSEDED_TAG = "mlflow_tflite.superseded_by"
 
 
 def config_digest(config: dict) -> str:
@@ -47,7 +47,7 @@ def record_or_check_config(parent_run_id: str, config: dict, resumed: bool) -> N
     digest = config_digest(config)
     recorded = MlflowClient().get_run(parent_run_id).data.tags.get(CONFIG_DIGEST_TAG)
     if not resumed or recorded is None:
-        if resumed and tracking.ROLE_TAG not in MlflowClient().get_run(parent_run_id).data.tags:
+        if resumed and ROLE_TAG not in MlflowClient().get_run(parent_run_id).data.tags:
             raise TFLiteError(f"run {parent_run_id} is not a sweep parent run; pass the parent run id to resume")
         mlflow.log_dict(config, CONFIG_FILE)
         mlflow.set_tag(CONFIG_DIGEST_TAG, digest)
@@ -89,7 +89,7 @@ def current_children(parent_run_id: str) -> CurrentChildren:
     finished: dict[str, object] = {}
     stale: dict[str, list] = {}
     for run in children(parent_run_id):
-        name = run.data.tags.get(tracking.VARIANT_TAG)
+        name = run.data.tags.get(VARIANT_TAG)
         if name is None:
             continue
         if run.info.status == "FINISHED" and name not in finished:
@@ -113,11 +113,11 @@ def logged_model_and_example(run) -> tuple[bytes, object]:
     """The ``model.tflite`` bytes and input example a variant run logged (for timing it again)."""
     from mlflow.models import Model
 
-    model_uri = run.data.tags.get(tracking.MODEL_URI_TAG) or f"runs:/{run.info.run_id}/{tracking.MODEL_NAME}"
+    model_uri = run.data.tags.get(MODEL_URI_TAG) or f"runs:/{run.info.run_id}/{tracking.MODEL_NAME}"
     with tempfile.TemporaryDirectory() as folder:
         local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
         model = Model.load(local)
-        tflite_model = Path(local, model.flavors["tflite"]["model_file"]).read_bytes()
+        tflite_model = Path(local, model.flavors[FLAVOR_NAME]["model_file"]).read_bytes()
         return tflite_model, model.load_input_example(local)
 
 

@@ -11,13 +11,9 @@ from mlflow.entities import RunStatus
 from mlflow_tflite import flavor
 from mlflow_tflite.data import DIGITS_SOURCE, Dataset
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.tags import ERROR_TAG, ROLE_TAG, ROLE_VARIANT, VARIANT_TAG
 from mlflow_tflite.variants import Variant
 
-VARIANT_TAG = "mlflow_tflite.variant"
-ROLE_TAG = "mlflow_tflite.role"
-ERROR_TAG = "mlflow_tflite.error"
-MODEL_URI_TAG = "mlflow_tflite.model_uri"
-NOT_EVALUATED_TAG = "mlflow_tflite.not_evaluated"
 MODEL_NAME = "model"
 
 
@@ -36,18 +32,21 @@ def variant_params(variant: Variant, source_uri: str, num_threads: int) -> dict[
 
 
 def log_source(source_uri: str, variant: Variant, num_threads: int, task: str = "classification",
-               lineage: dict[str, str] | None = None, preprocessing=None) -> None:
+               lineage: dict[str, str] | None = None, preprocessing=None,
+               source_params: dict[str, str] | None = None) -> None:
     """Params of a variant run (contract names, ``task``, preprocessing) and lineage tags.
 
-    ``lineage`` (``source_model_uri``, ``source_run_id``) links a model converted from an
-    MLflow model to it: tags ``mlflow_tflite.source_model_uri`` / ``mlflow_tflite.source_run_id``.
+    ``lineage`` (``Source.lineage``: tag name -> value) links a model converted from an MLflow
+    model to it: tags ``tags.SOURCE_MODEL_URI_TAG`` / ``tags.SOURCE_RUN_ID_TAG``
+    (``mlflow_tflite.source_model_uri`` / ``mlflow_tflite.source_run_id``). ``source_params``
+    are the source options that differ from their defaults (``Prepared.source_params``).
     """
-    params = {**variant_params(variant, source_uri, num_threads), "task": task}
+    params = {**variant_params(variant, source_uri, num_threads), "task": task, **(source_params or {})}
     if preprocessing is not None:
         params.update(preprocessing.as_params())
     log_params_once(params)
     if lineage:
-        mlflow.set_tags({f"mlflow_tflite.{key}": value for key, value in lineage.items()})
+        mlflow.set_tags(lineage)
 
 
 def log_params_once(params: dict[str, object]) -> None:
@@ -121,7 +120,7 @@ def variant_run(variant: Variant, nested: bool = False):
         The active ``mlflow.ActiveRun``.
     """
     with tracked_run(nested=nested, run_name=variant.name) as run:
-        mlflow.set_tags({VARIANT_TAG: variant.name, ROLE_TAG: "variant"})
+        mlflow.set_tags({VARIANT_TAG: variant.name, ROLE_TAG: ROLE_VARIANT})
         yield run
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.options import QUANT_RECIPES, IoType, OpsSet, QuantMode, check_range, parse_enum
 
-QUANT_MODES = ("none", "dynamic", "float16", "int8", "int8_full", "int16x8")
-CALIBRATED_MODES = ("int8", "int8_full", "int16x8")
-OPS_SETS = ("builtins", "select_tf")
-IO_TYPES = ("int8", "uint8")
+QUANT_MODES = tuple(QuantMode)
+CALIBRATED_MODES = tuple(mode for mode, recipe in QUANT_RECIPES.items() if recipe.calibrated)
 
 
 @dataclass(frozen=True, order=True)
@@ -17,47 +16,55 @@ class Variant:
     """One conversion variant.
 
     Attributes:
-        quant: quantization mode, one of :data:`QUANT_MODES`.
+        quant: quantization mode (``options.QuantMode``; its string is accepted).
         sparsity: target fraction of pruned weights in [0, 1).
         input_size: side of the square input image in pixels, or ``None`` for the native size.
         calibration_samples: representative-dataset size (used by :data:`CALIBRATED_MODES`).
-        ops: ``builtins`` or ``select_tf`` (SELECT_TF_OPS).
-        io_type: integer I/O type of ``int8_full`` (``int8``, or ``uint8`` for Edge TPU).
+        ops: ``options.OpsSet``: builtins, or select_tf (SELECT_TF_OPS).
+        io_type: ``options.IoType`` of ``int8_full`` (int8, or uint8 for Edge TPU).
+
+    Raises:
+        TFLiteError: an unknown mode, op set or I/O type, or a value out of range.
     """
 
-    quant: str = "none"
+    quant: QuantMode = QuantMode.NONE
     sparsity: float = 0.0
     input_size: int | None = None
     calibration_samples: int = 200
-    ops: str = "builtins"
-    io_type: str = "int8"
+    ops: OpsSet = OpsSet.BUILTINS
+    io_type: IoType = IoType.INT8
 
     def __post_init__(self):
-        if self.quant not in QUANT_MODES:
-            raise TFLiteError(f"quant {self.quant!r} is unknown; use one of {', '.join(QUANT_MODES)}")
+        # Strings from Python callers become enum members here; the CLI passes members already.
+        for name, enum_type in (("quant", QuantMode), ("ops", OpsSet), ("io_type", IoType)):
+            object.__setattr__(self, name, parse_enum(enum_type, getattr(self, name), name))
         if not 0.0 <= self.sparsity < 1.0:
             raise TFLiteError(f"sparsity {self.sparsity} is outside [0, 1); use e.g. 0, 0.5 or 0.8")
         if self.input_size is not None and self.input_size <= 0:
             raise TFLiteError(f"input_size {self.input_size} must be a positive number of pixels")
-        if self.calibration_samples <= 0:
-            raise TFLiteError(
-                f"calibration_samples={self.calibration_samples} must be > 0; 100-500 is typical (default 200)"
-            )
-        if self.ops not in OPS_SETS:
-            raise TFLiteError(f"ops {self.ops!r} is unknown; use builtins or select_tf")
-        if self.io_type not in IO_TYPES:
-            raise TFLiteError(f"io_type {self.io_type!r} is unknown; use int8 or uint8 (Edge TPU)")
+        check_range(self.calibration_samples, "calibration_samples", 0, low_open=True,
+                    hint="; 100-500 is typical (default 200)")
+
+    @property
+    def recipe(self):
+        """The mode's row of ``options.QUANT_RECIPES``."""
+        return QUANT_RECIPES[self.quant]
 
     @property
     def calibrated(self) -> bool:
         """True when the mode needs a representative dataset."""
-        return self.quant in CALIBRATED_MODES
+        return self.recipe.calibrated
+
+    @property
+    def model_key(self) -> tuple[int | None, float]:
+        """``(input_size, sparsity)``: variants with the same key share one resized/pruned model."""
+        return self.input_size, self.sparsity
 
     @property
     def name(self) -> str:
         """Readable name, e.g. ``int8-s0.5-i96``; ``int8_full-uint8-s0-i8`` for uint8 I/O."""
         parts = [self.quant]
-        if self.quant == "int8_full" and self.io_type != "int8":
+        if self.recipe.integer_io and self.io_type != IoType.INT8:
             parts.append(self.io_type)
         parts.append(f"s{self.sparsity:g}")
         if self.input_size:
@@ -93,8 +100,8 @@ def expand_grid(
     sparsities: list[float],
     input_sizes: list[int | None],
     calibration_samples: int = 200,
-    ops: str = "builtins",
-    io_type: str = "int8",
+    ops: OpsSet | str = OpsSet.BUILTINS,
+    io_type: IoType | str = IoType.INT8,
 ) -> list[Variant]:
     """The cross product of the lists as Variants, in a stable order.
 

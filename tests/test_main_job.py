@@ -139,3 +139,18 @@ def test_cli_convert_with_npz_data_and_tf_keras_file(bad_inputs, tracking):
     run = MlflowClient().get_run(version.run_id)
     assert run.data.params["source"].endswith("tiny.h5")
     assert {"accuracy", "agreement", "max_abs_error"} <= run.data.metrics.keys()
+
+
+def test_config_file_sets_expert_options_and_the_command_line_wins(bad_inputs, tracking, tmp_path):
+    config = tmp_path / "options.yaml"
+    config.write_text("run: {task: fidelity, num_threads: 2}\ntolerance: {min_cosine_similarity: 0.999}\n"
+                      "preprocessing: {scale: 1.0}\n")
+    result = _invoke(["convert", "--model", f"{bad_inputs}/tiny.h5", "--data", f"{bad_inputs}/good.npz",
+                      "--quant", "dynamic", "--config", str(config), "--num-threads", "1", "--no-register"])
+    assert result.exit_code == 0, result.output
+    run = MlflowClient().search_runs(["0"])[0]
+    assert run.data.params["task"] == "fidelity"  # from the file
+    assert run.data.params["num_threads"] == "1"  # typed on the command line: wins over the file
+    assert "accuracy" not in run.data.metrics and "cosine_similarity" in run.data.metrics
+    bad = CliRunner().invoke(cli, ["convert", "--config", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 1 and bad.output.count("Error:") == 1 and "does not exist" in bad.output

@@ -12,15 +12,10 @@ import os
 import numpy as np
 import pytest
 
+from mlflow_tflite.data import resize_images
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.optimize import (
-    prune_model,
-    pruning_schedule_steps,
-    resize_images,
-    resize_model,
-    tflite_sparsity,
-    tflite_tensor_sparsity,
-)
+from mlflow_tflite.optimize import prune_model, pruning_schedule_steps, resize_model
+from mlflow_tflite.tflite_file import tflite_sparsity, tflite_tensor_sparsity
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,404 @@
+"""Options as data: the quantization-mode table, option enums, and their command-line edge.
+
+Every option lives once, as a field of a frozen dataclass (``Variant``, ``SourceOptions``,
+``data.Preprocessing``, ``selection.Tolerance``, ``RunSettings``, ...) whose ``metadata``
+(:func:`option`) holds its help text and its :class:`click.ParamType`. :func:`click_options`
+makes the click options from those fields, so values are parsed and checked once, at the edge,
+with this project's one-line errors; the placeholder words (``none``, ``native``, ``auto``,
+``demo``) are read in one place, :func:`given`. Expert options can also come from a YAML file
+(``--config``), read by :func:`load_config` into the same dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlflow_tflite.errors import TFLiteError
+
+# Words that mean "not set" for a path, a name, a size or a budget; MLproject parameters need a
+# word (MLflow logs an empty string as "''").
+PLACEHOLDERS = ("", "none", "native", "auto", "demo")
+
+
+def given(value: Any) -> Any:
+    """``None`` for an unset value (``None`` or one of :data:`PLACEHOLDERS`), else the value."""
+    return None if value is None or (isinstance(value, str) and value.strip().lower() in PLACEHOLDERS) else value
+
+
+# ------------------------------------------------------------------------------------------------
+# Enumerations and the quantization-mode table
+# ------------------------------------------------------------------------------------------------
+
+
+class QuantMode(enum.StrEnum):
+    """Quantization modes (DESIGN.md contract names); equal to their strings."""
+
+    NONE = "none"
+    DYNAMIC = "dynamic"
+    FLOAT16 = "float16"
+    INT8 = "int8"
+    INT8_FULL = "int8_full"
+    INT16X8 = "int16x8"
+
+
+class Kernels(enum.StrEnum):
+    """The converter op set a mode's kernels come from (``tf.lite.OpsSet``)."""
+
+    BUILTINS = "TFLITE_BUILTINS"
+    INT8 = "TFLITE_BUILTINS_INT8"
+    INT16X8 = "EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8"
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """What one quantization mode is: how the converter makes it and how it is recognised.
+
+    The recipes are TensorFlow Lite's post-training quantization guide
+    (https://ai.google.dev/edge/litert/models/post_training_quantization).
+
+    Attributes:
+        calibrated: needs a representative dataset.
+        optimize: sets ``converter.optimizations = [tf.lite.Optimize.DEFAULT]``.
+        float16_weights: sets ``target_spec.supported_types = [tf.float16]``.
+        kernels: the op set of its kernels (integer-only modes fail instead of keeping float ops).
+        integer_io: the model's inputs/outputs are integers (``io_type``).
+        recognised_by: how :func:`recognise` tells the mode from a loaded model.
+    """
+
+    calibrated: bool
+    optimize: bool
+    float16_weights: bool
+    kernels: Kernels
+    integer_io: bool
+    recognised_by: str
+
+
+QUANT_RECIPES: dict[QuantMode, QuantRecipe] = {
+    QuantMode.NONE: QuantRecipe(False, False, False, Kernels.BUILTINS, False, "none of the below"),
+    QuantMode.DYNAMIC: QuantRecipe(False, True, False, Kernels.BUILTINS, False, "int8 weights, no QUANTIZE op"),
+    QuantMode.FLOAT16: QuantRecipe(False, True, True, Kernels.BUILTINS, False, "float16 constants"),
+    QuantMode.INT8: QuantRecipe(True, True, False, Kernels.INT8, False, "QUANTIZE ops, int8 activations"),
+    QuantMode.INT8_FULL: QuantRecipe(True, True, False, Kernels.INT8, True, "integer model inputs"),
+    QuantMode.INT16X8: QuantRecipe(True, True, False, Kernels.INT16X8, False, "QUANTIZE ops, int16 activations"),
+}
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What a loaded .tflite model shows about its quantization (read by ``runtime.quantization_mode``)."""
+
+    integer_inputs: bool
+    quantize_op: bool
+    int16_tensors: bool
+    int8_tensors: bool
+    float16_tensors: bool
+
+
+def recognise(traits: ModelTraits) -> QuantMode:
+    """The quantization mode of a model from its traits, most specific first (see ``recognised_by``)."""
+    if traits.integer_inputs:
+        return QuantMode.INT8_FULL
+    if traits.quantize_op:
+        return QuantMode.INT16X8 if traits.int16_tensors else QuantMode.INT8
+    if traits.int8_tensors:
+        return QuantMode.DYNAMIC
+    return QuantMode.FLOAT16 if traits.float16_tensors else QuantMode.NONE
+
+
+class OpsSet(enum.StrEnum):
+    """Op sets a conversion may use: TFLite builtins, or builtins plus SELECT_TF_OPS (Flex)."""
+
+    BUILTINS = "builtins"
+    SELECT_TF = "select_tf"
+
+
+class IoType(enum.StrEnum):
+    """Integer I/O type of ``int8_full`` models (``uint8`` for Coral Edge TPU)."""
+
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+class Task(enum.StrEnum):
+    """What the metrics judge: class accuracy, output fidelity, or chosen from data and model."""
+
+    AUTO = "auto"
+    CLASSIFICATION = "classification"
+    FIDELITY = "fidelity"
+
+
+class Objective(enum.StrEnum):
+    """What a sweep optimises among variants within tolerance."""
+
+    LATENCY = "latency"
+    SIZE = "size"
+    ACCURACY = "accuracy"
+
+
+class SourceFormat(enum.StrEnum):
+    """Model source formats (``auto`` detects from the path)."""
+
+    KERAS = "keras"
+    H5 = "h5"
+    SAVED_MODEL = "saved_model"
+    FROZEN_GRAPH = "frozen_graph"
+    MLFLOW = "mlflow"
+
+
+def parse_enum(enum_type: type[enum.StrEnum], value: Any, name: str):
+    """``value`` (a member or its string) as a member of ``enum_type``.
+
+    Raises:
+        TFLiteError: ``"<name> '<value>' is unknown; use one of ..."``.
+    """
+    try:
+        return enum_type(str(value).strip())
+    except ValueError:
+        raise TFLiteError(f"{name} {value!r} is unknown; use one of {', '.join(m.value for m in enum_type)}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Parameter types: parse once, at the edge, with one-line errors
+# ------------------------------------------------------------------------------------------------
+
+
+class _Type(click.ParamType):
+    """A click type whose errors are this project's one-line ``TFLiteError`` (exit status 1)."""
+
+    def __init__(self, parse, name: str, optional: bool = False):
+        self.parse, self.name, self.optional = parse, name, optional
+
+    def convert(self, value, param, ctx):
+        return self.parse_as(value, param.name if param else self.name)
+
+    def parse_as(self, value, name: str):
+        """``value`` parsed for the option ``name`` (non-strings pass through as already parsed)."""
+        if self.optional and given(value) is None:
+            return None
+        return self.parse(value, name) if isinstance(value, str) else value
+
+
+def choice(enum_type: type[enum.StrEnum], optional: bool = False) -> click.ParamType:
+    """A member of ``enum_type`` (``auto``/``none`` -> ``None`` when ``optional``)."""
+    return _Type(lambda v, name: parse_enum(enum_type, v, name), enum_type.__name__, optional)
+
+
+def number(cast=float, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, optional: bool = False, hint: str = "") -> click.ParamType:
+    """A number in a range, e.g. ``number(int, 1)`` for >= 1; ``none`` -> ``None`` when ``optional``."""
+
+    def parse(value: str, name: str):
+        try:
+            parsed = cast(float(value)) if cast is int else cast(value)
+        except ValueError:
+            raise TFLiteError(f"{name} {value!r} is not a number; pass e.g. {low if low is not None else 1}") from None
+        check_range(parsed, name, low, high, low_open, high_open, hint)
+        return parsed
+
+    return _Type(parse, cast.__name__, optional)
+
+
+def check_range(value: float, name: str, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False, hint: str = "") -> None:
+    """Raise ``TFLiteError("<name>=<value> must be >= low ...")`` when ``value`` is out of range."""
+    if low is not None and (value <= low if low_open else value < low):
+        raise TFLiteError(f"{name}={value} must be {'>' if low_open else '>='} {low:g}{hint}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise TFLiteError(f"{name}={value} must be {'<' if high_open else '<='} {high:g}{hint}")
+
+
+def text(optional: bool = True) -> click.ParamType:
+    """Free text, e.g. a name or a run id (``none``/``auto`` -> ``None`` when ``optional``)."""
+    return _Type(lambda v, name: v.strip(), "text", optional)
+
+
+def names_list() -> click.ParamType:
+    """Comma-separated names -> a tuple of names (``none`` -> ``None``)."""
+    return _Type(lambda v, name: tuple(n.strip() for n in v.split(",") if n.strip()) or None, "names", True)
+
+
+def floats_list() -> click.ParamType:
+    """Comma-separated numbers, e.g. ``0.485,0.456,0.406`` -> a tuple of floats (``none`` -> ``None``)."""
+
+    def parse(value: str, name: str):
+        try:
+            return tuple(float(v) for v in value.split(","))
+        except ValueError:
+            raise TFLiteError(f"{name} {value!r} is not a comma-separated list of numbers, e.g. 0.485,0.456,0.406") from None
+
+    return _Type(parse, "floats", True)
+
+
+def shapes_map() -> click.ParamType:
+    """``a:1,8,8,1;b:1,4`` -> ``{"a": (1, 8, 8, 1), "b": (1, 4)}`` (``none`` -> ``None``)."""
+
+    def parse(value: str, name: str):
+        shapes = {}
+        for part in value.split(";"):
+            key, _, dims = part.partition(":")
+            try:
+                shapes[key.strip()] = tuple(int(d) for d in dims.split(","))
+            except ValueError:
+                raise TFLiteError(f"{name} part {part!r} is not name:d1,d2,...; e.g. input:1,224,224,3") from None
+        return shapes
+
+    return _Type(parse, "shapes", True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dataclass fields as click options
+# ------------------------------------------------------------------------------------------------
+
+
+def option(default: Any, help: str, type: click.ParamType | None = None, flag: bool = False, **field_args):
+    """A dataclass field that is also a command-line option (``--field-name``).
+
+    Args:
+        default: the field's default (shown in ``--help``).
+        help: one line for ``--help``.
+        type: how the command line's text is parsed (:func:`number`, :func:`choice`, ...).
+        flag: a boolean ``--field-name`` switch.
+    """
+    metadata = {"help": help, "type": type, "flag": flag}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata, **field_args)
+    return dataclasses.field(default=default, metadata=metadata, **field_args)
+
+
+def _cli_default(value: Any) -> Any:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def click_options(cls):
+    """Decorator: one click option per :func:`option` field of the dataclass ``cls``."""
+
+    def decorate(command):
+        for f in reversed(dataclasses.fields(cls)):
+            meta = f.metadata
+            if "help" not in meta:
+                continue
+            name = "--" + f.name.replace("_", "-")
+            if meta["flag"]:
+                command = click.option(name, is_flag=True, default=f.default, help=meta["help"])(command)
+                continue
+            command = click.option(name, default=_cli_default(f.default), type=meta["type"], show_default=True,
+                                   help=meta["help"])(command)
+        return command
+
+    return decorate
+
+
+def from_kwargs(cls, kwargs: dict, overrides: dict | None = None):
+    """An instance of ``cls`` from the command's keyword arguments (see :func:`pop_fields`)."""
+    return cls(**pop_fields(cls, kwargs, overrides))
+
+
+def pop_fields(cls, kwargs: dict, overrides: dict | None = None) -> dict:
+    """Pop the values of ``cls``'s fields from a command's keyword arguments.
+
+    ``overrides`` (from a config file) replace defaults but not values typed on the command line.
+    """
+    ctx = click.get_current_context(silent=True)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs:
+            continue
+        value = kwargs.pop(f.name)
+        typed = ctx is None or ctx.get_parameter_source(f.name) == click.core.ParameterSource.COMMANDLINE
+        values[f.name] = value if typed or f.name not in (overrides or {}) else overrides[f.name]
+    return values
+
+
+def from_mapping(cls, values: dict, section: str):
+    """An instance of ``cls`` from a config file section, each value parsed by its field's type.
+
+    Raises:
+        TFLiteError: a key that is not a field (the message lists the valid ones) or a bad value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if "help" in f.metadata}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise TFLiteError(f"config section {section!r} has unknown keys {unknown}; use {sorted(fields)}")
+    parsed = {}
+    for key, value in values.items():
+        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+        if isinstance(value, dict):
+            text = ";".join(f"{k}:{','.join(str(d) for d in dims)}" for k, dims in value.items())
+        ptype = fields[key].metadata["type"]
+        parsed[key] = ptype.parse_as(str(text), key) if ptype is not None and text is not None else value
+    return parsed
+
+
+def load_config(path: str | None, sections: dict[str, type]) -> dict[str, dict]:
+    """Read a YAML config file: ``{section: {field: value}}``, validated against ``sections``.
+
+    Args:
+        path: the file, or ``None`` / a placeholder word for no file.
+        sections: section name -> the dataclass its keys are fields of.
+
+    Returns:
+        section -> parsed field values (empty dicts without a file).
+
+    Raises:
+        TFLiteError: a missing or unreadable file, not a mapping, an unknown section or key, a bad value.
+    """
+    result: dict[str, dict] = {name: {} for name in sections}
+    if given(path) is None:
+        return result
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise TFLiteError(f"config file {str(path)!r} does not exist; pass a YAML file or none")
+    try:
+        content = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise TFLiteError(f"config file {str(path)!r} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(content, dict) or not all(isinstance(v, dict) for v in content.values()):
+        raise TFLiteError(f"config file {str(path)!r} must map sections {sorted(sections)} to key: value mappings")
+    unknown = sorted(set(content) - set(sections))
+    if unknown:
+        raise TFLiteError(f"config file {str(path)!r} has unknown sections {unknown}; use {sorted(sections)}")
+    for name, values in content.items():
+        result[name] = from_mapping(sections[name], values, name)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Option groups that belong to no single stage
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a job runs and records its result (not what it converts).
+
+    Attributes:
+        registered_model_name: registry name, or ``None`` to derive it from the source
+            (``digits-cnn`` for the demo).
+        num_threads: LiteRT interpreter threads for latency and the pyfunc (>= 1).
+        task: :class:`Task`: what the metrics judge.
+        no_register: log the run(s) without registering a model.
+    """
+
+    registered_model_name: str | None = option(
+        None, "Registry name; auto derives it from the source (digits-cnn for the demo).",
+        text())
+    num_threads: int = option(1, "LiteRT threads for latency/pyfunc.", number(int, 1))
+    task: Task = option(Task.AUTO, "classification, fidelity (regression/embeddings/detection), or auto.",
+                        choice(Task))
+    no_register: bool = option(False, "Log the run(s) but do not register a model.", flag=True)
+
+    def __post_init__(self):
+        check_range(self.num_threads, "num_threads", 1)
+        object.__setattr__(self, "task", parse_enum(Task, self.task, "task"))

@@ -1,0 +1,32 @@
+"""Names of the MLflow tags mlflow-tflite writes, in one place.
+
+Docs, the MLflow UI views and outside checks read these names (``VARIANT_TAG`` and ``ROLE_TAG``
+with its values are in the DESIGN.md contract), so they are fixed. This module imports nothing:
+every stage (tracking, sweep, registry, sources, CLI) can use it without pulling in another.
+"""
+
+# --- variant runs (one run per variant; also the sweep's child runs) -------------------------
+VARIANT_TAG = "mlflow_tflite.variant"  # variant name, e.g. "int8-s0.5-i96"; also a model version tag
+ROLE_TAG = "mlflow_tflite.role"  # ROLE_VARIANT or ROLE_SWEEP
+ROLE_VARIANT = "variant"
+ROLE_SWEEP = "sweep"
+ERROR_TAG = "mlflow_tflite.error"  # one-line error of a FAILED / KILLED run
+MODEL_URI_TAG = "mlflow_tflite.model_uri"  # URI of the logged tflite model
+NOT_EVALUATED_TAG = "mlflow_tflite.not_evaluated"  # why a model was logged without metrics (Flex ops)
+# Lineage of a model converted from an MLflow model URI.
+SOURCE_MODEL_URI_TAG = "mlflow_tflite.source_model_uri"
+SOURCE_RUN_ID_TAG = "mlflow_tflite.source_run_id"
+SUPERSEDED_TAG = "mlflow_tflite.superseded_by"  # on a replaced FAILED / KILLED child: the new run id
+
+# --- sweep parent runs -----------------------------------------------------------------------
+CONFIG_DIGEST_TAG = "mlflow_tflite.config_digest"  # digest of sweep_config.json (resume checks it)
+SELECTION_TAG = "mlflow_tflite.selection"  # why no variant was chosen (set only then)
+BEST_VARIANT_TAG = "mlflow_tflite.best_variant"
+BEST_RUN_ID_TAG = "mlflow_tflite.best_run_id"
+REGISTERED_VERSION_TAG = "mlflow_tflite.registered_version"
+
+# --- registered model versions ---------------------------------------------------------------
+EVAL_DIGEST_TAG = "mlflow_tflite.eval_digest"  # MLflow dataset digest of the evaluation data
+# Metrics copied onto each version as tags (the champion guard compares them), plus VARIANT_TAG.
+VERSION_METRIC_TAGS = ("accuracy", "accuracy_drop", "agreement", "cosine_similarity", "relative_error",
+                       "max_abs_error", "size_bytes", "latency_ms_p50")
