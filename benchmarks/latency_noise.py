@@ -3,7 +3,7 @@
     python benchmarks/latency_noise.py            # ~1 minute on 2 cores; run it on a quiet machine
 
 The demo CNN is converted once in every quantization mode; then each of ``RERUNS`` fresh
-processes times all of them side by side with ``runtime.measure_latencies`` (the sweep's quiet
+processes times all of them side by side with ``latency.measure_latencies`` (the sweep's quiet
 phase: interleaved rounds). Prints, per variant, the p50 of every rerun, the run-to-run spread
 (max / min - 1) and the within-run 95% interval of the median, and, per pair of variants, how
 often the faster one changes between reruns. ``selection.LATENCY_NOISE_FLOOR`` should cover the
@@ -25,11 +25,11 @@ MODES = ("none", "dynamic", "float16", "int8")
 TIMER = """
 import json, sys
 from pathlib import Path
-from mlflow_tflite import runtime
+from mlflow_tflite import latency, runtime
 folder = Path(sys.argv[1])
 example = __import__("numpy").load(folder / "x.npy")
 models = {p.stem: (runtime.make_interpreter(p.read_bytes()), [example]) for p in sorted(folder.glob("*.tflite"))}
-print(json.dumps(runtime.measure_latencies(models)))
+print(json.dumps(latency.measure_latencies(models)))
 """
 
 

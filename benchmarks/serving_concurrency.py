@@ -31,12 +31,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np  # noqa: E402
 
-from mlflow_tflite import flavor, runtime  # noqa: E402
+from mlflow_tflite import flavor, pyfunc, runtime  # noqa: E402
 
 THREADS = (1, 2, 4, 8)
 
 
-class LockedWrapper(flavor.TFLiteModelWrapper):
+class LockedWrapper(pyfunc.TFLiteModelWrapper):
     """The alternative: one interpreter shared by every thread, used under a lock."""
 
     def __init__(self, tflite_model: bytes, num_threads: int = 1):

@@ -157,7 +157,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Accuracy, fidelity and size metrics of one converted model on the held-out split.
 
-    Latency is timed separately, in a quiet phase (``runtime.measure_latencies``).
+    Latency is timed separately, in a quiet phase (``latency.measure_latencies``).
 
     Args:
         tflite_model: flatbuffer bytes (for the size metrics).

@@ -167,33 +167,7 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
         raise TFLiteError(f"sparsity {sparsity} is outside [0, 1); use e.g. 0, 0.5 or 0.8")
     if sparsity == 0:
         return model
-    if model is None or not _is_tf_keras_model(model):
-        raise TFLiteError(
-            f"cannot prune a {_type_name(model)}: pruning needs a tf_keras model (.h5 or built with tf_keras); "
-            "use sparsity=0"
-        )
-    if y_train is None:
-        raise TFLiteError(
-            f"sparsity={sparsity:g} needs labels: pruning fine-tunes on y_train but the data has none; "
-            "add y_train or use sparsity=0"
-        )
-    if epochs < 1 or batch_size < 1:
-        raise TFLiteError(
-            f"pruning needs epochs >= 1 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}"
-        )
-    inputs = _training_inputs(model, x_train)
-    y_train = np.asarray(y_train)
-    if len(inputs[0]) == 0 or len(inputs[0]) != len(y_train):
-        raise TFLiteError(
-            f"pruning needs as many labels as examples, got {len(inputs[0])} examples and {len(y_train)} labels"
-        )
-    outputs = model.outputs or []
-    if len(outputs) != 1 or len(outputs[0].shape) != 2 or not (outputs[0].shape[-1] or 0) > 1:
-        shapes = [tuple(o.shape) for o in outputs]
-        raise TFLiteError(
-            f"pruning fine-tunes a classifier but model {model.name!r} has outputs {shapes}, not one (N, classes) "
-            "output; use sparsity=0"
-        )
+    inputs, y_train = _checked_training_set(model, x_train, y_train, sparsity, epochs, batch_size)
 
     import tf_keras
 
@@ -226,6 +200,42 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
         callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
     )
     return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+def _checked_training_set(model, x_train, y_train, sparsity: float, epochs: int, batch_size: int):
+    """``(inputs, labels)`` to fine-tune ``model`` on while pruning, after checking everything.
+
+    Raises:
+        TFLiteError: see :func:`prune_model`.
+    """
+    if model is None or not _is_tf_keras_model(model):
+        raise TFLiteError(
+            f"cannot prune a {_type_name(model)}: pruning needs a tf_keras model (.h5 or built with tf_keras); "
+            "use sparsity=0"
+        )
+    if y_train is None:
+        raise TFLiteError(
+            f"sparsity={sparsity:g} needs labels: pruning fine-tunes on y_train but the data has none; "
+            "add y_train or use sparsity=0"
+        )
+    if epochs < 1 or batch_size < 1:
+        raise TFLiteError(
+            f"pruning needs epochs >= 1 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}"
+        )
+    inputs = _training_inputs(model, x_train)
+    y_train = np.asarray(y_train)
+    if len(inputs[0]) == 0 or len(inputs[0]) != len(y_train):
+        raise TFLiteError(
+            f"pruning needs as many labels as examples, got {len(inputs[0])} examples and {len(y_train)} labels"
+        )
+    outputs = model.outputs or []
+    if len(outputs) != 1 or len(outputs[0].shape) != 2 or not (outputs[0].shape[-1] or 0) > 1:
+        shapes = [tuple(o.shape) for o in outputs]
+        raise TFLiteError(
+            f"pruning fine-tunes a classifier but model {model.name!r} has outputs {shapes}, not one (N, classes) "
+            "output; use sparsity=0"
+        )
+    return inputs, y_train
 
 
 def _training_inputs(model, x_train) -> list[np.ndarray]:

@@ -279,7 +279,7 @@ def example_arrays(example) -> tuple[list[np.ndarray], list[str] | None]:
 
 
 def time_latency(models: dict[str, tuple[bytes, object]], num_threads: int = 1) -> dict[str, dict[str, float]]:
-    """Latency metrics of several .tflite models, timed side by side (``runtime.measure_latencies``).
+    """Latency metrics of several .tflite models, timed side by side (``latency.measure_latencies``).
 
     Call it in a quiet phase: after every conversion, with no other work on the machine's cores.
 
@@ -301,7 +301,9 @@ def time_latency(models: dict[str, tuple[bytes, object]], num_threads: int = 1) 
         interpreter = runtime.make_interpreter(tflite_model, num_threads)
         arrays, names = example_arrays(example)
         loaded[name] = (interpreter, evaluate.inputs_in_model_order(interpreter, arrays, names))
-    return runtime.measure_latencies(loaded)
+    from mlflow_tflite.latency import measure_latencies
+
+    return measure_latencies(loaded)
 
 
 def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num_threads: int):

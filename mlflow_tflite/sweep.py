@@ -18,11 +18,8 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import mlflow
@@ -33,6 +30,7 @@ from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.options import Objective, check_range, choice, number, option, parse_enum, text
 from mlflow_tflite.selection import Tolerance
 from mlflow_tflite.variants import Variant
+from mlflow_tflite.workers import Workers
 
 PARENT_TAGS = {tags.ROLE_TAG: tags.ROLE_SWEEP}
 
@@ -185,62 +183,6 @@ def run_variant_task(variant: Variant) -> pipeline.Outcome:
 # ----------------------------------------------------------------------------------------------
 
 
-class Workers:
-    """A pool of worker processes that survives a worker crash.
-
-    ``run`` yields ``(item, status, value)`` as tasks finish. If a worker dies (the pool breaks),
-    the unfinished tasks are rerun one at a time in a fresh pool, so the one that crashes again
-    is identified and reported as ``("error", "worker process crashed ...")``.
-    """
-
-    def __init__(self, count: int, initargs: tuple):
-        self.count, self.initargs, self.pool = count, initargs, None
-
-    def _pool(self, count: int | None = None) -> ProcessPoolExecutor:
-        if self.pool is None:
-            count = count or self.count
-            self.pool = ProcessPoolExecutor(
-                count, mp_context=get_context("spawn"), initializer=_worker_init, initargs=self.initargs
-            )
-            # Workers start on demand; one warm-up task each starts them all now, in parallel.
-            for _ in range(count if count > 1 else 0):
-                self.pool.submit(_warm_up)
-        return self.pool
-
-    def _reset(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = None
-
-    def close(self) -> None:
-        """Shut the workers down (waits for them to exit)."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pool = None
-
-    def run(self, task, items: list):
-        futures = {self._pool().submit(task, item): item for item in items}
-        unfinished = []
-        for future in as_completed(futures):
-            try:
-                status, value = future.result()
-            except BrokenProcessPool:
-                unfinished.append(futures[future])
-                continue
-            yield futures[future], status, value
-        if not unfinished:
-            return
-        self._reset()
-        for item in sorted(unfinished, key=items.index):
-            try:
-                status, value = self._pool(1).submit(task, item).result()
-            except BrokenProcessPool:
-                self._reset()
-                status, value = "error", f"worker process crashed while running {getattr(item, 'name', item)}"
-            yield item, status, value
-        self._reset()
-
-
 def _log_child(variant: Variant, meta: dict, status: str, value, dataset, num_threads: int) -> dict:
     """One child run: FINISHED with the outcome, or FAILED with the error message; its row."""
     row = {"variant": variant.name, "status": "FINISHED", "metrics": {}, "model_uri": None, "error": "",
@@ -289,7 +231,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
     dataset = load_dataset(config.data, preprocessing) if (config.data or config.model is None) else None
     open_args = {"model": config.model, "data": config.data, **config.open_options}
     with tempfile.TemporaryDirectory(prefix="mlflow-tflite-sweep-") as workdir, \
-            closing(Workers(config.workers, (open_args, workdir))) as workers, \
+            closing(Workers(config.workers, _worker_init, (open_args, workdir), _warm_up)) as workers, \
             tracking.tracked_run(run_id=config.resume, run_name=None if config.resume else "sweep") as parent:
         mlflow.set_tags(PARENT_TAGS)
         return _sweep(parent.info.run_id, config, workers, dataset, progress)

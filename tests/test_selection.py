@@ -7,7 +7,7 @@ import pytest
 
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.evaluate import class_score_outputs, fidelity_metrics, is_class_scores
-from mlflow_tflite.runtime import _median_ci95
+from mlflow_tflite.latency import _median_ci95
 from mlflow_tflite.selection import Tolerance, latency_tied, quality, qualifies, rank_best, select_best
 
 

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
 import faults
