@@ -22,7 +22,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow_tflite.data import Preprocessing  # noqa: E402
 from mlflow_tflite.options import (  # noqa: E402
-    IoType, OpsSet, QuantMode, RunSettings, choice, click_options, from_kwargs, given, load_config, number,
+    Backend, IoType, OpsSet, QuantMode, RunSettings, choice, click_options, from_kwargs, given, load_config, number,
     pop_fields,
 )
 from mlflow_tflite.sweep import SweepConfig  # noqa: E402
@@ -104,6 +104,8 @@ def _job_options(command):
 
 def _variant_options(command):
     """The variant options `convert` and `sweep` share (the grid lists are per command)."""
+    command = click.option("--backend", default="converter", type=choice(Backend), show_default=True,
+                           help="converter (TFLiteConverter) or litert (LiteRT Quantizer on the float model).")(command)
     command = click.option("--io-type", default="int8", type=choice(IoType), show_default=True,
                            help="I/O type of int8_full: int8, or uint8 (Edge TPU).")(command)
     command = click.option("--ops", default="builtins", type=choice(OpsSet), show_default=True,
@@ -145,20 +147,20 @@ def _check_and_start(job: JobOptions) -> None:
 @_job_options
 @_variant_options
 @click.option("--quant", default="int8", type=choice(QuantMode), show_default=True,
-              help=", ".join(QuantMode) + ".")
+              help=", ".join(QuantMode) + " (weight_only_int8, dynamic_int4, weight_only_int4: backend=litert).")
 @click.option("--sparsity", default=0.0, type=number(float), show_default=True, help="Target pruned fraction in [0, 1).")
 @click.option("--input-size", default="native", show_default=True, help="Square input side in pixels, or native.")
-def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, **kwargs):
+def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, backend, **kwargs):
     """Convert one variant, evaluate it and log it as an MLflow run (the `main` entry point)."""
     from mlflow_tflite.pipeline import prepare, run_variant
     from mlflow_tflite.variants import Variant
 
     job = _read_job_options(kwargs)
     requested_size = _input_size(input_size)
-    Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type)  # checked before any work
+    Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type, backend)  # checked before any work
     _check_and_start(job)
     prepared = prepare(job.model, job.data, **job.open_args())
-    variant = Variant(quant, sparsity, requested_size or prepared.native_input_size, calibration_samples, ops, io_type)
+    variant = Variant(quant, sparsity, requested_size or prepared.native_input_size, calibration_samples, ops, io_type, backend)
     result = run_variant(prepared, variant, job.run.registered_model_name, job.run.num_threads,
                          register=not job.run.no_register, tolerance=job.tolerance)
     _print_result(result)
@@ -171,7 +173,7 @@ def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, **kw
 @click.option("--quant", default="none,dynamic,float16,int8", show_default=True, help="Comma-separated modes.")
 @click.option("--sparsity", default="0,0.5,0.8", show_default=True, help="Comma-separated target sparsities.")
 @click.option("--input-size", default="native", show_default=True, help="Comma-separated input sizes, or native.")
-def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, **kwargs):
+def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backend, **kwargs):
     """Run a grid of variants as child runs of one parent run; register the best (`sweep` entry point)."""
     from mlflow_tflite.sweep import run_sweep
     from mlflow_tflite.variants import expand_grid, parse_list
@@ -179,7 +181,7 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, **kwar
     job = _read_job_options(kwargs)
     sizes = [_input_size(v) for v in parse_list(input_size, "input_size")]
     variants = expand_grid(
-        parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float), sizes, calibration_samples, ops, io_type
+        parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float), sizes, calibration_samples, ops, io_type, backend
     )
     config = SweepConfig(
         variants, job.model, job.data, job.open_args(), tolerance=job.tolerance,

@@ -156,6 +156,8 @@ def save_model(
     extra_files=None,
     quantization: str | None = None,
     num_threads: int = 1,
+    quantization_backend: str = "converter",
+    quantization_recipe: str | None = None,
     **kwargs,
 ) -> None:
     """Save a .tflite model as an MLflow model directory.
@@ -181,6 +183,9 @@ def save_model(
         quantization: the quantization mode (one of :data:`QUANTIZATION_MODES`); inferred from
             the tensors when ``None``.
         num_threads: interpreter threads the pyfunc uses (>= 1).
+        quantization_backend: what quantized it: ``converter`` (TFLiteConverter) or ``litert``
+            (the LiteRT Quantizer).
+        quantization_recipe: the LiteRT Quantizer recipe as JSON text, or ``None``.
 
     Raises:
         TFLiteError: the bytes are not a loadable TFLite model, or ``quantization`` is unknown.
@@ -225,6 +230,8 @@ def save_model(
         quantization=quantization,
         flex_ops=flex,
         num_threads=int(num_threads),
+        quantization_backend=str(quantization_backend),
+        quantization_recipe=quantization_recipe,
         inputs=[t.to_dict() for t in inputs],
         outputs=[t.to_dict() for t in outputs],
         code=code_dir_subpath,

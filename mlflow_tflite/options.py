@@ -45,6 +45,16 @@ class QuantMode(enum.StrEnum):
     INT8 = "int8"
     INT8_FULL = "int8_full"
     INT16X8 = "int16x8"
+    WEIGHT_ONLY_INT8 = "weight_only_int8"
+    DYNAMIC_INT4 = "dynamic_int4"
+    WEIGHT_ONLY_INT4 = "weight_only_int4"
+
+
+class Backend(enum.StrEnum):
+    """Quantization backends: TFLiteConverter, or the LiteRT Quantizer on the float flatbuffer."""
+
+    CONVERTER = "converter"
+    LITERT = "litert"
 
 
 class Kernels(enum.StrEnum):
@@ -69,6 +79,9 @@ class QuantRecipe:
         kernels: the op set of its kernels (integer-only modes fail instead of keeping float ops).
         integer_io: the model's inputs/outputs are integers (``io_type``).
         recognised_by: how :func:`recognise` tells the mode from a loaded model.
+        litert_recipe: the LiteRT Quantizer's named recipe for the mode (a function of
+            ``ai_edge_quantizer.recipe``), or ``None`` when only the converter makes it.
+        converter: TFLiteConverter can make the mode.
     """
 
     calibrated: bool
@@ -77,15 +90,34 @@ class QuantRecipe:
     kernels: Kernels
     integer_io: bool
     recognised_by: str
+    litert_recipe: str | None = None
+    converter: bool = True
+
+    def backends(self) -> tuple[Backend, ...]:
+        """The backends that can make this mode (the float model, ``none``, needs no recipe)."""
+        litert = self.litert_recipe is not None or not self.optimize
+        return tuple(b for b, ok in ((Backend.CONVERTER, self.converter), (Backend.LITERT, litert)) if ok)
 
 
+# LiteRT Quantizer recipes: ai_edge_quantizer.recipe (0.10), named <kind>_wi<bits>_a<activations>.
 QUANT_RECIPES: dict[QuantMode, QuantRecipe] = {
     QuantMode.NONE: QuantRecipe(False, False, False, Kernels.BUILTINS, False, "none of the below"),
-    QuantMode.DYNAMIC: QuantRecipe(False, True, False, Kernels.BUILTINS, False, "int8 weights, no QUANTIZE op"),
+    QuantMode.DYNAMIC: QuantRecipe(False, True, False, Kernels.BUILTINS, False, "int8 weights, no QUANTIZE op",
+                                   "dynamic_wi8_afp32"),
     QuantMode.FLOAT16: QuantRecipe(False, True, True, Kernels.BUILTINS, False, "float16 constants"),
-    QuantMode.INT8: QuantRecipe(True, True, False, Kernels.INT8, False, "QUANTIZE ops, int8 activations"),
+    QuantMode.INT8: QuantRecipe(True, True, False, Kernels.INT8, False, "QUANTIZE ops, int8 activations",
+                                "static_wi8_ai8"),
     QuantMode.INT8_FULL: QuantRecipe(True, True, False, Kernels.INT8, True, "integer model inputs"),
-    QuantMode.INT16X8: QuantRecipe(True, True, False, Kernels.INT16X8, False, "QUANTIZE ops, int16 activations"),
+    QuantMode.INT16X8: QuantRecipe(True, True, False, Kernels.INT16X8, False, "QUANTIZE ops, int16 activations",
+                                   "static_wi8_ai16"),
+    QuantMode.WEIGHT_ONLY_INT8: QuantRecipe(False, True, False, Kernels.BUILTINS, False,
+                                            "int8 weights dequantized to float (LiteRT Quantizer)",
+                                            "weight_only_wi8_afp32", converter=False),
+    QuantMode.DYNAMIC_INT4: QuantRecipe(False, True, False, Kernels.BUILTINS, False,
+                                        "int4 weights (LiteRT Quantizer)", "dynamic_wi4_afp32", converter=False),
+    QuantMode.WEIGHT_ONLY_INT4: QuantRecipe(False, True, False, Kernels.BUILTINS, False,
+                                            "int4 weights dequantized to float (LiteRT Quantizer)",
+                                            "weight_only_wi4_afp32", converter=False),
 }
 
 

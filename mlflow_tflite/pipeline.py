@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import mlflow
 import numpy as np
 
-from mlflow_tflite import convert, evaluate, registry, tags, tracking
+from mlflow_tflite import backends, evaluate, registry, tags, tracking
 from mlflow_tflite.data import Dataset, calibration_sample, load_dataset, resize_images, validate_dataset
 from mlflow_tflite.demo import DEMO_MODEL_NAME
 from mlflow_tflite.errors import TFLiteError
@@ -51,6 +51,8 @@ class Prepared:
         task: ``classification`` (accuracy metrics) or ``fidelity`` (output agreement only).
         variant_models: cache of :class:`VariantModel` by ``Variant.model_key`` (input size,
             sparsity): each resized/pruned model is built (or loaded from another worker) once.
+        float_models: cache of float .tflite bytes by ``(Variant.model_key, ops)``: the LiteRT
+            Quantizer backend and the per-tensor error share one float conversion per key.
         class_outputs: positions of the source outputs that hold class scores (they get a
             top-1 ``agreement``), see ``evaluate.class_score_outputs``.
         source_params: the source options that differ from ``SourceOptions()``, as run params.
@@ -63,6 +65,7 @@ class Prepared:
     class_outputs: tuple[int, ...] = ()
     source_params: dict[str, str] = field(default_factory=dict)
     variant_models: dict = field(default_factory=dict, repr=False)
+    float_models: dict = field(default_factory=dict, repr=False)
 
     @property
     def native_input_size(self) -> int | None:
@@ -213,6 +216,9 @@ class Outcome:
         op_inventory: op name -> count in the converted model (Flex ops appear as ``FlexXxx``).
         not_evaluated: why the model could not be run here (Flex ops), else ``None``; then only
             the size metrics exist and the variant is neither registered nor selected.
+        recipe_json: the LiteRT Quantizer recipe that made it (JSON text), or ``None``.
+        tensor_errors: per-tensor error rows against the float model (``quantize.tensor_errors``),
+            or ``None`` with ``tensor_errors_note`` saying why.
     """
 
     tflite_model: bytes
@@ -221,6 +227,9 @@ class Outcome:
     input_example: np.ndarray | dict
     op_inventory: dict[str, int]
     not_evaluated: str | None = None
+    recipe_json: str | None = None
+    tensor_errors: list[dict] | None = None
+    tensor_errors_note: str | None = None
 
 
 def _probe_input(source: Source) -> np.ndarray:
@@ -251,16 +260,16 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
     calibration = None
     if variant.calibrated and adapted.x_train is not None:
         calibration = calibration_sample(adapted.x_train, variant.calibration_samples)
-    conversion = convert.convert(adapted.source, variant, calibration)
-    tflite_model, inventory = conversion.tflite_model, tflite_file.op_inventory(conversion.tflite_model)
+    produced = backends.produce(prepared, variant, adapted.source, calibration)
+    tflite_model, inventory = produced.tflite_model, tflite_file.op_inventory(produced.tflite_model)
     example = _example(adapted.source, adapted.x_test) if adapted.x_test else _probe_input(adapted.source)
-    metrics = {**evaluate.size_metrics(tflite_model), "convert_seconds": conversion.convert_seconds}
+    metrics = {**evaluate.size_metrics(tflite_model), **produced.seconds}
     try:
         interpreter = runtime.make_interpreter(tflite_model)
     except TFLiteError as error:
         if not tflite_file.flex_ops(tflite_model):
             raise
-        return Outcome(tflite_model, metrics, calibration, example, inventory, error.message)
+        return Outcome(tflite_model, metrics, calibration, example, inventory, error.message, produced.recipe_json)
     if prepared.dataset is not None:
         metrics.update(evaluate.evaluate(
             tflite_model, interpreter, prepared.reference, adapted.x_test, prepared.dataset.y_test,
@@ -268,7 +277,10 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
             class_outputs=prepared.class_outputs, task=prepared.task,
         ))
     metrics["sparsity_achieved"] = tflite_file.tflite_sparsity(tflite_model)
-    return Outcome(tflite_model, metrics, calibration, example, inventory)
+    rows, note = backends.tensor_errors(prepared, variant, adapted.source, tflite_model, adapted.x_test)
+    if rows:
+        metrics["min_tensor_snr_db"] = rows[0]["snr_db"]
+    return Outcome(tflite_model, metrics, calibration, example, inventory, None, produced.recipe_json, rows, note)
 
 
 def example_arrays(example) -> tuple[list[np.ndarray], list[str] | None]:
@@ -317,7 +329,9 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
     if outcome.not_evaluated:
         mlflow.set_tag(tags.NOT_EVALUATED_TAG, outcome.not_evaluated[:5000])
     eval_digest = tracking.log_dataset_inputs(dataset, outcome.calibration) if dataset else None
-    model_info = tracking.log_variant_model(outcome.tflite_model, variant, outcome.input_example, num_threads)
+    tracking.log_tensor_errors(outcome.tensor_errors, outcome.tensor_errors_note)
+    model_info = tracking.log_variant_model(outcome.tflite_model, variant, outcome.input_example, num_threads,
+                                            outcome.recipe_json)
     mlflow.set_tag(tags.MODEL_URI_TAG, model_info.model_uri)
     return model_info, eval_digest
 

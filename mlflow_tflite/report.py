@@ -98,3 +98,21 @@ def log_comparison(rows: list[dict], best: dict | None, max_accuracy_drop: float
     mlflow.log_figure(fig, PLOT_FILE)
     plt.close(fig)
     return table
+
+
+def tensor_error_figure(rows: list[dict], worst: int = 20):
+    """Horizontal bars of the ``worst`` tensors' SNR in dB (lowest first), labelled by op and tensor."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: figures go to files
+    import matplotlib.pyplot as plt
+
+    shown = rows[:worst][::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(shown) + 1.5))
+    labels = [f"{r['op']}  {r['tensor'][:60]}" for r in shown]
+    ax.barh(range(len(shown)), [r["snr_db"] for r in shown], color="tab:red", alpha=0.7)
+    ax.set_yticks(range(len(shown)), labels, fontsize=7)
+    ax.set_xlabel("SNR vs the float model (dB, higher is better)")
+    ax.set_title(f"The {len(shown)} tensors with the most quantization error")
+    fig.tight_layout()
+    return fig

@@ -264,10 +264,19 @@ def _sweep(parent_run_id: str, config: SweepConfig, workers: Workers, dataset, p
         bar.update(1)
     bar.close()
     workers.close()  # the quiet phase: nothing else runs on these cores while latency is timed
+    _log_phase_totals(outcomes)
     rows.update({name: _row_of_run(run) for name, run in current.finished.items()})
     ordered = [rows[v.name] for v in variants if v.name in rows]
     _time_latencies(ordered, outcomes, current.finished, config.num_threads)
     return _choose_and_register(parent_run_id, ordered, config, meta["name"])
+
+
+def _log_phase_totals(outcomes: dict) -> None:
+    """Parent metrics: seconds spent on float conversions, quantization and conversion in all (summed)."""
+    keys = ("float_convert_seconds", "quantize_seconds", "convert_seconds")
+    totals = {key: sum(o.metrics.get(key, 0.0) for o in outcomes.values()) for key in keys}
+    if outcomes:
+        mlflow.log_metrics({k: v for k, v in totals.items() if v or k == "convert_seconds"})
 
 
 def _convert(workers: Workers, variants: list[Variant], native: int | None):

@@ -109,6 +109,26 @@ def op_inventory(tflite_model: bytes) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def tensor_producers(tflite_model: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor name -> (name of the op that writes it, shape), for the main subgraph's op outputs.
+
+    Constants (weights) and model inputs, which no op writes, are not in the mapping.
+
+    Raises:
+        TFLiteError: the bytes are not a TFLite flatbuffer.
+    """
+    model = read_flatbuffer(tflite_model)
+    names = _op_names(model)
+    subgraph = model.subgraphs[0]
+    produced = {}
+    for op in subgraph.operators or []:
+        for index in op.outputs if op.outputs is not None else []:
+            tensor = subgraph.tensors[index]
+            shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else []))
+            produced[tensor.name.decode()] = (names[op.opcodeIndex], shape)
+    return produced
+
+
 def flex_ops(tflite_model: bytes) -> list[str]:
     """Names of the Flex (SELECT_TF_OPS) ops in a model.
 

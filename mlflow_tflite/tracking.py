@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 from mlflow.entities import RunStatus
 
-from mlflow_tflite import flavor
+from mlflow_tflite import flavor, tags
 from mlflow_tflite.data import DIGITS_SOURCE, Dataset
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.tags import ERROR_TAG, ROLE_TAG, ROLE_VARIANT, VARIANT_TAG
@@ -27,6 +27,7 @@ def variant_params(variant: Variant, source_uri: str, num_threads: int) -> dict[
         "ops": variant.ops,
         "source": source_uri,
         "io_type": variant.io_type,
+        "backend": variant.backend,
         "num_threads": num_threads,
     }
 
@@ -137,8 +138,11 @@ def log_variant_model(
     variant: Variant,
     input_example: np.ndarray | None,
     num_threads: int,
+    recipe_json: str | None = None,
 ):
     """Log the .tflite as an MLflow model of flavor ``tflite`` named ``model`` in the active run.
+
+    The flavor records the quantization mode, the backend and (LiteRT Quantizer) the recipe.
 
     Returns:
         ``mlflow.models.model.ModelInfo`` (its ``model_uri`` is what gets registered).
@@ -150,7 +154,35 @@ def log_variant_model(
         quantization=variant.quant,
         num_threads=num_threads,
         metadata={"variant": variant.name},
+        quantization_backend=str(variant.backend),
+        quantization_recipe=recipe_json,
     )
+
+
+TENSOR_ERRORS_FILE = "tensor_errors.json"
+TENSOR_ERRORS_PLOT = "tensor_errors.png"
+
+
+def log_tensor_errors(rows: list[dict] | None, note: str | None) -> None:
+    """Per-tensor error on the active run: a table, a bar chart of the 20 worst, the worst tensor.
+
+    ``rows`` as from ``quantize.tensor_errors`` (worst SNR first); without rows, ``note`` says why
+    (tag ``mlflow_tflite.tensor_errors``).
+    """
+    if not rows:
+        if note:
+            mlflow.set_tag(tags.TENSOR_ERRORS_NOTE_TAG, note[:5000])
+        return
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from mlflow_tflite.report import tensor_error_figure
+
+    mlflow.log_table(data=pd.DataFrame.from_records(rows), artifact_file=TENSOR_ERRORS_FILE)
+    mlflow.set_tag(tags.WORST_TENSOR_TAG, f"{rows[0]['tensor']} ({rows[0]['op']})"[:5000])
+    figure = tensor_error_figure(rows)
+    mlflow.log_figure(figure, TENSOR_ERRORS_PLOT)
+    plt.close(figure)
 
 
 def check_tracking_store(timeout_seconds: int = 10) -> None:

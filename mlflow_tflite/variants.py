@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import QUANT_RECIPES, IoType, OpsSet, QuantMode, check_range, parse_enum
+from mlflow_tflite.options import QUANT_RECIPES, Backend, IoType, OpsSet, QuantMode, check_range, parse_enum
 
 QUANT_MODES = tuple(QuantMode)
 CALIBRATED_MODES = tuple(mode for mode, recipe in QUANT_RECIPES.items() if recipe.calibrated)
@@ -22,6 +22,8 @@ class Variant:
         calibration_samples: representative-dataset size (used by :data:`CALIBRATED_MODES`).
         ops: ``options.OpsSet``: builtins, or select_tf (SELECT_TF_OPS).
         io_type: ``options.IoType`` of ``int8_full`` (int8, or uint8 for Edge TPU).
+        backend: ``options.Backend``: TFLiteConverter (default) or the LiteRT Quantizer on the
+            float flatbuffer; only a backend that can make ``quant`` is accepted.
 
     Raises:
         TFLiteError: an unknown mode, op set or I/O type, or a value out of range.
@@ -33,10 +35,11 @@ class Variant:
     calibration_samples: int = 200
     ops: OpsSet = OpsSet.BUILTINS
     io_type: IoType = IoType.INT8
+    backend: Backend = Backend.CONVERTER
 
     def __post_init__(self):
         # Strings from Python callers become enum members here; the CLI passes members already.
-        for name, enum_type in (("quant", QuantMode), ("ops", OpsSet), ("io_type", IoType)):
+        for name, enum_type in (("quant", QuantMode), ("ops", OpsSet), ("io_type", IoType), ("backend", Backend)):
             object.__setattr__(self, name, parse_enum(enum_type, getattr(self, name), name))
         if not 0.0 <= self.sparsity < 1.0:
             raise TFLiteError(f"sparsity {self.sparsity} is outside [0, 1); use e.g. 0, 0.5 or 0.8")
@@ -44,6 +47,9 @@ class Variant:
             raise TFLiteError(f"input_size {self.input_size} must be a positive number of pixels")
         check_range(self.calibration_samples, "calibration_samples", 0, low_open=True,
                     hint="; 100-500 is typical (default 200)")
+        if self.backend not in self.recipe.backends():
+            raise TFLiteError(f"quant={self.quant} cannot be made by backend={self.backend}; use backend="
+                              + " or ".join(self.recipe.backends()))
 
     @property
     def recipe(self):
@@ -69,6 +75,8 @@ class Variant:
         parts.append(f"s{self.sparsity:g}")
         if self.input_size:
             parts.append(f"i{self.input_size}")
+        if self.backend != Backend.CONVERTER:
+            parts.append(self.backend)
         if self.ops != "builtins":
             parts.append(self.ops)
         return "-".join(parts)
@@ -102,6 +110,7 @@ def expand_grid(
     calibration_samples: int = 200,
     ops: OpsSet | str = OpsSet.BUILTINS,
     io_type: IoType | str = IoType.INT8,
+    backend: Backend | str = Backend.CONVERTER,
 ) -> list[Variant]:
     """The cross product of the lists as Variants, in a stable order.
 
@@ -112,7 +121,7 @@ def expand_grid(
         TFLiteError: an invalid value in any list (see :class:`Variant`).
     """
     return [
-        Variant(quant, float(sparsity), size, calibration_samples, ops, io_type)
+        Variant(quant, float(sparsity), size, calibration_samples, ops, io_type, backend)
         for size in input_sizes
         for sparsity in sparsities
         for quant in quants
