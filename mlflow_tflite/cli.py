@@ -87,7 +87,8 @@ class JobOptions:
     def open_args(self) -> dict:
         """``pipeline.prepare`` keyword arguments (besides model and data)."""
         preprocessing = None if self.preprocessing == Preprocessing() else self.preprocessing
-        return {"task": self.run.task, "preprocessing": preprocessing, **asdict(self.source)}
+        return {"task": self.run.task, "preprocessing": preprocessing, "tensor_errors": not self.run.no_tensor_errors,
+                **asdict(self.source)}
 
 
 def _job_options(command):

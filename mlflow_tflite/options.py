@@ -421,6 +421,7 @@ class RunSettings:
         num_threads: LiteRT interpreter threads for latency and the pyfunc (>= 1).
         task: :class:`Task`: what the metrics judge.
         no_register: log the run(s) without registering a model.
+        no_tensor_errors: skip the per-tensor error table of quantized variants.
     """
 
     registered_model_name: str | None = option(
@@ -430,6 +431,8 @@ class RunSettings:
     task: Task = option(Task.AUTO, "classification, fidelity (regression/embeddings/detection), or auto.",
                         choice(Task))
     no_register: bool = option(False, "Log the run(s) but do not register a model.", flag=True)
+    no_tensor_errors: bool = option(False, "Skip the per-tensor comparison with the float model (with the "
+                                           "converter backend it costs one float conversion per model).", flag=True)
 
     def __post_init__(self):
         check_range(self.num_threads, "num_threads", 1)

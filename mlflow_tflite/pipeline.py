@@ -56,6 +56,7 @@ class Prepared:
         class_outputs: positions of the source outputs that hold class scores (they get a
             top-1 ``agreement``), see ``evaluate.class_score_outputs``.
         source_params: the source options that differ from ``SourceOptions()``, as run params.
+        tensor_errors: compare quantized variants tensor by tensor with the float model.
     """
 
     source: Source
@@ -64,6 +65,7 @@ class Prepared:
     task: str = "classification"
     class_outputs: tuple[int, ...] = ()
     source_params: dict[str, str] = field(default_factory=dict)
+    tensor_errors: bool = True
     variant_models: dict = field(default_factory=dict, repr=False)
     float_models: dict = field(default_factory=dict, repr=False)
 
@@ -77,7 +79,7 @@ class Prepared:
 TASKS = ("auto", "classification", "fidelity")
 
 
-def prepare(model=None, data: str | None = None, task: str = "auto", preprocessing=None,
+def prepare(model=None, data: str | None = None, task: str = "auto", preprocessing=None, tensor_errors: bool = True,
             **source_options) -> Prepared:
     """Open the source and data and compute the reference outputs.
 
@@ -90,6 +92,7 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
             first output holds class scores (softmax-like rows, or logits whose top-1 matches
             the labels, see ``evaluate.class_score_outputs``).
         preprocessing: ``data.Preprocessing`` applied to the data at load time.
+        tensor_errors: compare every quantized variant tensor by tensor with the float model.
         source_options: ``source_format``, ``signature_key``, ``input_arrays``,
             ``output_arrays``, ``input_shapes`` (see ``sources.open_source``).
 
@@ -112,7 +115,7 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
         dataset = load_dataset(data, preprocessing) if data else None
     source_params = _changed_source_options(source_options)
     if dataset is None:
-        return Prepared(source, None, None, "fidelity", source_params=source_params)
+        return Prepared(source, None, None, "fidelity", source_params=source_params, tensor_errors=tensor_errors)
     validate_dataset(dataset, source.input_shapes, None)
     reference = source.predict(dataset.test_inputs)
     class_outputs = evaluate.class_score_outputs(reference, dataset.y_test, task)
@@ -125,7 +128,8 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
                 f"{tuple(reference[0].shape)}; use task=fidelity"
             )
         validate_dataset(dataset, source.input_shapes, int(reference[0].shape[1]))
-    return Prepared(source, dataset, reference, task, class_outputs, source_params=source_params)
+    return Prepared(source, dataset, reference, task, class_outputs, source_params=source_params,
+                    tensor_errors=tensor_errors)
 
 
 def _changed_source_options(source_options: dict) -> dict[str, str]:
@@ -277,7 +281,8 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
             class_outputs=prepared.class_outputs, task=prepared.task,
         ))
     metrics["sparsity_achieved"] = tflite_file.tflite_sparsity(tflite_model)
-    rows, note = backends.tensor_errors(prepared, variant, adapted.source, tflite_model, adapted.x_test)
+    rows, note = (backends.tensor_errors(prepared, variant, adapted.source, tflite_model, adapted.x_test)
+                  if prepared.tensor_errors else (None, "skipped (no_tensor_errors)"))
     if rows:
         metrics["min_tensor_snr_db"] = rows[0]["snr_db"]
     return Outcome(tflite_model, metrics, calibration, example, inventory, None, produced.recipe_json, rows, note)

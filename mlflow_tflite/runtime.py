@@ -117,10 +117,16 @@ def invalid_model_error(tflite_model: bytes, error: Exception) -> TFLiteError:
         error: what the interpreter or flatbuffer parser raised.
 
     Returns:
-        A :class:`TFLiteError` (to raise) saying the bytes are not a valid TFLite flatbuffer.
+        A :class:`TFLiteError` (to raise): the bytes are not a valid TFLite flatbuffer, or (an op
+        that "failed to prepare") a valid model the LiteRT kernels cannot run in this form.
     """
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     reason = lines[0] if lines else type(error).__name__
+    if "failed to prepare" in reason:
+        return TFLiteError(
+            f"the {len(tflite_model)}-byte model loads but LiteRT cannot prepare one of its ops ({reason}); "
+            "its quantized ranges do not fit that kernel: choose another quant mode for this model"
+        )
     return TFLiteError(
         f"the {len(tflite_model)}-byte model is not a valid TFLite flatbuffer ({reason}); "
         "pass the bytes or path of a .tflite file written by TFLiteConverter"
