@@ -13,14 +13,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow  # noqa: E402
 
 from mlflow_tflite.pipeline import prepare, run_variant  # noqa: E402
-from mlflow_tflite.variants import QUANT_MODES, Variant  # noqa: E402
+from mlflow_tflite.variants import CONVERTER_MODES, Variant  # noqa: E402
 
 
 def main() -> None:
     mlflow.set_experiment("digits-quant-modes")
     prepared = prepare()  # trains the demo CNN once
     print(f"{'variant':<24}{'accuracy':>9}{'drop':>8}{'agree':>7}{'size B':>9}{'gzip B':>9}{'p50 ms':>8}")
-    for variant in [Variant(q, input_size=prepared.native_input_size) for q in QUANT_MODES] + [
+    for variant in [Variant(q, input_size=prepared.native_input_size) for q in CONVERTER_MODES] + [
         Variant("int8_full", input_size=prepared.native_input_size, io_type="uint8")
     ]:
         m = run_variant(prepared, variant, register=False).metrics

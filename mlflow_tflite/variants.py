@@ -8,6 +8,7 @@ from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.options import QUANT_RECIPES, Backend, IoType, OpsSet, QuantMode, check_range, parse_enum
 
 QUANT_MODES = tuple(QuantMode)
+CONVERTER_MODES = tuple(mode for mode, recipe in QUANT_RECIPES.items() if Backend.CONVERTER in recipe.backends())
 CALIBRATED_MODES = tuple(mode for mode, recipe in QUANT_RECIPES.items() if recipe.calibrated)
 
 

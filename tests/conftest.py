@@ -42,8 +42,8 @@ def converted(demo_prepared):
     """The demo model converted in every quantization mode: {variant name: (Variant, bytes)}."""
     from mlflow_tflite.convert import convert
     from mlflow_tflite.data import calibration_sample
-    from mlflow_tflite.variants import QUANT_MODES, Variant
+    from mlflow_tflite.variants import CONVERTER_MODES, Variant
 
     calibration = [calibration_sample(demo_prepared.dataset.x_train, 200)]
-    variants = [Variant(q, input_size=8) for q in QUANT_MODES] + [Variant("int8_full", input_size=8, io_type="uint8")]
+    variants = [Variant(q, input_size=8) for q in CONVERTER_MODES] + [Variant("int8_full", input_size=8, io_type="uint8")]
     return {v.name: (v, convert(demo_prepared.source, v, calibration).tflite_model) for v in variants}

@@ -206,3 +206,13 @@ def test_npz_missing_keys_lists_what_it_has(tmp_path):
     np.savez(tmp_path / "odd.npz", images=np.zeros((4, 8, 8, 1)), labels=np.zeros(4))
     with pytest.raises(TFLiteError, match=r"has keys \['images', 'labels'\]; it needs x_train, x_test"):
         load_npz(tmp_path / "odd.npz")
+
+
+def test_litert_backend_refuses_a_flex_model_and_suggests_the_converter(flex_saved_model, tracking):
+    model, data = flex_saved_model
+    result = CliRunner().invoke(cli, ["convert", "--model", str(model), "--data", str(data), "--quant", "dynamic",
+                                      "--ops", "select_tf", "--backend", "litert"])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "Flex ops ['FlexCumprod']" in errors[0] and "use backend=converter" in errors[0]
+    assert MlflowClient().search_registered_models() == []
