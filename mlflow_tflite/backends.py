@@ -15,7 +15,7 @@ import numpy as np
 
 from mlflow_tflite import convert, quantize
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import Backend, QuantMode
+from mlflow_tflite.quant_modes import Backend, QuantMode
 from mlflow_tflite.variants import Variant
 
 

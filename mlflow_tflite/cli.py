@@ -22,9 +22,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow_tflite.data import Preprocessing  # noqa: E402
 from mlflow_tflite.options import (  # noqa: E402
-    Backend, IoType, OpsSet, QuantMode, RunSettings, choice, click_options, from_kwargs, given, load_config, number,
-    pop_fields,
+    IoType, OpsSet, RunSettings, choice, click_options, from_kwargs, given, load_config, number, pop_fields,
 )
+from mlflow_tflite.quant_modes import Backend, QuantMode  # noqa: E402
 from mlflow_tflite.sweep import SweepConfig  # noqa: E402
 from mlflow_tflite.selection import Tolerance  # noqa: E402
 from mlflow_tflite.sources import SourceOptions  # noqa: E402

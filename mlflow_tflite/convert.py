@@ -49,7 +49,7 @@ def configure(converter, variant: Variant, calibration: list[np.ndarray] | None,
               input_names: list[str] | None = None) -> None:
     """Set a ``tf.lite.TFLiteConverter`` up for a variant's quantization mode and op set.
 
-    The settings are the mode's row of ``options.QUANT_RECIPES``.
+    The settings are the mode's row of ``quant_modes.QUANT_RECIPES``.
 
     Raises:
         TFLiteError: a calibrated mode (int8, int8_full, int16x8) without calibration data.

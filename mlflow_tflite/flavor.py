@@ -51,7 +51,8 @@ from mlflow.utils.requirements_utils import _get_pinned_requirement
 from mlflow_tflite import runtime, tflite_file
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.pyfunc import DEFAULT_BATCH_SIZE, TFLiteModelWrapper
-from mlflow_tflite.options import QuantMode, parse_enum
+from mlflow_tflite.options import parse_enum
+from mlflow_tflite.quant_modes import QuantMode
 
 FLAVOR_NAME = "tflite"
 MODEL_FILE_NAME = "model.tflite"

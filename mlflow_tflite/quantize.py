@@ -1,7 +1,7 @@
 """The LiteRT Quantizer backend: float .tflite + named recipe -> quantized .tflite; per-tensor error.
 
 ``quantize`` applies a named recipe of the LiteRT Quantizer (``ai_edge_quantizer.recipe``,
-table in ``options.QUANT_RECIPES``) to a float flatbuffer, calibrating with the same
+table in ``quant_modes.QUANT_RECIPES``) to a float flatbuffer, calibrating with the same
 representative dataset the converter path uses. ``tensor_errors`` runs a quantized model (from
 either backend) beside its float flatbuffer on a few evaluation examples and compares every
 tensor the two share by name (the LiteRT Quantizer's ``model_validator.compare_model``).

@@ -304,15 +304,15 @@ def run(interpreter, arrays: list[np.ndarray], batch_size: int = 256) -> list[np
 def quantization_mode(interpreter):
     """Infer the quantization mode of a loaded model from its tensors and ops.
 
-    Reads the model's traits and applies ``options.recognise`` (the ``recognised_by`` column of
-    ``options.QUANT_RECIPES``): integer model inputs mean ``int8_full``; ``QUANTIZE`` ops with
+    Reads the model's traits and applies ``quant_modes.recognise`` (the ``recognised_by`` column of
+    ``quant_modes.QUANT_RECIPES``): integer model inputs mean ``int8_full``; ``QUANTIZE`` ops with
     int16 activations mean ``int16x8``, with int8 ones ``int8``; int8 weights without
     ``QUANTIZE`` ops are dynamic-range; float16 constants are ``float16``.
 
     Returns:
-        ``options.QuantMode`` (equal to its string, e.g. ``"int8"``).
+        ``quant_modes.QuantMode`` (equal to its string, e.g. ``"int8"``).
     """
-    from mlflow_tflite.options import ModelTraits, recognise
+    from mlflow_tflite.quant_modes import ModelTraits, recognise
 
     inputs, _ = io_tensors(interpreter)
     dtypes = {np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import QUANT_RECIPES, Backend, IoType, OpsSet, QuantMode, check_range, parse_enum
+from mlflow_tflite.options import IoType, OpsSet, check_range, parse_enum
+from mlflow_tflite.quant_modes import QUANT_RECIPES, Backend, QuantMode
 
 QUANT_MODES = tuple(QuantMode)
 CONVERTER_MODES = tuple(mode for mode, recipe in QUANT_RECIPES.items() if Backend.CONVERTER in recipe.backends())
@@ -17,13 +18,13 @@ class Variant:
     """One conversion variant.
 
     Attributes:
-        quant: quantization mode (``options.QuantMode``; its string is accepted).
+        quant: quantization mode (``quant_modes.QuantMode``; its string is accepted).
         sparsity: target fraction of pruned weights in [0, 1).
         input_size: side of the square input image in pixels, or ``None`` for the native size.
         calibration_samples: representative-dataset size (used by :data:`CALIBRATED_MODES`).
         ops: ``options.OpsSet``: builtins, or select_tf (SELECT_TF_OPS).
         io_type: ``options.IoType`` of ``int8_full`` (int8, or uint8 for Edge TPU).
-        backend: ``options.Backend``: TFLiteConverter (default) or the LiteRT Quantizer on the
+        backend: ``quant_modes.Backend``: TFLiteConverter (default) or the LiteRT Quantizer on the
             float flatbuffer; only a backend that can make ``quant`` is accepted.
 
     Raises:
@@ -54,7 +55,7 @@ class Variant:
 
     @property
     def recipe(self):
-        """The mode's row of ``options.QUANT_RECIPES``."""
+        """The mode's row of ``quant_modes.QUANT_RECIPES``."""
         return QUANT_RECIPES[self.quant]
 
     @property

@@ -8,6 +8,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -47,3 +48,13 @@ def converted(demo_prepared):
     calibration = [calibration_sample(demo_prepared.dataset.x_train, 200)]
     variants = [Variant(q, input_size=8) for q in CONVERTER_MODES] + [Variant("int8_full", input_size=8, io_type="uint8")]
     return {v.name: (v, convert(demo_prepared.source, v, calibration).tflite_model) for v in variants}
+
+
+@pytest.fixture(scope="session")
+def digits_files(tmp_path_factory, demo_prepared):
+    """The trained demo CNN as an .h5 file and the digits split as .npz (fast to open in workers)."""
+    folder = tmp_path_factory.mktemp("digits")
+    demo_prepared.source.keras_model.save(folder / "digits-cnn.h5")
+    d = demo_prepared.dataset
+    np.savez(folder / "digits.npz", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    return str(folder / "digits-cnn.h5"), str(folder / "digits.npz")

@@ -93,8 +93,8 @@ def test_mtcnn_int8_both_backends_stay_close_to_the_source(onet):
         assert m["cosine_similarity"] >= 0.98 and m["cosine_similarity_fc6_3"] >= 0.998
 
 
-def test_litert_sweep_shares_one_float_conversion_per_key(digits_npz, tracking):
-    model, data = digits_npz
+def test_litert_sweep_shares_one_float_conversion_per_key(digits_files, tracking):
+    model, data = digits_files
     variants = expand_grid(["none", "dynamic", "int8", "weight_only_int8", "dynamic_int4"], [0.0], [None],
                            backend="litert")
     result = run_sweep(SweepConfig(variants, model, data, register=False), progress=False)
@@ -119,15 +119,6 @@ def test_litert_sweep_shares_one_float_conversion_per_key(digits_npz, tracking):
     assert sizes["dynamic_int4-s0-i8-litert"] < 0.6 * sizes["dynamic-s0-i8-litert"] < 0.6 * sizes["none-s0-i8-litert"]
     parent = client.get_run(result.parent_run_id).data.metrics
     assert parent["quantize_seconds"] > 0 and parent["float_convert_seconds"] > 0
-
-
-@pytest.fixture(scope="module")
-def digits_npz(tmp_path_factory, demo_prepared):
-    folder = tmp_path_factory.mktemp("digits-litert")
-    demo_prepared.source.keras_model.save(folder / "digits-cnn.h5")
-    d = demo_prepared.dataset
-    np.savez(folder / "digits.npz", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
-    return str(folder / "digits-cnn.h5"), str(folder / "digits.npz")
 
 
 @pytest.mark.parametrize("args, message", [

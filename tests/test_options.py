@@ -8,10 +8,8 @@ import pytest
 
 from mlflow_tflite.data import Preprocessing
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import (
-    QUANT_RECIPES, ModelTraits, QuantMode, RunSettings, Task, floats_list, given, load_config, number, recognise,
-    shapes_map,
-)
+from mlflow_tflite.options import RunSettings, Task, floats_list, given, load_config, number, shapes_map
+from mlflow_tflite.quant_modes import QUANT_RECIPES, ModelTraits, QuantMode, recognise
 from mlflow_tflite.report import pareto_front
 from mlflow_tflite.runtime import TensorInfo, dequantize, quantize
 from mlflow_tflite.selection import Tolerance

@@ -25,16 +25,6 @@ from mlflow_tflite.sweep import SweepConfig, run_sweep
 from mlflow_tflite.variants import expand_grid
 
 
-@pytest.fixture(scope="module")
-def digits_files(tmp_path_factory, demo_prepared):
-    """The trained demo CNN as an .h5 file and the digits split as .npz (fast to open in workers)."""
-    folder = tmp_path_factory.mktemp("digits")
-    demo_prepared.source.keras_model.save(folder / "digits-cnn.h5")
-    d = demo_prepared.dataset
-    np.savez(folder / "digits.npz", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
-    return str(folder / "digits-cnn.h5"), str(folder / "digits.npz")
-
-
 def children(parent_run_id):
     client = MlflowClient()
     experiment = client.get_run(parent_run_id).info.experiment_id
