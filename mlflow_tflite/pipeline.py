@@ -223,6 +223,7 @@ class Outcome:
         recipe_json: the LiteRT Quantizer recipe that made it (JSON text), or ``None``.
         tensor_errors: per-tensor error rows against the float model (``quantize.tensor_errors``),
             or ``None`` with ``tensor_errors_note`` saying why.
+        edgetpu: static Edge TPU readiness report (``edgetpu.readiness``) of integer-I/O variants, else ``None``.
     """
 
     tflite_model: bytes
@@ -234,6 +235,7 @@ class Outcome:
     recipe_json: str | None = None
     tensor_errors: list[dict] | None = None
     tensor_errors_note: str | None = None
+    edgetpu: dict | None = None
 
 
 def _probe_input(source: Source) -> np.ndarray:
@@ -258,7 +260,7 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
     Raises:
         TFLiteError: resizing, pruning or conversion failed, or a calibrated mode has no data.
     """
-    from mlflow_tflite import runtime, tflite_file
+    from mlflow_tflite import edgetpu, runtime, tflite_file
 
     adapted = variant_model(prepared, variant)
     calibration = None
@@ -268,12 +270,17 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
     tflite_model, inventory = produced.tflite_model, tflite_file.op_inventory(produced.tflite_model)
     example = _example(adapted.source, adapted.x_test) if adapted.x_test else _probe_input(adapted.source)
     metrics = {**evaluate.size_metrics(tflite_model), **produced.seconds}
+    metrics["float_ops"] = tflite_file.float_ops(tflite_model)
+    edgetpu_report = edgetpu.readiness(tflite_model) if variant.recipe.integer_io else None
+    if edgetpu_report:
+        metrics["edgetpu_mapped_fraction"] = edgetpu_report["edgetpu_mapped_fraction"]
     try:
         interpreter = runtime.make_interpreter(tflite_model)
     except TFLiteError as error:
         if not tflite_file.flex_ops(tflite_model):
             raise
-        return Outcome(tflite_model, metrics, calibration, example, inventory, error.message, produced.recipe_json)
+        return Outcome(tflite_model, metrics, calibration, example, inventory, error.message, produced.recipe_json,
+                       edgetpu=edgetpu_report)
     if prepared.dataset is not None:
         metrics.update(evaluate.evaluate(
             tflite_model, interpreter, prepared.reference, adapted.x_test, prepared.dataset.y_test,
@@ -285,7 +292,8 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
                   if prepared.tensor_errors else (None, "skipped (no_tensor_errors)"))
     if rows:
         metrics["min_tensor_snr_db"] = rows[0]["snr_db"]
-    return Outcome(tflite_model, metrics, calibration, example, inventory, None, produced.recipe_json, rows, note)
+    return Outcome(tflite_model, metrics, calibration, example, inventory, None, produced.recipe_json, rows, note,
+                   edgetpu_report)
 
 
 def example_arrays(example) -> tuple[list[np.ndarray], list[str] | None]:
@@ -331,6 +339,8 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
     """
     mlflow.log_metrics(outcome.metrics)
     mlflow.log_dict(outcome.op_inventory, "op_inventory.json")
+    if outcome.edgetpu:
+        mlflow.log_dict(outcome.edgetpu, "edgetpu_readiness.json")
     if outcome.not_evaluated:
         mlflow.set_tag(tags.NOT_EVALUATED_TAG, outcome.not_evaluated[:5000])
     eval_digest = tracking.log_dataset_inputs(dataset, outcome.calibration) if dataset else None

@@ -109,6 +109,35 @@ def op_inventory(tflite_model: bytes) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+_FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
+
+
+def float_ops(tflite_model: bytes) -> int:
+    """Number of ops of the main subgraph with a float tensor (the run's ``float_ops``).
+
+    An op counts when any of its input or output tensors (constants included) is FLOAT32,
+    FLOAT16, FLOAT64 or BFLOAT16: so a float16 model's DEQUANTIZE ops count, and 0 means an
+    integer-only model.
+
+    Args:
+        tflite_model: .tflite flatbuffer bytes.
+
+    Returns:
+        A count of ops, ``0`` to the number of ops of the first subgraph.
+
+    Raises:
+        TFLiteError: the bytes are not a TFLite flatbuffer.
+    """
+    model = read_flatbuffer(tflite_model)
+    subgraph = model.subgraphs[0]
+    count = 0
+    for op in subgraph.operators or []:
+        indices = list(op.inputs if op.inputs is not None else []) + list(op.outputs if op.outputs is not None else [])
+        if any(_type_name(subgraph.tensors[i].type) in _FLOAT_TYPES for i in indices if i >= 0):
+            count += 1
+    return count
+
+
 def tensor_producers(tflite_model: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor name -> (name of the op that writes it, shape), for the main subgraph's op outputs.
 

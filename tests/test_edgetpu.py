@@ -1,0 +1,154 @@
+"""Static Edge TPU readiness (issue 10 item 3) on real conversions: the demo CNN, a dynamic-range
+model, a model with an op outside the Edge TPU table, and a model breaking the rank rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mlflow_tflite import edgetpu, tflite_file
+
+# Stated independently of edgetpu_ops.json, from the Coral "Supported operations" table.
+DEMO_OPS = ["CONV_2D", "CONV_2D", "MAX_POOL_2D", "CONV_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX"]
+IN_TABLE = {"CONV_2D", "MAX_POOL_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX", "DEPTHWISE_CONV_2D", "ADD", "RESHAPE"}
+NOT_IN_TABLE = {"LEAKY_RELU", "QUANTIZE", "DEQUANTIZE", "TRANSPOSE", "BATCH_MATMUL"}
+
+
+def _int8_full(model, shape, n=32, seed=0) -> bytes:
+    """A tf_keras model converted int8_full through the project's converter (real calibration)."""
+    from mlflow_tflite.convert import convert
+    from mlflow_tflite.sources import from_tf_keras
+    from mlflow_tflite.variants import Variant
+
+    x = np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
+    return convert(from_tf_keras(model), Variant("int8_full"), [x]).tflite_model
+
+
+def test_table_is_package_data_with_its_source():
+    from importlib import resources
+
+    raw = json.loads(resources.files("mlflow_tflite").joinpath("edgetpu_ops.json").read_text())
+    assert raw["source"]["url"] == "https://coral.ai/docs/edgetpu/models-intro/#supported-operations"
+    assert "Supported operations" in raw["source"]["title"]
+    assert IN_TABLE <= set(raw["ops"])
+    assert not NOT_IN_TABLE & set(raw["ops"])
+    assert raw["general_requirements"]["max_non_1_dims"] == 3
+    assert raw["ops"]["MEAN"]["limitations"]
+
+
+def test_demo_int8_full_only_its_dynamic_batch_blocks_the_edge_tpu(demo_prepared):
+    """Every demo op is in the table with 8-bit tensors; only the dynamic batch dimension (-1) stops it."""
+    from mlflow_tflite.pipeline import convert_and_evaluate
+    from mlflow_tflite.variants import Variant
+
+    outcome = convert_and_evaluate(demo_prepared, Variant("int8_full", input_size=8))
+    report = outcome.edgetpu
+    assert report == edgetpu.readiness(outcome.tflite_model)
+    assert [op["op"] for op in report["ops"]] == DEMO_OPS
+    assert set(DEMO_OPS) <= IN_TABLE
+    assert report["float_ops"] == 0 and outcome.metrics["float_ops"] == 0
+    assert report["first_unmapped_index"] == 0
+    assert report["edgetpu_mapped_fraction"] == 0.0 == outcome.metrics["edgetpu_mapped_fraction"]
+    first = report["ops"][0]["reason"]
+    assert "dynamic shape [-1, 8, 8, 1]" in first and "batch size 1" in first
+    for op in report["ops"]:  # nothing but the dynamic shapes
+        reason = op["reason"]
+        assert "dynamic shape" in reason, op
+        for other in ("supported-op table", "FLOAT", "INT32", "more than 3 dimensions", "constant", "fused", "MEAN", "SOFTMAX"):
+            assert other not in reason, op
+    assert "compiler is not available" in report["note"]
+    assert report["source"]["url"].startswith("https://coral.ai/docs/edgetpu/models-intro")
+    json.dumps(report)
+
+
+def test_demo_with_a_static_batch_of_1_maps_fully(demo_prepared):
+    import tf_keras
+
+    inputs = tf_keras.Input((8, 8, 1), batch_size=1)
+    static = tf_keras.Model(inputs, demo_prepared.source.keras_model(inputs))
+    report = edgetpu.readiness(_int8_full(static, (8, 8, 1)))
+    assert [op["op"] for op in report["ops"]] == DEMO_OPS
+    assert all(op["mapped"] and op["reason"] is None for op in report["ops"])
+    assert report["first_unmapped_index"] is None
+    assert report["edgetpu_mapped_fraction"] == 1.0
+    assert report["float_ops"] == 0
+
+
+def test_dynamic_range_model_has_float_ops_and_its_first_op_does_not_map(demo_prepared):
+    from mlflow_tflite.pipeline import convert_and_evaluate
+    from mlflow_tflite.variants import Variant
+
+    outcome = convert_and_evaluate(demo_prepared, Variant("dynamic", input_size=8))
+    assert outcome.edgetpu is None and "edgetpu_mapped_fraction" not in outcome.metrics  # float I/O
+    report = edgetpu.readiness(outcome.tflite_model)
+    assert report["float_ops"] == len(report["ops"]) == outcome.metrics["float_ops"] == 7
+    assert report["first_unmapped_index"] == 0 and report["edgetpu_mapped_fraction"] == 0.0
+    assert "FLOAT32 (float" in report["ops"][0]["reason"]
+
+
+def test_op_outside_the_table_stops_the_mapping_there():
+    """LEAKY_RELU is not in the table: ops before it map, the rest falls back to the CPU."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    inputs = tf_keras.Input((8, 8, 1), batch_size=1)
+    x = tf_keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = tf_keras.layers.MaxPooling2D()(x)
+    x = tf_keras.layers.LeakyReLU(0.1)(x)
+    x = tf_keras.layers.GlobalAveragePooling2D()(x)
+    outputs = tf_keras.layers.Dense(3, activation="softmax")(x)
+    tflite_model = _int8_full(tf_keras.Model(inputs, outputs), (8, 8, 1))
+
+    report = edgetpu.readiness(tflite_model)
+    names = [op["op"] for op in report["ops"]]
+    leaky = names.index("LEAKY_RELU")
+    assert leaky > 0 and "LEAKY_RELU" in NOT_IN_TABLE
+    assert report["first_unmapped_index"] == leaky
+    assert report["edgetpu_mapped_fraction"] == pytest.approx(leaky / len(names))
+    assert all(op["mapped"] for op in report["ops"][:leaky])
+    assert report["ops"][leaky]["reason"] == "LEAKY_RELU is not in the Edge TPU supported-op table"
+    assert all(op["mapped"] for op in report["ops"][leaky + 1:])  # later ops are fine, but on the CPU
+    assert report["float_ops"] == 0 == tflite_file.float_ops(tflite_model)
+
+
+def test_four_non_1_dimensions_break_the_rank_rule():
+    """A fixed batch of 2 gives 4-D activations with 4 dimensions larger than 1."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    inputs = tf_keras.Input((6, 6, 2), batch_size=2)
+    x = tf_keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = tf_keras.layers.GlobalAveragePooling2D()(x)
+    outputs = tf_keras.layers.Dense(3)(x)
+    report = edgetpu.readiness(_int8_full(tf_keras.Model(inputs, outputs), (6, 6, 2)))
+
+    assert report["ops"][0]["op"] == "CONV_2D"
+    assert report["first_unmapped_index"] == 0 and report["edgetpu_mapped_fraction"] == 0.0
+    reason = report["ops"][0]["reason"]
+    assert "shape [2, 6, 6, 2]" in reason and "more than 3 dimensions" in reason
+    assert "dynamic" not in reason and "int8" not in reason.replace("int8/uint8", "")
+
+
+def test_not_a_flatbuffer_is_a_clear_error():
+    from mlflow_tflite.errors import TFLiteError
+
+    with pytest.raises(TFLiteError, match="not a valid TFLite flatbuffer"):
+        edgetpu.readiness(b"not a model at all")
+
+
+def test_log_outcome_logs_the_readiness_report(tracking, demo_prepared):
+    import mlflow
+
+    from mlflow_tflite.pipeline import convert_and_evaluate, log_outcome
+    from mlflow_tflite.variants import Variant
+
+    variant = Variant("int8_full", input_size=8)
+    outcome = convert_and_evaluate(demo_prepared, variant)
+    with mlflow.start_run() as run:
+        log_outcome(outcome, variant, None, 1)
+    logged = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/edgetpu_readiness.json")
+    assert logged == outcome.edgetpu
+    metrics = mlflow.get_run(run.info.run_id).data.metrics
+    assert metrics["edgetpu_mapped_fraction"] == 0.0 and metrics["float_ops"] == 0
