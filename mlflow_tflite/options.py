@@ -234,15 +234,23 @@ def pop_fields(cls, kwargs: dict, overrides: dict | None = None) -> dict:
     """Pop the values of ``cls``'s fields from a command's keyword arguments.
 
     ``overrides`` (from a config file) replace defaults but not values typed on the command line.
+    A typed placeholder (``auto``/``none``, as ``mlflow run`` passes every MLproject default)
+    counts as not typed, and a field that is not optional then keeps its dataclass default.
     """
     ctx = click.get_current_context(silent=True)
+    overrides = overrides or {}
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in kwargs:
             continue
         value = kwargs.pop(f.name)
-        typed = ctx is None or ctx.get_parameter_source(f.name) == click.core.ParameterSource.COMMANDLINE
-        values[f.name] = value if typed or f.name not in (overrides or {}) else overrides[f.name]
+        typed = value is not None and (
+            ctx is None or ctx.get_parameter_source(f.name) == click.core.ParameterSource.COMMANDLINE)
+        if not typed and f.name in overrides:
+            value = overrides[f.name]
+        if value is None and f.default is not None and f.default is not dataclasses.MISSING:
+            value = f.default
+        values[f.name] = value
     return values
 
 
@@ -258,6 +266,12 @@ def from_mapping(cls, values: dict, section: str):
         raise TFLiteError(f"config section {section!r} has unknown keys {unknown}; use {sorted(fields)}")
     parsed = {}
     for key, value in values.items():
+        meta = fields[key].metadata
+        if meta["flag"]:
+            parsed[key] = click.BOOL.convert(value, None, None) if not isinstance(value, bool) else value
+            continue
+        if value is None:
+            raise TFLiteError(f"config section {section!r} key {key!r} is empty; give a value or leave the key out")
         text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
         if isinstance(value, dict):
             text = ";".join(f"{k}:{','.join(str(d) for d in dims)}" for k, dims in value.items())

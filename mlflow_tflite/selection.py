@@ -37,7 +37,8 @@ class Tolerance:
     """
 
     max_accuracy_drop: float = option(
-        0.01, "Tolerance: accuracy_drop (labels) or 1 - agreement (no labels), absolute fraction.", number(float))
+        0.01, "Tolerance: accuracy_drop (labels) or 1 - agreement (no labels), absolute fraction.",
+        number(float, optional=True))
     min_cosine_similarity: float = option(
         0.99, "Tolerance without labels: mean cosine similarity to the source outputs.", number(float))
     max_relative_error: float | None = option(
@@ -98,10 +99,11 @@ def qualifies(metrics: dict[str, float], tolerance: Tolerance, max_size_bytes: f
 
 
 def latency_interval(metrics: dict[str, float]) -> tuple[float, float]:
-    """The p50 latency's noise interval in ms: its 95% interval, widened to +-:data:`LATENCY_NOISE_FLOOR`."""
+    """The p50 latency's noise interval in ms: its 95% interval, widened to at least
+    ``p50 * (1 +- LATENCY_NOISE_FLOOR / 2)``, so two p50s within the floor of each other overlap."""
     p50 = metrics["latency_ms_p50"]
-    low = min(metrics.get("latency_ms_ci95_low", p50), p50 * (1 - LATENCY_NOISE_FLOOR))
-    high = max(metrics.get("latency_ms_ci95_high", p50), p50 * (1 + LATENCY_NOISE_FLOOR))
+    low = min(metrics.get("latency_ms_ci95_low", p50), p50 * (1 - LATENCY_NOISE_FLOOR / 2))
+    high = max(metrics.get("latency_ms_ci95_high", p50), p50 * (1 + LATENCY_NOISE_FLOOR / 2))
     return low, high
 
 

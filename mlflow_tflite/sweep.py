@@ -230,6 +230,8 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
     preprocessing = config.open_options.get("preprocessing")
     dataset = load_dataset(config.data, preprocessing) if (config.data or config.model is None) else None
     open_args = {"model": config.model, "data": config.data, **config.open_options}
+    if config.resume:
+        sweep_runs.check_sweep_parent(config.resume)
     with tempfile.TemporaryDirectory(prefix="mlflow-tflite-sweep-") as workdir, \
             closing(Workers(config.workers, _worker_init, (open_args, workdir), _warm_up)) as workers, \
             tracking.tracked_run(run_id=config.resume, run_name=None if config.resume else "sweep") as parent:
@@ -248,7 +250,8 @@ def _sweep(parent_run_id: str, config: SweepConfig, workers: Workers, dataset, p
     from tqdm.auto import tqdm
 
     meta = _describe(workers)
-    variants = [v if v.input_size else replace(v, input_size=meta["native_input_size"]) for v in config.variants]
+    variants = list(dict.fromkeys(  # "native" may equal a size also given
+        v if v.input_size else replace(v, input_size=meta["native_input_size"]) for v in config.variants))
     sweep_runs.record_or_check_config(parent_run_id, config.record(variants), resumed=config.resume is not None)
     tracking.log_params_once(_sweep_params(config, variants, meta["uri"]))
     current = sweep_runs.current_children(parent_run_id)
@@ -357,7 +360,6 @@ def _choose_and_register(parent_run_id: str, rows: list[dict], config: SweepConf
         mlflow.set_tag(tags.SELECTION_TAG, result.message)
         return result
     mlflow.set_tags({tags.BEST_VARIANT_TAG: best["variant"], tags.BEST_RUN_ID_TAG: best["run_id"]})
-    tracking.log_params_once({"best_variant": best["variant"]})
     result.message = f"best variant {best['variant']} by {config.objective}"
     if config.register:
         result.registration = registry.register_and_promote(

@@ -21,7 +21,7 @@ from mlflow.entities import Metric
 from mlflow_tflite import tracking
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.flavor import FLAVOR_NAME
-from mlflow_tflite.tags import CONFIG_DIGEST_TAG, MODEL_URI_TAG, ROLE_TAG, SUPERSEDED_TAG, VARIANT_TAG
+from mlflow_tflite.tags import CONFIG_DIGEST_TAG, MODEL_URI_TAG, ROLE_SWEEP, ROLE_TAG, SUPERSEDED_TAG, VARIANT_TAG
 
 CONFIG_FILE = "sweep_config.json"
 
@@ -42,13 +42,11 @@ def record_or_check_config(parent_run_id: str, config: dict, resumed: bool) -> N
 
     Raises:
         TFLiteError: on resume, a setting differs from the recorded one (the message names
-            each differing key with both values), or the run is not a sweep parent.
+            each differing key with both values).
     """
     digest = config_digest(config)
     recorded = MlflowClient().get_run(parent_run_id).data.tags.get(CONFIG_DIGEST_TAG)
     if not resumed or recorded is None:
-        if resumed and ROLE_TAG not in MlflowClient().get_run(parent_run_id).data.tags:
-            raise TFLiteError(f"run {parent_run_id} is not a sweep parent run; pass the parent run id to resume")
         mlflow.log_dict(config, CONFIG_FILE)
         mlflow.set_tag(CONFIG_DIGEST_TAG, digest)
         return
@@ -62,6 +60,22 @@ def record_or_check_config(parent_run_id: str, config: dict, resumed: bool) -> N
         f"resume {parent_run_id} was started with other settings ({'; '.join(changed)}); "
         "resume with the same settings, or start a new sweep"
     )
+
+
+def check_sweep_parent(run_id: str) -> None:
+    """Refuse to resume a run that is not a sweep's parent (a variant run, another job's run).
+
+    Raises:
+        TFLiteError: no such run, or its ``mlflow_tflite.role`` tag is not ``sweep``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        role = MlflowClient().get_run(run_id).data.tags.get(ROLE_TAG)
+    except MlflowException:
+        raise TFLiteError(f"resume {run_id!r} is not a run in this tracking store; pass a sweep's parent run id") from None
+    if role != ROLE_SWEEP:
+        raise TFLiteError(f"run {run_id} is not a sweep parent (role {role!r}); pass the parent run id of a sweep")
 
 
 def children(parent_run_id: str) -> list:

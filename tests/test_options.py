@@ -115,3 +115,38 @@ def test_quantize_and_dequantize_follow_the_tflite_affine_scheme():
     assert quantize(np.array([[5]], np.int8), tensor).tolist() == [[5]]  # integers pass through
     float_tensor = TensorInfo("y", 1, (-1, 3), np.dtype(np.float32), 0.0, 0)
     assert quantize(np.array([[1.5, 2.0, 3.0]]), float_tensor).dtype == np.float32
+
+
+def test_a_typed_placeholder_does_not_beat_the_config_file(tmp_path):
+    """`mlflow run` passes every MLproject default (e.g. `--max-accuracy-drop auto`); the file wins then."""
+    import click
+    from click.testing import CliRunner
+
+    from mlflow_tflite.options import click_options, pop_fields
+
+    path = tmp_path / "o.yaml"
+    path.write_text("tolerance: {max_accuracy_drop: 0.05}\nrun: {registered_model_name: my-net, no_register: 'false'}\n")
+    seen = {}
+
+    @click.command()
+    @click_options(Tolerance)
+    @click_options(RunSettings)
+    def command(**kwargs):
+        config = load_config(str(path), SECTIONS)
+        seen["tolerance"] = Tolerance(**pop_fields(Tolerance, kwargs, config["tolerance"]))
+        seen["run"] = RunSettings(**pop_fields(RunSettings, kwargs, config["run"]))
+
+    result = CliRunner().invoke(command, ["--max-accuracy-drop", "auto", "--registered-model-name", "auto",
+                                          "--num-threads", "3"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen["tolerance"].max_accuracy_drop == 0.05 and seen["tolerance"].min_cosine_similarity == 0.99
+    assert seen["run"] == RunSettings(registered_model_name="my-net", num_threads=3, no_register=False)
+    CliRunner().invoke(command, ["--max-accuracy-drop", "0.2"], catch_exceptions=False)
+    assert seen["tolerance"].max_accuracy_drop == 0.2  # a real typed value wins over the file
+
+
+def test_empty_config_values_are_one_line_errors(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("run: {num_threads: }\n")
+    with pytest.raises(TFLiteError, match="key 'num_threads' is empty"):
+        load_config(str(path), SECTIONS)

@@ -62,6 +62,8 @@ def test_latency_within_noise_is_a_tie_broken_by_accuracy_then_size():
     assert latency_tied(fast["metrics"], close["metrics"])
     assert rank_best([fast, close], "latency")["variant"] == "b-close"
     # 1.00 vs 1.30 ms with tight intervals: a real difference; the faster one wins.
+    nine_percent = _candidate("f", 1.09, 1.08, 1.10, accuracy=0.99)  # 9% slower is a real difference
+    assert not latency_tied(fast["metrics"], nine_percent["metrics"])
     slow = _candidate("c-slow", 1.30, 1.28, 1.32, accuracy=0.95)
     assert not latency_tied(fast["metrics"], slow["metrics"])
     assert rank_best([fast, slow], "latency")["variant"] == "a-fast"

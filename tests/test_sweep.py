@@ -197,6 +197,19 @@ def test_resume_refuses_other_settings(digits_files, tracking):
     assert [r.info.status for r in children(first.parent_run_id)] == ["FINISHED"]  # nothing ran again
 
 
+def test_resume_needs_a_sweep_parent_and_native_is_one_size(digits_files, tracking):
+    model, data = digits_files
+    with mlflow.start_run() as other:
+        pass
+    with pytest.raises(TFLiteError, match=f"run {other.info.run_id} is not a sweep parent"):
+        run_sweep(SweepConfig(expand_grid(["int8"], [0.0], [None]), model, data, resume=other.info.run_id),
+                  progress=False)
+    assert "mlflow_tflite.role" not in MlflowClient().get_run(other.info.run_id).data.tags
+    result = run_sweep(SweepConfig(expand_grid(["int8"], [0.0], [None, 8]), model, data, register=False),
+                       progress=False)  # native is 8 here: one variant, one child
+    assert [r["variant"] for r in result.rows] == ["int8-s0-i8"] and len(children(result.parent_run_id)) == 1
+
+
 def test_resume_runs_a_failed_variant_again_and_keeps_one_child(digits_files, tracking, monkeypatch):
     model, data = digits_files
     monkeypatch.setattr(sweep, "run_variant_task", faults.crash_on_variant)
