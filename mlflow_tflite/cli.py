@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import click
 
-from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.errors import TFLiteError, first_line
 
 # TensorFlow's C++ INFO/WARNING lines drown the CLI's own output; a user's setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,11 +32,6 @@ from mlflow_tflite.sources import SourceOptions  # noqa: E402
 # Sections of a --config YAML file and the dataclass each one's keys are fields of.
 CONFIG_SECTIONS = {"source": SourceOptions, "preprocessing": Preprocessing, "tolerance": Tolerance,
                    "run": RunSettings}
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 class _OneLineErrors(click.Group):
@@ -60,11 +55,11 @@ class _OneLineErrors(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except MlflowException as error:
-            raise click.ClickException(f"MLflow: {_first_line(error.message)}") from None
+            raise click.ClickException(f"MLflow: {first_line(error.message)}") from None
         except Exception as error:
             if os.environ.get("MLFLOW_TFLITE_TRACEBACK"):
                 raise
-            raise click.ClickException(f"{type(error).__name__}: {_first_line(error)}") from None
+            raise click.ClickException(f"{type(error).__name__}: {first_line(error)}") from None
 
 
 @click.group(cls=_OneLineErrors)

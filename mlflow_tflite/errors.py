@@ -14,3 +14,10 @@ class TFLiteError(MlflowException):
 
     def __init__(self, message: str):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first non-blank line of ``str(error)``, stripped and cut to ``limit`` characters;
+    the exception's type name when the message is empty. For one-line error messages."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:limit]

@@ -111,8 +111,3 @@ def _latency_stats(times_ms: np.ndarray) -> dict[str, float]:
         "latency_ms_ci95_low": low,
         "latency_ms_ci95_high": high,
     }
-
-
-def measure_latency(interpreter, arrays: list[np.ndarray], plan: LatencyPlan = LatencyPlan()) -> dict[str, float]:
-    """Latency metrics of one model (see :func:`measure_latencies`), in milliseconds."""
-    return measure_latencies({"model": (interpreter, arrays)}, plan)["model"]

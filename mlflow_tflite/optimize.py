@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.errors import TFLiteError, first_line
 
 # Fraction of the fine-tuning steps over which sparsity ramps up to the target; the rest of
 # the steps fine-tune with the final mask fixed (the guide's recipe of pruning, then recovering).
@@ -90,9 +90,7 @@ def _first_line(error: Exception, limit: int = 200) -> str:
     """The informative first line of an error; Keras's "Exception encountered when calling
     layer X" preamble is folded into the line that says what went wrong."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    reason = lines[0]
+    reason = first_line(error)
     if reason.startswith("Exception encountered when calling layer") and len(lines) > 1:
         layer = reason.removeprefix("Exception encountered when calling ").rstrip(".")
         reason = f"{layer}: {lines[1]}"

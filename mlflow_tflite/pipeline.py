@@ -19,6 +19,7 @@ from mlflow_tflite import backends, evaluate, registry, tags, tracking
 from mlflow_tflite.data import Dataset, calibration_sample, load_dataset, resize_images, validate_dataset
 from mlflow_tflite.demo import DEMO_MODEL_NAME
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.options import Task, parse_enum
 from mlflow_tflite.selection import Tolerance
 from mlflow_tflite.sources import Source, from_tf_keras, open_source
 from mlflow_tflite.variants import Variant
@@ -76,9 +77,6 @@ class Prepared:
         return shape[1] if len(shape) == 4 and shape[1] == shape[2] and shape[1] > 0 else None
 
 
-TASKS = ("auto", "classification", "fidelity")
-
-
 def prepare(model=None, data: str | None = None, task: str = "auto", preprocessing=None, tensor_errors: bool = True,
             **source_options) -> Prepared:
     """Open the source and data and compute the reference outputs.
@@ -100,8 +98,7 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
         TFLiteError: a bad model path or format, data without a model, an unknown task, or
             data that does not fit the model (see ``data.validate_dataset``).
     """
-    if task not in TASKS:
-        raise TFLiteError(f"task {task!r} is unknown; use one of {', '.join(TASKS)}")
+    task = parse_enum(Task, task, "task")
     if model is None and data is None:
         from mlflow_tflite.demo import load_or_train_digits_cnn
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlflow_tflite import tflite_file
-from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.variants import Variant
 
 # Per-tensor comparison metrics, as named by ai_edge_quantizer.utils.validation_utils.
@@ -104,8 +104,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
     except TFLiteError:
         raise
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise TFLiteError(f"the LiteRT Quantizer failed on recipe {name} ({first}); try backend=converter") from None
+        raise TFLiteError(f"the LiteRT Quantizer failed on recipe {name} ({first_line(error, 300)}); "
+                          "try backend=converter") from None
     quantized = bytes(result.quantized_model)
     if quantized == bytes(float_model) or not _has_quantized_tensors(quantized):
         raise TFLiteError(f"recipe {name} left the model unchanged (no op it quantizes); use backend=converter "
@@ -147,8 +147,7 @@ def tensor_errors(float_model: bytes, quantized_model: bytes, arrays: list[np.nd
     try:
         result = model_validator.compare_model(float_model, quantized_model, data, metrics, compare_fns, num_threads=1)
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise TFLiteError(f"per-tensor comparison with the float model failed ({first})") from None
+        raise TFLiteError(f"per-tensor comparison with the float model failed ({first_line(error, 200)})") from None
     producers = tflite_file.tensor_producers(quantized_model)
     rows = [{"tensor": name, "op": producers[name][0], "shape": str(list(producers[name][1])),
              "snr_db": float(10 * np.log10(max(values["snr"], 1e-30))), "cosine": values["cosine_similarity"],

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.errors import TFLiteError, first_line
 
 # Version of the interpreter package, recorded in the flavor configuration.
 RUNTIME_PACKAGE = "ai-edge-litert"
@@ -120,8 +120,7 @@ def invalid_model_error(tflite_model: bytes, error: Exception) -> TFLiteError:
         A :class:`TFLiteError` (to raise): the bytes are not a valid TFLite flatbuffer, or (an op
         that "failed to prepare") a valid model the LiteRT kernels cannot run in this form.
     """
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    reason = lines[0] if lines else type(error).__name__
+    reason = first_line(error)
     if "failed to prepare" in reason:
         return TFLiteError(
             f"the {len(tflite_model)}-byte model loads but LiteRT cannot prepare one of its ops ({reason}); "

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import Objective, number, option
+from mlflow_tflite.options import number, option
 
-OBJECTIVES = tuple(Objective)
 # Latency differences smaller than this fraction of the p50 are treated as noise even when the
 # measured 95% intervals do not overlap: the within-run interval cannot see drift between
 # processes (benchmarks/latency_noise.py: <= 0.6% between identical reruns on a quiet 2-core
@@ -136,7 +135,7 @@ def rank_best(candidates: list[dict], objective: str) -> dict:
 
     Args:
         candidates: non-empty list of dicts with ``variant`` (name) and ``metrics``.
-        objective: one of :data:`OBJECTIVES`.
+        objective: an ``options.Objective`` (or its string).
     """
     remaining = list(candidates)
     for key, tied in CRITERIA[objective]:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.options import SourceFormat, choice, names_list, option, shapes_map
 from mlflow_tflite.tags import SOURCE_MODEL_URI_TAG, SOURCE_RUN_ID_TAG
 
@@ -186,8 +186,7 @@ def from_mlflow_model(model_uri: str) -> Source:
         info = mlflow.models.get_model_info(model_uri)
         local = Path(_download_artifact_from_uri(model_uri))
     except Exception as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise TFLiteError(f"MLflow model {model_uri!r} could not be found ({reason}); check the name, version or run id") from None
+        raise TFLiteError(f"MLflow model {model_uri!r} could not be found ({first_line(error, 200)}); check the name, version or run id") from None
     flavors = Model.load(str(local)).flavors
     if "tensorflow" in flavors and "saved_model_dir" in flavors["tensorflow"]:
         source = from_saved_model(local / flavors["tensorflow"]["saved_model_dir"], uri=model_uri)
@@ -333,8 +332,7 @@ def open_source(
     try:
         keras_model = _load_keras_file(path)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TFLiteError(f"model file {model!r} could not be loaded as a Keras model ({reason[:200]})") from None
+        raise TFLiteError(f"model file {model!r} could not be loaded as a Keras model ({first_line(error, 200)})") from None
     source = from_keras_model(keras_model, uri=str(path.resolve()))
     source.name = path.stem
     return source

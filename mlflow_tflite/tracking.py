@@ -10,7 +10,7 @@ from mlflow.entities import RunStatus
 
 from mlflow_tflite import flavor, tags
 from mlflow_tflite.data import DIGITS_SOURCE, Dataset
-from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.tags import ERROR_TAG, ROLE_TAG, ROLE_VARIANT, VARIANT_TAG
 from mlflow_tflite.variants import Variant
 
@@ -205,10 +205,8 @@ def check_tracking_store(timeout_seconds: int = 10) -> None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:
-        lines = [line for line in str(error).strip().splitlines() if line.strip()]
-        reason = (lines[0] if lines else type(error).__name__)[:200]
         raise TFLiteError(
-            f"the MLflow tracking store {uri} cannot be reached ({reason}); start the server or set "
+            f"the MLflow tracking store {uri} cannot be reached ({first_line(error, 200)}); start the server or set "
             "MLFLOW_TRACKING_URI to one that answers"
         ) from None
     finally:
