@@ -21,6 +21,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 from mlflow_tflite.data import Preprocessing  # noqa: E402
+from mlflow_tflite.mixed import MixedPrecision  # noqa: E402
+from mlflow_tflite.optimize import QatOptions  # noqa: E402
 from mlflow_tflite.options import (  # noqa: E402
     IoType, OpsSet, RunSettings, choice, click_options, from_kwargs, given, load_config, number, pop_fields,
 )
@@ -31,7 +33,7 @@ from mlflow_tflite.sources import SourceOptions  # noqa: E402
 
 # Sections of a --config YAML file and the dataclass each one's keys are fields of.
 CONFIG_SECTIONS = {"source": SourceOptions, "preprocessing": Preprocessing, "tolerance": Tolerance,
-                   "run": RunSettings}
+                   "run": RunSettings, "mixed_precision": MixedPrecision, "qat": QatOptions}
 
 
 class _OneLineErrors(click.Group):
@@ -78,17 +80,20 @@ class JobOptions:
     preprocessing: Preprocessing
     tolerance: Tolerance
     run: RunSettings
+    mixed_precision: MixedPrecision
+    qat: QatOptions
 
     def open_args(self) -> dict:
         """``pipeline.prepare`` keyword arguments (besides model and data)."""
         preprocessing = None if self.preprocessing == Preprocessing() else self.preprocessing
         return {"task": self.run.task, "preprocessing": preprocessing, "tensor_errors": not self.run.no_tensor_errors,
+                "tolerance": self.tolerance, "mixed_precision": self.mixed_precision, "qat": self.qat,
                 **asdict(self.source)}
 
 
 def _job_options(command):
     """The options of :class:`JobOptions`, from the dataclasses' fields, plus ``--config``."""
-    for cls in (RunSettings, Tolerance, Preprocessing, SourceOptions):
+    for cls in (QatOptions, MixedPrecision, RunSettings, Tolerance, Preprocessing, SourceOptions):
         command = click_options(cls)(command)
     command = click.option("--config", default="none", show_default=True,
                            help="YAML file of expert options: sections " + ", ".join(CONFIG_SECTIONS) + ".")(command)

@@ -16,16 +16,39 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from mlflow_tflite.errors import TFLiteError, first_line
+from mlflow_tflite.options import check_range, number, option
 
 # Fraction of the fine-tuning steps over which sparsity ramps up to the target; the rest of
 # the steps fine-tune with the final mask fixed (the guide's recipe of pruning, then recovering).
 _RAMP_FRACTION = 0.7
 # Number of mask updates along the ramp (PolynomialDecay's ``frequency`` is derived from it).
 _MASK_UPDATES = 10
+
+
+@dataclass(frozen=True)
+class QatOptions:
+    """Fine-tuning of quantization-aware training (``quant=qat_int8``).
+
+    Attributes:
+        qat_epochs: epochs of fine-tuning with fake quantization (>= 1).
+        qat_learning_rate: Adam learning rate of that fine-tuning (> 0).
+
+    Raises:
+        TFLiteError: a value out of range.
+    """
+
+    qat_epochs: int = option(2, "qat_int8: fine-tuning epochs.", number(int, 1, optional=True))
+    qat_learning_rate: float = option(1e-4, "qat_int8: Adam learning rate of the fine-tuning.",
+                                      number(float, 0, low_open=True, optional=True))
+
+    def __post_init__(self):
+        check_range(self.qat_epochs, "qat_epochs", 1)
+        check_range(self.qat_learning_rate, "qat_learning_rate", 0, low_open=True)
 
 
 # --------------------------------------------------------------------------------------------

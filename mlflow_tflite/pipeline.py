@@ -19,6 +19,8 @@ from mlflow_tflite import backends, evaluate, registry, tags, tracking
 from mlflow_tflite.data import Dataset, calibration_sample, load_dataset, resize_images, validate_dataset
 from mlflow_tflite.demo import DEMO_MODEL_NAME
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.mixed import MixedPrecision
+from mlflow_tflite.optimize import QatOptions
 from mlflow_tflite.options import Task, parse_enum
 from mlflow_tflite.selection import Tolerance
 from mlflow_tflite.sources import Source, from_tf_keras, open_source
@@ -58,6 +60,9 @@ class Prepared:
             top-1 ``agreement``), see ``evaluate.class_score_outputs``.
         source_params: the source options that differ from ``SourceOptions()``, as run params.
         tensor_errors: compare quantized variants tensor by tensor with the float model.
+        tolerance: the bound ``int8_mixed`` searches to meet (``selection.Tolerance``).
+        mixed_precision: how ``int8_mixed`` searches (``mixed.MixedPrecision``).
+        qat: the fine-tuning of ``qat_int8`` (``optimize.QatOptions``).
     """
 
     source: Source
@@ -67,6 +72,9 @@ class Prepared:
     class_outputs: tuple[int, ...] = ()
     source_params: dict[str, str] = field(default_factory=dict)
     tensor_errors: bool = True
+    tolerance: Tolerance = Tolerance()
+    mixed_precision: MixedPrecision = MixedPrecision()
+    qat: QatOptions = QatOptions()
     variant_models: dict = field(default_factory=dict, repr=False)
     float_models: dict = field(default_factory=dict, repr=False)
 
@@ -78,7 +86,8 @@ class Prepared:
 
 
 def prepare(model=None, data: str | None = None, task: str = "auto", preprocessing=None, tensor_errors: bool = True,
-            **source_options) -> Prepared:
+            tolerance: Tolerance = Tolerance(), mixed_precision: MixedPrecision = MixedPrecision(),
+            qat: QatOptions = QatOptions(), **source_options) -> Prepared:
     """Open the source and data and compute the reference outputs.
 
     Args:
@@ -91,6 +100,7 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
             the labels, see ``evaluate.class_score_outputs``).
         preprocessing: ``data.Preprocessing`` applied to the data at load time.
         tensor_errors: compare every quantized variant tensor by tensor with the float model.
+        tolerance, mixed_precision, qat: see :class:`Prepared`.
         source_options: ``source_format``, ``signature_key``, ``input_arrays``,
             ``output_arrays``, ``input_shapes`` (see ``sources.open_source``).
 
@@ -111,8 +121,10 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
         source = open_source(model, **source_options)
         dataset = load_dataset(data, preprocessing) if data else None
     source_params = _changed_source_options(source_options)
+    shared = {"source_params": source_params, "tensor_errors": tensor_errors, "tolerance": tolerance,
+              "mixed_precision": mixed_precision, "qat": qat}
     if dataset is None:
-        return Prepared(source, None, None, "fidelity", source_params=source_params, tensor_errors=tensor_errors)
+        return Prepared(source, None, None, "fidelity", **shared)
     validate_dataset(dataset, source.input_shapes, None)
     reference = source.predict(dataset.test_inputs)
     class_outputs = evaluate.class_score_outputs(reference, dataset.y_test, task)
@@ -125,8 +137,7 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
                 f"{tuple(reference[0].shape)}; use task=fidelity"
             )
         validate_dataset(dataset, source.input_shapes, int(reference[0].shape[1]))
-    return Prepared(source, dataset, reference, task, class_outputs, source_params=source_params,
-                    tensor_errors=tensor_errors)
+    return Prepared(source, dataset, reference, task, class_outputs, **shared)
 
 
 def _changed_source_options(source_options: dict) -> dict[str, str]:

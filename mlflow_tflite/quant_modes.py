@@ -21,6 +21,8 @@ class QuantMode(enum.StrEnum):
     WEIGHT_ONLY_INT8 = "weight_only_int8"
     DYNAMIC_INT4 = "dynamic_int4"
     WEIGHT_ONLY_INT4 = "weight_only_int4"
+    INT8_MIXED = "int8_mixed"
+    QAT_INT8 = "qat_int8"
 
 
 class Backend(enum.StrEnum):
@@ -55,6 +57,10 @@ class QuantRecipe:
         litert_recipe: the LiteRT Quantizer's named recipe for the mode (a function of
             ``ai_edge_quantizer.recipe``), or ``None`` when only the converter makes it.
         converter: TFLiteConverter can make the mode.
+        mixed: accuracy-guided mixed precision: int8, with the layers that cost the most
+            accuracy kept in float until the tolerance is met (``mixed.py``).
+        trained: quantization-aware training: the tf_keras model is fine-tuned with fake
+            quantization before conversion (``optimize.qat_model``).
     """
 
     calibrated: bool
@@ -65,6 +71,8 @@ class QuantRecipe:
     recognised_by: str
     litert_recipe: str | None = None
     converter: bool = True
+    mixed: bool = False
+    trained: bool = False
 
     def backends(self) -> tuple[Backend, ...]:
         """The backends that can make this mode (the float model, ``none``, needs no recipe)."""
@@ -91,6 +99,11 @@ QUANT_RECIPES: dict[QuantMode, QuantRecipe] = {
     QuantMode.WEIGHT_ONLY_INT4: QuantRecipe(False, True, False, Kernels.BUILTINS, False,
                                             "int4 weights dequantized to float (LiteRT Quantizer)",
                                             "weight_only_wi4_afp32", converter=False),
+    # Builtin (float-capable) kernels: the layers kept in float run float kernels.
+    QuantMode.INT8_MIXED: QuantRecipe(True, True, False, Kernels.BUILTINS, False,
+                                      "as int8, with some ops left in float", "static_wi8_ai8", mixed=True),
+    QuantMode.QAT_INT8: QuantRecipe(True, True, False, Kernels.INT8, False,
+                                    "as int8 (ranges learnt in quantization-aware training)", trained=True),
 }
 
 

@@ -64,9 +64,13 @@ class Variant:
         return self.recipe.calibrated
 
     @property
-    def model_key(self) -> tuple[int | None, float]:
-        """``(input_size, sparsity)``: variants with the same key share one resized/pruned model."""
-        return self.input_size, self.sparsity
+    def model_key(self) -> tuple[int | None, float, bool]:
+        """``(input_size, sparsity, trained)``: variants with the same key share one adapted model.
+
+        ``trained`` is True for quantization-aware training, whose fine-tuned model only
+        ``qat_int8`` uses.
+        """
+        return self.input_size, self.sparsity, self.recipe.trained
 
     @property
     def name(self) -> str:

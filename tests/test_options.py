@@ -37,7 +37,8 @@ def test_parameter_types_parse_and_reject_in_one_line():
 
 def test_every_mode_has_one_recipe_and_is_recognised_from_its_traits():
     assert set(QUANT_RECIPES) == set(QuantMode)
-    assert [m for m, r in QUANT_RECIPES.items() if r.calibrated] == ["int8", "int8_full", "int16x8"]
+    assert [m for m, r in QUANT_RECIPES.items() if r.calibrated] == ["int8", "int8_full", "int16x8", "int8_mixed",
+                                                                     "qat_int8"]
     traits = {
         "none": ModelTraits(False, False, False, False, False),
         "dynamic": ModelTraits(False, False, False, True, False),
@@ -52,7 +53,8 @@ def test_every_mode_has_one_recipe_and_is_recognised_from_its_traits():
 def test_variant_takes_strings_once_and_names_itself():
     variant = Variant("int8_full", 0.5, 96, io_type="uint8", ops="select_tf")
     assert variant.quant is QuantMode.INT8_FULL and variant.quant == "int8_full"
-    assert variant.name == "int8_full-uint8-s0.5-i96-select_tf" and variant.model_key == (96, 0.5)
+    assert variant.name == "int8_full-uint8-s0.5-i96-select_tf" and variant.model_key == (96, 0.5, False)
+    assert Variant("qat_int8", 0.5, 96).model_key == (96, 0.5, True)  # QAT fine-tunes its own model
     for kwargs, message in [({"quant": "int4"}, "quant 'int4' is unknown"),
                             ({"calibration_samples": 0}, "calibration_samples=0 must be > 0"),
                             ({"io_type": "int16"}, "io_type 'int16' is unknown")]:
