@@ -8,12 +8,13 @@ quantized variant is compared tensor by tensor with the float model of the same 
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from mlflow_tflite import convert, quantize
+from mlflow_tflite import convert, mixed, quantize
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.quant_modes import Backend, QuantMode
 from mlflow_tflite.variants import Variant
@@ -68,6 +69,70 @@ def produce(prepared, variant: Variant, source, calibration: list[np.ndarray] | 
                     quantization.recipe_json)
 
 
+def mixed_search(prepared, variant: Variant, source, calibration: list[np.ndarray] | None,
+                 x_test: list[np.ndarray] | None, measure) -> tuple[Produced, mixed.SearchResult]:
+    """``int8_mixed``: search the layers to keep in float (``mixed.search``) with the variant's backend.
+
+    The converter calibrates once and re-quantizes with denylisted nodes
+    (``convert.SelectiveQuantizer``); the LiteRT Quantizer calibrates once and re-quantizes with
+    ``NO_QUANTIZE`` rules (``quantize.quantize(keep_float=...)``). Layers are ranked by the
+    per-tensor error of the full int8 model against the float model of the same key.
+
+    Args:
+        measure: flatbuffer bytes -> metrics (accuracy or fidelity, size, float ops).
+
+    Returns:
+        ``(Produced, SearchResult)``: the chosen trial's model; ``quantize_seconds`` sums the
+        time spent calibrating and quantizing (not evaluating) over all trials.
+
+    Raises:
+        TFLiteError: no calibration or evaluation data, an unknown float layer name, or a
+            quantization failure.
+    """
+    if calibration is None or x_test is None:
+        raise TFLiteError("quant=int8_mixed measures each trial against the source; pass data with training "
+                          "(calibration) and test examples")
+    float_bytes, float_seconds = float_model(prepared, variant, source)
+    spent = [0.0]
+    recipes: dict[tuple[str, ...], str] = {}
+    if variant.backend == Backend.CONVERTER:
+        started = time.perf_counter()
+        selective = convert.SelectiveQuantizer(source, variant, calibration)
+        spent[0] += time.perf_counter() - started
+        make = selective
+    else:
+        calibrated: dict = {}
+
+        def make(keep_float: tuple[str, ...]) -> bytes:
+            result = quantize.quantize(float_bytes, variant, calibration, source.input_names, keep_float,
+                                       calibrated.get("qsvs"))
+            calibrated["qsvs"], recipes[keep_float] = result.calibration_result, result.recipe_json
+            return result.tflite_model
+
+    def timed(keep_float: tuple[str, ...]) -> bytes:
+        started = time.perf_counter()
+        try:
+            return make(keep_float)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    def rank(full_int8: bytes) -> list[mixed.Layer]:
+        return mixed.rank_layers(_compare(float_bytes, full_int8, x_test, source.input_names), float_bytes)
+
+    result = mixed.search(timed, measure, prepared.tolerance.violation, rank, mixed.model_layers(float_bytes),
+                          prepared.mixed_precision)
+    seconds = {"float_convert_seconds": float_seconds, "quantize_seconds": spent[0]}
+    return (Produced(result.chosen.tflite_model, {**seconds, "convert_seconds": sum(seconds.values())},
+                     recipes.get(result.chosen.float_layers)), result)
+
+
+def _compare(float_bytes: bytes, tflite_model: bytes, x_test: list[np.ndarray], input_names) -> list[dict]:
+    """``quantize.tensor_errors`` without the interpreter's debugging-mode warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        return quantize.tensor_errors(float_bytes, tflite_model, x_test, input_names)
+
+
 def tensor_errors(prepared, variant: Variant, source, tflite_model: bytes,
                   x_test: list[np.ndarray] | None) -> tuple[list[dict] | None, str | None]:
     """Per-tensor error of a quantized variant against the float model of its key.
@@ -84,9 +149,7 @@ def tensor_errors(prepared, variant: Variant, source, tflite_model: bytes,
     if variant.recipe.integer_io:
         return None, f"{variant.quant} has integer I/O; compare the int8 variant (same kernels, float I/O)"
     float_bytes, _ = float_model(prepared, variant, source)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-        try:
-            return quantize.tensor_errors(float_bytes, tflite_model, x_test, source.input_names), None
-        except TFLiteError as error:
-            return None, error.message
+    try:
+        return _compare(float_bytes, tflite_model, x_test, source.input_names), None
+    except TFLiteError as error:
+        return None, error.message

@@ -125,6 +125,21 @@ def _read_job_options(kwargs: dict) -> JobOptions:
     )
 
 
+def _check_mode_options(job: JobOptions, quants) -> None:
+    """Options of int8_mixed / qat_int8 given without that mode would be silently ignored: refuse them.
+
+    Raises:
+        TFLiteError: names the options, the modes requested and what to do.
+    """
+    quants = {QuantMode(q) for q in quants}
+    for options, mode in ((job.mixed_precision, QuantMode.INT8_MIXED), (job.qat, QuantMode.QAT_INT8)):
+        changed = [f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in asdict(options).items()
+                   if v != getattr(type(options)(), k)]
+        if changed and mode not in quants:
+            raise TFLiteError(f"{', '.join(changed)} only apply to quant={mode}, but quant is "
+                              f"{','.join(sorted(quants))}; add {mode} to quant or leave them out")
+
+
 def _input_size(value: str | int | None) -> int | None:
     """'native' / '0' / None -> None; '96' -> 96; anything else -> a one-line error."""
     if given(value) is None or str(value) == "0":
@@ -159,6 +174,7 @@ def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, back
     job = _read_job_options(kwargs)
     requested_size = _input_size(input_size)
     Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type, backend)  # checked before any work
+    _check_mode_options(job, [quant])
     _check_and_start(job)
     prepared = prepare(job.model, job.data, **job.open_args())
     variant = Variant(quant, sparsity, requested_size or prepared.native_input_size, calibration_samples, ops, io_type, backend)
@@ -184,6 +200,7 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
     variants = expand_grid(
         parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float), sizes, calibration_samples, ops, io_type, backend
     )
+    _check_mode_options(job, [v.quant for v in variants])
     config = SweepConfig(
         variants, job.model, job.data, job.open_args(), tolerance=job.tolerance,
         registered_model_name=job.run.registered_model_name, num_threads=job.run.num_threads,
@@ -222,6 +239,8 @@ def _print_result(result) -> None:
         if key in metrics
     )
     click.echo(f"run {result.run_id} variant {result.variant.name}: {shown}")
+    if result.message:
+        click.echo(f"int8_mixed: {result.message}")
     if "latency_ms_p50" not in metrics:
         from mlflow_tflite.tags import NOT_EVALUATED_TAG
 

@@ -7,6 +7,8 @@ float16, full integer with a representative dataset (float or integer I/O) and 1
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -128,3 +130,61 @@ def _conversion_error_message(variant: Variant, error: Exception) -> str:
     reason = (lines[0] if lines else type(error).__name__)[:300]
     hint = "try ops=select_tf or another quant mode" if variant.ops == "builtins" else "try another quant mode"
     return f"conversion of variant {variant.name!r} failed: {reason}; {hint}"
+
+
+class SelectiveQuantizer:
+    """The converter's full-integer quantization with chosen ops left in float (mixed precision).
+
+    TensorFlow Lite's selective quantization recipe
+    (https://ai.google.dev/edge/litert/models/quantization_debugger, "Selective quantization"):
+    one ``QuantizationDebugger`` calibrates the model once; each call then re-quantizes the
+    calibrated model with ``QuantizationDebugOptions(denylisted_nodes=...)`` and returns
+    ``get_nondebug_quantized_model()``.
+    """
+
+    def __init__(self, source: Source, variant: Variant, calibration: list[np.ndarray]):
+        """Calibrate ``source`` for ``variant`` (an int8_mixed variant: builtin kernels, float I/O).
+
+        Raises:
+            TFLiteError: no calibration data, or the converter failed to calibrate.
+        """
+        import tensorflow as tf
+
+        converter = source.converter()
+        names = None if source.kind == "frozen_graph" else source.input_names
+        configure(converter, variant, calibration, names)
+        self.variant, started = variant, time.perf_counter()
+        try:
+            with _debugger_quiet():
+                self.debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter, debug_dataset=representative_dataset(calibration, names))
+        except Exception as error:
+            raise TFLiteError(_conversion_error_message(variant, error)) from None
+        self.calibrate_seconds = time.perf_counter() - started
+
+    def __call__(self, keep_float: tuple[str, ...]) -> bytes:
+        """The int8 model with the ops writing the tensors ``keep_float`` (float model names) in float.
+
+        Raises:
+            TFLiteError: the converter could not quantize (one line).
+        """
+        import tensorflow as tf
+
+        try:
+            with _debugger_quiet():
+                self.debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+                    denylisted_nodes=list(keep_float))
+                return self.debugger.get_nondebug_quantized_model()
+        except Exception as error:
+            raise TFLiteError(_conversion_error_message(self.variant, error)) from None
+
+
+@contextlib.contextmanager
+def _debugger_quiet():
+    """The debugger's noise: a C++ line per quantization and TensorFlow's interpreter deprecation warning."""
+    from mlflow_tflite.quiet import dropped_lines
+
+    with warnings.catch_warnings(), dropped_lines(re.compile(r"fully_quantize: \d|Created TensorFlow Lite XNNPACK delegate")):
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        yield

@@ -232,6 +232,7 @@ class Outcome:
         tensor_errors: per-tensor error rows against the float model (``quantize.tensor_errors``),
             or ``None`` with ``tensor_errors_note`` saying why.
         edgetpu: static Edge TPU readiness report (``edgetpu.readiness``) of integer-I/O variants, else ``None``.
+        search: the mixed-precision search (``mixed.SearchResult``) of ``int8_mixed``, else ``None``.
     """
 
     tflite_model: bytes
@@ -244,6 +245,33 @@ class Outcome:
     tensor_errors: list[dict] | None = None
     tensor_errors_note: str | None = None
     edgetpu: dict | None = None
+    search: object | None = None
+    max_trials: int | None = None
+
+    @property
+    def final_step(self) -> int:
+        """Step of the run's final metric values: 0, or after the trials of a mixed-precision search."""
+        return len(self.search.trials) + 1 if self.search is not None else 0
+
+    def latency_models(self, name: str) -> dict[str, tuple[bytes, object]]:
+        """The models to time for variant ``name``: its own, and each other trial's as ``name#trial<n>``."""
+        models = {name: (self.tflite_model, self.input_example)}
+        for trial in self.search.trials if self.search is not None else []:
+            if trial.number != self.search.chosen.number:
+                models[f"{name}#trial{trial.number}"] = (trial.tflite_model, self.input_example)
+        return models
+
+    def trial_latencies(self, name: str, latencies: dict[str, dict[str, float]]) -> dict[int, float]:
+        """Trial number -> ``latency_ms_p50`` from :func:`time_latency` results of :meth:`latency_models`."""
+        if self.search is None:
+            return {}
+        return {t.number: latencies[name if t.number == self.search.chosen.number else f"{name}#trial{t.number}"]["latency_ms_p50"]
+                for t in self.search.trials}
+
+    @property
+    def tolerance_met(self) -> bool:
+        """False only for an ``int8_mixed`` search that did not meet the tolerance (never selected or promoted)."""
+        return self.search is None or self.search.tolerance_met
 
 
 def _probe_input(source: Source) -> np.ndarray:
@@ -258,12 +286,27 @@ def _example(source: Source, x_test: list[np.ndarray]):
     return {name: x[:2] for name, x in zip(source.input_names, x_test)}
 
 
+def _measure(prepared: Prepared, adapted: VariantModel, tflite_model: bytes, interpreter=None) -> dict[str, float]:
+    """Size, float ops and (with data) accuracy/fidelity of a flatbuffer against the source's reference."""
+    from mlflow_tflite import runtime, tflite_file
+
+    metrics = {**evaluate.size_metrics(tflite_model), "float_ops": tflite_file.float_ops(tflite_model)}
+    if prepared.dataset is not None:
+        metrics.update(evaluate.evaluate(
+            tflite_model, interpreter or runtime.make_interpreter(tflite_model), prepared.reference, adapted.x_test,
+            prepared.dataset.y_test, input_names=adapted.source.input_names,
+            output_names=adapted.source.output_names, class_outputs=prepared.class_outputs, task=prepared.task,
+        ))
+    return metrics
+
+
 def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
     """Convert the variant's model and measure it against the original source (no latency yet).
 
     Accuracy and fidelity compare the variant (on test images at its input size) with the
     original source model's reference outputs, so resizing and pruning losses both show.
-    Latency is timed afterwards, in a quiet phase (:func:`time_latency`).
+    Latency is timed afterwards, in a quiet phase (:func:`time_latency`). ``int8_mixed``
+    searches its float layers first (``backends.mixed_search``); the chosen trial is the model.
 
     Raises:
         TFLiteError: resizing, pruning or conversion failed, or a calibrated mode has no data.
@@ -274,34 +317,34 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
     calibration = None
     if variant.calibrated and adapted.x_train is not None:
         calibration = calibration_sample(adapted.x_train, variant.calibration_samples)
-    produced = backends.produce(prepared, variant, adapted.source, calibration)
+    search = None
+    if variant.recipe.mixed:
+        produced, search = backends.mixed_search(prepared, variant, adapted.source, calibration, adapted.x_test,
+                                                 lambda model: _measure(prepared, adapted, model))
+    else:
+        produced = backends.produce(prepared, variant, adapted.source, calibration)
     tflite_model, inventory = produced.tflite_model, tflite_file.op_inventory(produced.tflite_model)
     example = _example(adapted.source, adapted.x_test) if adapted.x_test else _probe_input(adapted.source)
-    metrics = {**evaluate.size_metrics(tflite_model), **produced.seconds}
-    metrics["float_ops"] = tflite_file.float_ops(tflite_model)
     edgetpu_report = edgetpu.readiness(tflite_model) if variant.recipe.integer_io else None
-    if edgetpu_report:
-        metrics["edgetpu_mapped_fraction"] = edgetpu_report["edgetpu_mapped_fraction"]
     try:
         interpreter = runtime.make_interpreter(tflite_model)
     except TFLiteError as error:
         if not tflite_file.flex_ops(tflite_model):
             raise
+        metrics = {**evaluate.size_metrics(tflite_model), **produced.seconds,
+                   "float_ops": tflite_file.float_ops(tflite_model)}
         return Outcome(tflite_model, metrics, calibration, example, inventory, error.message, produced.recipe_json,
                        edgetpu=edgetpu_report)
-    if prepared.dataset is not None:
-        metrics.update(evaluate.evaluate(
-            tflite_model, interpreter, prepared.reference, adapted.x_test, prepared.dataset.y_test,
-            input_names=adapted.source.input_names, output_names=adapted.source.output_names,
-            class_outputs=prepared.class_outputs, task=prepared.task,
-        ))
+    metrics = {**_measure(prepared, adapted, tflite_model, interpreter), **produced.seconds}
+    if edgetpu_report:
+        metrics["edgetpu_mapped_fraction"] = edgetpu_report["edgetpu_mapped_fraction"]
     metrics["sparsity_achieved"] = tflite_file.tflite_sparsity(tflite_model)
     rows, note = (backends.tensor_errors(prepared, variant, adapted.source, tflite_model, adapted.x_test)
                   if prepared.tensor_errors else (None, "skipped (no_tensor_errors)"))
     if rows:
         metrics["min_tensor_snr_db"] = rows[0]["snr_db"]
     return Outcome(tflite_model, metrics, calibration, example, inventory, None, produced.recipe_json, rows, note,
-                   edgetpu_report)
+                   edgetpu_report, search, prepared.mixed_precision.max_trials if search else None)
 
 
 def example_arrays(example) -> tuple[list[np.ndarray], list[str] | None]:
@@ -345,7 +388,9 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
     Returns:
         ``(model_info, eval_digest)``: the logged model and the evaluation data digest (or ``None``).
     """
-    mlflow.log_metrics(outcome.metrics)
+    if outcome.search is not None:
+        tracking.log_search(outcome.search, outcome.max_trials)
+    mlflow.log_metrics(outcome.metrics, step=outcome.final_step)
     mlflow.log_dict(outcome.op_inventory, "op_inventory.json")
     if outcome.edgetpu:
         mlflow.log_dict(outcome.edgetpu, "edgetpu_readiness.json")
@@ -359,6 +404,14 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
     return model_info, eval_digest
 
 
+def log_trial_latencies(run_id: str, outcome: Outcome, name: str, latencies: dict[str, dict[str, float]]) -> None:
+    """``latency_ms_p50`` at each mixed-precision trial's step of the variant's run (nothing for other modes)."""
+    from mlflow_tflite.sweep_runs import log_metrics_to
+
+    for number, p50 in outcome.trial_latencies(name, latencies).items():
+        log_metrics_to(run_id, {"latency_ms_p50": p50}, step=number)
+
+
 @dataclass(frozen=True)
 class VariantResult:
     """What one variant produced: its run id, metrics and (if registered) its registration."""
@@ -368,6 +421,7 @@ class VariantResult:
     metrics: dict[str, float]
     model_uri: str
     registration: registry.Registration | None
+    message: str | None = None
 
 
 def run_variant(
@@ -400,13 +454,16 @@ def run_variant(
                             prepared.dataset.preprocessing if prepared.dataset else None, prepared.source_params)
         outcome = convert_and_evaluate(prepared, variant)
         if not outcome.not_evaluated:
-            outcome.metrics.update(time_latency({variant.name: (outcome.tflite_model, outcome.input_example)},
-                                                num_threads)[variant.name])
+            latencies = time_latency(outcome.latency_models(variant.name), num_threads)
+            outcome.metrics.update(latencies[variant.name])
         model_info, eval_digest = log_outcome(outcome, variant, prepared.dataset, num_threads)
+        if not outcome.not_evaluated:
+            log_trial_latencies(mlflow.active_run().info.run_id, outcome, variant.name, latencies)
         registration = None
-        if register and not outcome.not_evaluated:
+        if register and not outcome.not_evaluated and outcome.tolerance_met:
             name = registered_model_name or prepared.source.name
             registration = registry.register_and_promote(
                 model_info.model_uri, name, outcome.metrics, eval_digest, variant.name, tolerance
             )
-    return VariantResult(run.info.run_id, variant, outcome.metrics, model_info.model_uri, registration)
+    message = outcome.search.message if outcome.search is not None else None
+    return VariantResult(run.info.run_id, variant, outcome.metrics, model_info.model_uri, registration, message)

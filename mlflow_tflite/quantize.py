@@ -9,8 +9,11 @@ tensor the two share by name (the LiteRT Quantizer's ``model_validator.compare_m
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,11 +28,16 @@ ERROR_METRICS = ("snr", "cosine_similarity", "mse")
 
 @dataclass(frozen=True)
 class Quantization:
-    """A quantized model: flatbuffer bytes, the recipe (JSON text) and the wall time in seconds."""
+    """A quantized model: flatbuffer bytes, the recipe (JSON text) and the wall time in seconds.
+
+    ``calibration_result`` holds the quantizer's calibration (tensor name -> min/max), to
+    quantize the same float model again with another recipe without calibrating again.
+    """
 
     tflite_model: bytes
     recipe_json: str
     quantize_seconds: float
+    calibration_result: dict | None = None
 
 
 def _signature(float_model: bytes) -> tuple[str, list[str]]:
@@ -68,8 +76,20 @@ def signature_samples(float_model: bytes, arrays: list[np.ndarray], input_names:
     return {key: [{name: x[i : i + 1].astype(np.float32) for name, x in by_name.items()} for i in range(rows)]}
 
 
+def skip_rule(tensor: str) -> str:
+    """The recipe scope regex that matches the op whose (first) output tensor is ``tensor``.
+
+    The LiteRT Quantizer names an op's scope by its output tensor names joined by ``;`` with a
+    trailing ``;`` (``ai_edge_quantizer.utils.tfl_flatbuffer_utils.get_op_scope``).
+    """
+    import re
+
+    return "^" + re.escape(tensor) + ";"
+
+
 def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray] | None,
-             input_names: list[str] | None = None) -> Quantization:
+             input_names: list[str] | None = None, keep_float: tuple[str, ...] = (),
+             calibration_result: dict | None = None) -> Quantization:
     """Quantize a float flatbuffer with the LiteRT Quantizer recipe of ``variant.quant``.
 
     Args:
@@ -78,6 +98,10 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         calibration: representative dataset (one float32 ``(N, ...)`` array per input), needed
             by the static recipes (int8, int16x8).
         input_names: the source's input names, to match the signature's.
+        keep_float: output tensor names of ops to leave in float (mixed precision): each gets a
+            ``NO_QUANTIZE`` rule after the recipe's own, and the latest matching rule wins.
+        calibration_result: an earlier :class:`Quantization`'s ``calibration_result`` of the
+            same float model, reused instead of calibrating again.
 
     Returns:
         :class:`Quantization`.
@@ -95,11 +119,14 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
     started = time.perf_counter()
     try:
         engine = quantizer.Quantizer(bytearray(float_model), getattr(recipe, name)())
-        qsvs = None
-        if engine.need_calibration:
+        for tensor in keep_float:
+            engine.update_quantization_recipe(skip_rule(tensor), "*", algorithm_key="no_quantize")
+        qsvs = calibration_result
+        if engine.need_calibration and qsvs is None:
             if calibration is None or not len(calibration[0]):
                 raise TFLiteError(f"quant={variant.quant} (recipe {name}) needs a representative dataset; pass data")
-            qsvs = engine.calibrate(signature_samples(float_model, calibration, input_names), num_threads=1)
+            with _quiet_calibration():
+                qsvs = engine.calibrate(signature_samples(float_model, calibration, input_names), num_threads=1)
         result = engine.quantize(qsvs, enable_progress_report=False)
     except TFLiteError:
         raise
@@ -110,7 +137,15 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
     if quantized == bytes(float_model) or not _has_quantized_tensors(quantized):
         raise TFLiteError(f"recipe {name} left the model unchanged (no op it quantizes); use backend=converter "
                           "or another quant")
-    return Quantization(quantized, json.dumps(result.recipe, default=str), time.perf_counter() - started)
+    return Quantization(quantized, json.dumps(result.recipe, default=str), time.perf_counter() - started, qsvs)
+
+
+@contextlib.contextmanager
+def _quiet_calibration():
+    """Silence calibration's progress bar (tqdm on stderr, it breaks the CLI's lines) and debugging-mode warning."""
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        yield
 
 
 def _has_quantized_tensors(tflite_model: bytes) -> bool:

@@ -9,6 +9,7 @@ passes on every captured line that is not one of those known notices.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -23,6 +24,25 @@ _NOISE = re.compile(
 _started = False
 
 
+@contextlib.contextmanager
+def dropped_lines(noise: re.Pattern):
+    """Capture file descriptor 2 (C++ logging) in the block; write back the lines ``noise`` does not match."""
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                    if line.strip() and not noise.search(line)]
+            sys.stderr.write("".join(kept))
+
+
 def start_tensorflow() -> None:
     """Import TensorFlow and initialise its devices once, dropping the known start-up notices.
 
@@ -32,20 +52,8 @@ def start_tensorflow() -> None:
     global _started
     if _started:
         return
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
+    with dropped_lines(_NOISE):
+        import tensorflow as tf
 
-            tf.constant(0.0).numpy()  # the first op initialises the devices (the cuInit line)
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        captured.seek(0)
-        kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                if line.strip() and not _NOISE.search(line)]
-    sys.stderr.write("".join(kept))
+        tf.constant(0.0).numpy()  # the first op initialises the devices (the cuInit line)
     _started = True

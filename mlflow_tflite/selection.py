@@ -64,7 +64,7 @@ class Tolerance:
             return f"1 - agreement {1.0 - metrics['agreement']:.4f} > max_accuracy_drop {self.max_accuracy_drop:g}"
         cosine = metrics.get("cosine_similarity")
         if cosine is not None and cosine < self.min_cosine_similarity - 1e-12:
-            return f"cosine_similarity {cosine:.4f} < min_cosine_similarity {self.min_cosine_similarity:g}"
+            return f"cosine_similarity {cosine:.6g} < min_cosine_similarity {self.min_cosine_similarity:g}"
         relative = metrics.get("relative_error")
         if self.max_relative_error is not None and relative is not None and relative > self.max_relative_error:
             return f"relative_error {relative:.4g} > max_relative_error {self.max_relative_error:g}"

@@ -186,7 +186,7 @@ def run_variant_task(variant: Variant) -> pipeline.Outcome:
 def _log_child(variant: Variant, meta: dict, status: str, value, dataset, num_threads: int) -> dict:
     """One child run: FINISHED with the outcome, or FAILED with the error message; its row."""
     row = {"variant": variant.name, "status": "FINISHED", "metrics": {}, "model_uri": None, "error": "",
-           "eval_digest": None, "evaluated": False}
+           "eval_digest": None, "evaluated": False, "tolerance_met": True, "final_step": 0}
     try:
         with tracking.variant_run(variant, nested=True) as run:
             row["run_id"] = run.info.run_id
@@ -195,7 +195,8 @@ def _log_child(variant: Variant, meta: dict, status: str, value, dataset, num_th
             if status != "ok":
                 raise TFLiteError(value)
             model_info, row["eval_digest"] = pipeline.log_outcome(value, variant, dataset, num_threads)
-            row.update(metrics=dict(value.metrics), model_uri=model_info.model_uri, evaluated=not value.not_evaluated)
+            row.update(metrics=dict(value.metrics), model_uri=model_info.model_uri, evaluated=not value.not_evaluated,
+                       tolerance_met=value.tolerance_met, final_step=value.final_step)
     except TFLiteError as error:
         row.update(status="FAILED", error=error.message)
     return row
@@ -212,6 +213,8 @@ def _row_of_run(run) -> dict:
         "error": run.data.tags.get(tags.ERROR_TAG, ""),
         "eval_digest": tracking.evaluation_digest(run),
         "evaluated": tags.NOT_EVALUATED_TAG not in run.data.tags,
+        "tolerance_met": run.data.tags.get(tags.TOLERANCE_MET_TAG, "true") == "true",
+        "final_step": int(run.data.params.get("mixed_trials", -1)) + 1,
     }
 
 
@@ -313,12 +316,14 @@ def _time_latencies(rows: list[dict], outcomes: dict, earlier_runs: dict, num_th
     models = {}
     for row in timed:
         outcome = outcomes.get(row["variant"])
-        models[row["variant"]] = ((outcome.tflite_model, outcome.input_example) if outcome is not None
-                                  else sweep_runs.logged_model_and_example(earlier_runs[row["variant"]]))
+        models.update(outcome.latency_models(row["variant"]) if outcome is not None
+                      else {row["variant"]: sweep_runs.logged_model_and_example(earlier_runs[row["variant"]])})
     latencies = pipeline.time_latency(models, num_threads)
     for row in timed:
         row["metrics"].update(latencies[row["variant"]])
-        sweep_runs.log_metrics_to(row["run_id"], latencies[row["variant"]])
+        sweep_runs.log_metrics_to(row["run_id"], latencies[row["variant"]], step=row["final_step"])
+        if row["variant"] in outcomes:
+            pipeline.log_trial_latencies(row["run_id"], outcomes[row["variant"]], row["variant"], latencies)
 
 
 def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str) -> dict:
@@ -350,7 +355,9 @@ def _choose_and_register(parent_run_id: str, rows: list[dict], config: SweepConf
     from mlflow_tflite import report
 
     # Variants that could not be run here (Flex ops) have no latency or accuracy to compare.
-    candidates = [r for r in rows if r["status"] == "FINISHED" and "latency_ms_p50" in r["metrics"]]
+    # An int8_mixed search that missed the tolerance is never a candidate (tag tolerance_met=false).
+    candidates = [r for r in rows if r["status"] == "FINISHED" and "latency_ms_p50" in r["metrics"]
+                  and r["tolerance_met"]]
     best = selection.select_best(candidates, config.objective, config.tolerance,
                                  config.max_size_bytes, config.max_latency_ms)
     report.log_comparison(rows, best, config.tolerance.max_accuracy_drop)

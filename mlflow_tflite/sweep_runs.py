@@ -135,9 +135,9 @@ def logged_model_and_example(run) -> tuple[bytes, object]:
         return tflite_model, model.load_input_example(local)
 
 
-def log_metrics_to(run_id: str, metrics: dict[str, float]) -> None:
-    """Add metrics to a (possibly ended) run in one call."""
+def log_metrics_to(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Add metrics at ``step`` to a (possibly ended) run in one call."""
     import time
 
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])

@@ -18,6 +18,8 @@ SOURCE_MODEL_URI_TAG = "mlflow_tflite.source_model_uri"
 SOURCE_RUN_ID_TAG = "mlflow_tflite.source_run_id"
 WORST_TENSOR_TAG = "mlflow_tflite.worst_tensor"  # tensor with the lowest SNR against the float model
 TENSOR_ERRORS_NOTE_TAG = "mlflow_tflite.tensor_errors"  # why a quantized run has no per-tensor table
+# int8_mixed: "true" / "false"; a "false" variant is never selected or promoted (DESIGN.md contract).
+TOLERANCE_MET_TAG = "mlflow_tflite.tolerance_met"
 SUPERSEDED_TAG = "mlflow_tflite.superseded_by"  # on a replaced FAILED / KILLED child: the new run id
 
 # --- sweep parent runs -----------------------------------------------------------------------

@@ -158,6 +158,23 @@ def tensor_producers(tflite_model: bytes) -> dict[str, tuple[str, tuple[int, ...
     return produced
 
 
+def op_tensors(tflite_model: bytes) -> list[tuple[str, list[str], list[str]]]:
+    """``(op name, input tensor names, output tensor names)`` of each op of the main subgraph, in execution order.
+
+    Optional inputs that are absent (index -1) are left out.
+
+    Raises:
+        TFLiteError: the bytes are not a TFLite flatbuffer.
+    """
+    model = read_flatbuffer(tflite_model)
+    names = _op_names(model)
+    subgraph = model.subgraphs[0]
+    tensor_names = lambda indices: [subgraph.tensors[i].name.decode()  # noqa: E731
+                                    for i in (indices if indices is not None else []) if i >= 0]
+    return [(names[op.opcodeIndex], tensor_names(op.inputs), tensor_names(op.outputs))
+            for op in subgraph.operators or []]
+
+
 def flex_ops(tflite_model: bytes) -> list[str]:
     """Names of the Flex (SELECT_TF_OPS) ops in a model.
 

@@ -185,6 +185,30 @@ def log_tensor_errors(rows: list[dict] | None, note: str | None) -> None:
     plt.close(figure)
 
 
+# Metrics logged at each mixed-precision trial's step (the run's final values follow at the next step).
+TRIAL_STEP_METRICS = ("accuracy_drop", "cosine_similarity", "float_ops", "size_bytes", "gzip_size_bytes")
+FLOAT_LAYERS_FILE = "float_layers.json"
+
+
+def log_search(search, max_trials: int) -> None:
+    """An ``int8_mixed`` search on the active run: trial steps, the float layers, the tolerance tag.
+
+    Each trial ``t`` logs :data:`TRIAL_STEP_METRICS` at step ``t``; the param ``mixed_float_layers``
+    holds the chosen Keras layer names (short; ``float_layers.json`` has them in full with every
+    trial), and tag ``mlflow_tflite.tolerance_met`` is ``true`` or ``false``.
+
+    Args:
+        search: ``mixed.SearchResult``.
+        max_trials: the search's bound, logged as a param.
+    """
+    log_params_once({"max_trials": max_trials, "mixed_float_layers": search.short_layer_list(),
+                     "mixed_trials": len(search.trials)})
+    mlflow.set_tag(tags.TOLERANCE_MET_TAG, str(search.tolerance_met).lower())
+    mlflow.log_dict(search.report(), FLOAT_LAYERS_FILE)
+    for trial in search.trials:
+        mlflow.log_metrics({k: trial.metrics[k] for k in TRIAL_STEP_METRICS if k in trial.metrics}, step=trial.number)
+
+
 def check_tracking_store(timeout_seconds: int = 10) -> None:
     """Fail fast when the tracking store cannot be reached, before any conversion work.
 
