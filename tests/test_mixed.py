@@ -1,0 +1,128 @@
+"""int8_mixed: the search schedule, both backends on the demo, unmeetable tolerances and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mlflow import MlflowClient
+from mlflow_tflite import mixed, tags, tflite_file
+from mlflow_tflite.cli import cli
+from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.mixed import Layer, MixedPrecision
+from mlflow_tflite.pipeline import convert_and_evaluate, run_variant
+from mlflow_tflite.selection import Tolerance
+from mlflow_tflite.sweep import SweepConfig, run_sweep
+from mlflow_tflite.variants import Variant, expand_grid
+
+# The demo's int8 model has a cosine similarity to the source of about 0.99999 (converter) and
+# 0.998 (LiteRT Quantizer) on the digits test split, so this bound makes full int8 fail on both.
+STRICT = Tolerance(min_cosine_similarity=0.999991)
+
+
+def _search(harmful: set[str], ranked: list[str], max_trials: int):
+    """The search over ten named layers where a trial passes once every ``harmful`` layer is float."""
+    layers = [Layer(name, "CONV_2D", i) for i, name in enumerate(sorted(ranked))]
+    return mixed.search(
+        quantize=lambda keep: ",".join(keep).encode(),
+        measure=lambda model: {"accuracy_drop": 0.0 if harmful <= set(filter(None, model.decode().split(","))) else 0.05},
+        violation=lambda metrics: "too much" if metrics["accuracy_drop"] > 0.01 else None,
+        rank=lambda full_int8: [next(layer for layer in layers if layer.tensor == t) for t in ranked],
+        layers=layers,
+        options=MixedPrecision(max_trials=max_trials),
+    )
+
+
+def test_the_float_set_grows_geometrically_then_bisects_to_the_fewest_layers():
+    ranked = [f"l{i}" for i in range(10)]
+    # The 5th-ranked layer is the one that matters: sizes 0, 1, 2, 4 fail, 8 passes, then 6 and 5 pass.
+    result = _search({"l4"}, ranked, max_trials=8)
+    assert [len(t.float_layers) for t in result.trials] == [0, 1, 2, 4, 8, 6, 5]
+    assert result.tolerance_met and result.chosen.float_layers == tuple(ranked[:5])
+    # Bounded by max_trials: three trials stop at size 2, nothing found, the least bad is kept.
+    bounded = _search({"l4"}, ranked, max_trials=3)
+    assert [len(t.float_layers) for t in bounded.trials] == [0, 1, 2]
+    assert not bounded.tolerance_met and "never selected or promoted" in bounded.message
+    # Full int8 within tolerance: one trial, no layer in float.
+    easy = _search(set(), ranked, max_trials=8)
+    assert len(easy.trials) == 1 and easy.chosen.float_layers == () and easy.tolerance_met
+
+
+@pytest.mark.parametrize("backend", ["converter", "litert"])
+def test_int8_mixed_keeps_layers_in_float_until_the_tolerance_is_met(demo_prepared, backend):
+    prepared = dataclasses.replace(demo_prepared, task="fidelity", tolerance=STRICT, variant_models={},
+                                   float_models={})
+    full = convert_and_evaluate(prepared, Variant("int8", input_size=8, backend=backend))
+    assert full.metrics["cosine_similarity"] < STRICT.min_cosine_similarity  # plain int8 misses the bound
+    outcome = convert_and_evaluate(prepared, Variant("int8_mixed", input_size=8, backend=backend))
+    search = outcome.search
+    assert search.tolerance_met and outcome.metrics["cosine_similarity"] >= STRICT.min_cosine_similarity
+    assert search.trials[0].float_layers == () and search.chosen.float_layers
+    assert outcome.metrics["float_ops"] > full.metrics["float_ops"]  # the kept layers run float kernels
+    # The chosen layers are float in the model: every op writing one of them has float outputs.
+    float_outputs = {outs[0] for op, ins, outs in tflite_file.op_tensors(outcome.tflite_model)}
+    assert set(search.chosen.float_layers) <= float_outputs
+    assert outcome.metrics["size_bytes"] > full.metrics["size_bytes"]
+
+
+def test_given_float_layers_and_unknown_names(demo_prepared):
+    prepared = dataclasses.replace(demo_prepared, variant_models={}, float_models={},
+                                   mixed_precision=MixedPrecision(float_layers=("probabilities",)))
+    outcome = convert_and_evaluate(prepared, Variant("int8_mixed", input_size=8))
+    assert len(outcome.search.trials) == 1
+    (kept,) = outcome.search.report()["float_layers"]
+    assert kept["name"] == "probabilities" and kept["op"] == "FULLY_CONNECTED"
+    wrong = dataclasses.replace(prepared, mixed_precision=MixedPrecision(float_layers=("probabilites",)))
+    with pytest.raises(TFLiteError, match="float_layers names 'probabilites'.*nearest: probabilities"):
+        convert_and_evaluate(wrong, Variant("int8_mixed", input_size=8))
+
+
+def test_an_unmeetable_tolerance_finishes_tagged_false_and_is_never_registered(demo_prepared, tracking):
+    prepared = dataclasses.replace(demo_prepared, task="fidelity", variant_models={}, float_models={},
+                                   tolerance=Tolerance(min_cosine_similarity=1.0),
+                                   mixed_precision=MixedPrecision(max_trials=3))
+    result = run_variant(prepared, Variant("int8_mixed", input_size=8), "mixed", tolerance=prepared.tolerance)
+    assert result.registration is None and "tolerance not met" in result.message
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[tags.TOLERANCE_MET_TAG] == "false"
+    assert run.data.params["max_trials"] == "3" and run.data.params["mixed_trials"] == "3"
+    assert client.search_registered_models() == []
+    history = {m: sorted((h.step, h.value) for h in client.get_metric_history(result.run_id, m))
+               for m in ("cosine_similarity", "float_ops", "size_bytes", "latency_ms_p50")}
+    assert [step for step, _ in history["latency_ms_p50"]] == [1, 2, 3, 4]  # three trials, then the final value
+    assert history["cosine_similarity"][-1][1] == run.data.metrics["cosine_similarity"]
+    report = json.loads(open(client.download_artifacts(result.run_id, "float_layers.json")).read())
+    assert [t["trial"] for t in report["trials"]] == [1, 2, 3] and report["tolerance_met"] is False
+
+
+def test_a_sweep_never_selects_a_mixed_variant_that_missed_the_tolerance(digits_files, tracking, tmp_path):
+    model, data = digits_files
+    options = tmp_path / "strict.yaml"  # judged by outputs, an exact match is needed: no int8 model can meet it
+    options.write_text("run: {task: fidelity}\ntolerance: {min_cosine_similarity: 1.0}\nmixed_precision: {max_trials: 2}\n")
+    result = CliRunner().invoke(cli, ["sweep", "--model", model, "--data", data, "--quant", "int8_mixed",
+                                      "--sparsity", "0", "--config", str(options)])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    (child,) = client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'variant'")
+    assert child.info.status == "FINISHED" and child.data.tags[tags.TOLERANCE_MET_TAG] == "false"
+    assert sorted(h.step for h in client.get_metric_history(child.info.run_id, "latency_ms_p50")) == [1, 2, 3]
+    parent = client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'sweep'")[0]
+    assert tags.BEST_VARIANT_TAG not in parent.data.tags and "nothing registered" in parent.data.tags[tags.SELECTION_TAG]
+    assert client.search_registered_models() == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["convert", "--quant", "none", "--float-layers", "conv2d"],
+     "float_layers=conv2d only apply to quant=int8_mixed, but quant is none"),
+    (["convert", "--quant", "int8", "--qat-epochs", "3"], "qat_epochs=3 only apply to quant=qat_int8"),
+    (["convert", "--quant", "int8_mixed", "--max-trials", "0"], "max_trials=0 must be >= 1"),
+    (["sweep", "--quant", "int8_mixed", "--backend", "litert", "--max-trials", "x"], "max_trials 'x' is not a number"),
+])
+def test_mixed_and_qat_bad_input_is_one_line(args, message, tracking):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
