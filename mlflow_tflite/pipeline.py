@@ -231,7 +231,7 @@ class Outcome:
         recipe_json: the LiteRT Quantizer recipe that made it (JSON text), or ``None``.
         tensor_errors: per-tensor error rows against the float model (``quantize.tensor_errors``),
             or ``None`` with ``tensor_errors_note`` saying why.
-        edgetpu: static Edge TPU readiness report (``edgetpu.readiness``) of integer-I/O variants, else ``None``.
+        edgetpu: static Edge TPU readiness report (``edgetpu.readiness``) of variants with int8 kernels, else ``None``.
         search: the mixed-precision search (``mixed.SearchResult``) of ``int8_mixed``, else ``None``.
     """
 
@@ -300,6 +300,13 @@ def _measure(prepared: Prepared, adapted: VariantModel, tflite_model: bytes, int
     return metrics
 
 
+def _integer_kernels(variant: Variant) -> bool:
+    """The variant's kernels are int8 (Edge TPU readiness applies): int8, int8_full, int8_mixed, qat_int8."""
+    from mlflow_tflite.quant_modes import Kernels
+
+    return variant.recipe.kernels == Kernels.INT8 or variant.recipe.mixed
+
+
 def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
     """Convert the variant's model and measure it against the original source (no latency yet).
 
@@ -325,7 +332,7 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
         produced = backends.produce(prepared, variant, adapted.source, calibration)
     tflite_model, inventory = produced.tflite_model, tflite_file.op_inventory(produced.tflite_model)
     example = _example(adapted.source, adapted.x_test) if adapted.x_test else _probe_input(adapted.source)
-    edgetpu_report = edgetpu.readiness(tflite_model) if variant.recipe.integer_io else None
+    edgetpu_report = edgetpu.readiness(tflite_model) if _integer_kernels(variant) else None
     try:
         interpreter = runtime.make_interpreter(tflite_model)
     except TFLiteError as error:
