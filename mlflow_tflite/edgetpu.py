@@ -1,4 +1,4 @@
-"""Static Edge TPU readiness estimate of an integer-only .tflite model.
+"""Static Edge TPU readiness estimate of a .tflite model with integer kernels.
 
 The Edge TPU compiler (``edgetpu_compiler``) is not available here, so this module does not
 compile anything: it reads the flatbuffer (:mod:`mlflow_tflite.tflite_file`) and checks every
@@ -32,6 +32,32 @@ Rules applied to each operator (all are checked; every failure is named in ``rea
 
 The compiler maps ops to the Edge TPU up to the first one it cannot map; everything after it runs
 on the CPU. Hence ``first_unmapped_index`` and ``edgetpu_mapped_fraction``.
+
+**Float model inputs and outputs** (``int8``, ``int8_mixed``, ``qat_int8``: integer kernels between a
+QUANTIZE of the float input and a DEQUANTIZE to the float output). What the compiler does with them
+is documented by its own output, not by a sentence of the models-intro page that could be read here
+(the stored copies of that page searched for this module showed only its opening sections):
+
+* real ``edgetpu_compiler`` logs of such models report the edge ops as left on the CPU and the ops
+  between them as mapped, e.g. compiler 2.0 in https://github.com/google-coral/edgetpu/issues/13
+  ("QUANTIZE 1 Operation is otherwise supported, but not mapped due to some unspecified
+  limitation"; SOFTMAX and FULLY_CONNECTED "Mapped to Edge TPU"), and a post-training-quantized
+  MobileNet V2 in https://github.com/f0cal/google-coral/issues/20 ("Number of operations that will
+  run on Edge TPU: 70", "Number of operations that will run on CPU: 2": the QUANTIZE and the
+  "DEQUANTIZE 1 Operation is working on an unsupported data type");
+* a user reading the published table (https://github.com/google-coral/edgetpu/issues/659, compiler
+  16) notes that QUANTIZE is listed for runtime >= 13 and DEQUANTIZE is not listed, and asks whether
+  the quantization of the input data and dequantization of the output data "can't be avoided not
+  running on the Edge TPU".
+
+Rule implemented: a **CPU edge op** is a QUANTIZE whose input is a float model input and whose output
+is 8-bit, or a DEQUANTIZE whose input is 8-bit and whose output is a float model output read by no
+other op. Edge ops are not checked and never become ``first_unmapped_index``; they are listed in
+``cpu_edge_ops``. ``edgetpu_mapped_fraction`` is computed over the ops the compiler would consider
+(all ops but the edge ops): an int8 model with float I/O whose other ops all pass scores 1.0, as its
+compiler log would show every considered op mapped. Any other float op, e.g. a layer left in float by
+mixed precision and the DEQUANTIZE / QUANTIZE around it in the middle of the graph, is checked as
+before and fails the 8-bit rule, so the first of them is the first unmapped op.
 """
 
 from __future__ import annotations
@@ -45,8 +71,9 @@ from mlflow_tflite import tflite_file
 NOTE = (
     "Static estimate: the Edge TPU compiler is not available here, so each op was checked against the "
     "published Edge TPU supported-op table and its requirements (int8/uint8 tensors, static shapes, at "
-    "most 3 non-1 dimensions, constant parameters); the real compiler may map fewer ops (or, for ops "
-    "added to the table after the version read here, more)."
+    "most 3 non-1 dimensions, constant parameters); the QUANTIZE of a float model input and the DEQUANTIZE "
+    "to a float model output run on the CPU at the edges and are not counted; the real compiler may map "
+    "fewer ops (or, for ops added to the table after the version read here, more)."
 )
 
 _EIGHT_BIT = ("INT8", "UINT8")
@@ -163,13 +190,50 @@ def _op_problems(model, subgraph, op, op_name: str, table: dict) -> list[str]:
     return problems
 
 
+def _cpu_edge_ops(subgraph, names: list[str]) -> dict[int, str]:
+    """Ops that convert a float model input/output at the edge of the graph: {op index: reason}.
+
+    A QUANTIZE from a float model input to an 8-bit tensor, or a DEQUANTIZE from an 8-bit tensor
+    to a float model output that no other op reads (see the module docstring).
+    """
+    inputs = {int(i) for i in (subgraph.inputs if subgraph.inputs is not None else [])}
+    outputs = {int(i) for i in (subgraph.outputs if subgraph.outputs is not None else [])}
+    operators = subgraph.operators or []
+    read = {}
+    for op in operators:
+        for i in op.inputs if op.inputs is not None else []:
+            read[int(i)] = read.get(int(i), 0) + 1
+
+    def type_of(index):
+        return tflite_file._type_name(subgraph.tensors[index].type)
+
+    edges = {}
+    for index, op in enumerate(operators):
+        name = names[op.opcodeIndex]
+        ins = [int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
+        outs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
+        if len(ins) != 1 or len(outs) != 1:
+            continue
+        (src,), (dst,) = ins, outs
+        if (name == "QUANTIZE" and src in inputs and type_of(src) in _FLOAT and type_of(dst) in _EIGHT_BIT):
+            edges[index] = (f"quantizes the float model input {_tensor_label(subgraph.tensors[src], src)} on the CPU "
+                            "(edge op: not compiled, does not stop the mapping)")
+        elif (name == "DEQUANTIZE" and dst in outputs and not read.get(dst) and type_of(src) in _EIGHT_BIT
+              and type_of(dst) in _FLOAT):
+            edges[index] = (f"dequantizes to the float model output {_tensor_label(subgraph.tensors[dst], dst)} on "
+                            "the CPU (edge op: not compiled, does not stop the mapping)")
+    return edges
+
+
 def readiness(tflite_model: bytes) -> dict:
     """Estimate how much of a model the Edge TPU compiler would map, without the compiler.
 
     Walks the main subgraph's operators in execution order and checks each against the
     packaged Edge TPU supported-op table and its requirements (see the module docstring for
-    the exact rules). Meant for integer-only models (``quant=int8_full``); any other model
-    is reported too (its float ops simply do not map).
+    the exact rules). Meant for models with integer kernels: integer-only ones
+    (``quant=int8_full``) and int8 ones with float inputs/outputs (``int8``, ``int8_mixed``,
+    ``qat_int8``), whose edge QUANTIZE/DEQUANTIZE run on the CPU and are left out of the
+    estimate; any other model is reported too (its float ops simply do not map).
 
     Args:
         tflite_model: .tflite flatbuffer bytes.
@@ -180,12 +244,18 @@ def readiness(tflite_model: bytes) -> dict:
         * ``ops``: one ``{"index", "op", "mapped", "reason"}`` per operator, in execution order;
           ``reason`` is ``None`` when the op passes every check, else every failed check joined
           by ``"; "``; ops with unchecked limitation notes in the table also carry ``limitations``.
-        * ``first_unmapped_index``: index of the first op that fails (the compiler maps up to it,
-          the rest runs on the CPU), ``None`` if every op passes.
-        * ``edgetpu_mapped_fraction``: ops before ``first_unmapped_index`` / all ops, in
-          ``[0, 1]``; 1.0 when all pass, 0.0 for a model without ops.
-        * ``num_ops``: number of operators; ``float_ops``: ops with any float input or output
-          tensor (:func:`mlflow_tflite.tflite_file.float_ops`).
+          A CPU edge op has ``"mapped": False``, ``"cpu_edge": True`` and a reason saying so.
+        * ``cpu_edge_ops``: indices of the CPU edge ops (QUANTIZE of a float model input,
+          DEQUANTIZE to a float model output), ``[]`` for an integer-I/O model.
+        * ``first_unmapped_index``: index (in ``ops``) of the first op other than a CPU edge op
+          that fails (the compiler maps up to it, the rest runs on the CPU), ``None`` if every
+          such op passes.
+        * ``edgetpu_mapped_fraction``: considered ops (all but the CPU edge ops) before
+          ``first_unmapped_index`` / considered ops, in ``[0, 1]``; 1.0 when all pass, 0.0 for a
+          model without considered ops.
+        * ``num_ops``: number of operators; ``num_considered_ops``: ``num_ops`` minus the CPU
+          edge ops; ``float_ops``: ops with any float input or output tensor
+          (:func:`mlflow_tflite.tflite_file.float_ops`, edge ops included).
         * ``note``: says this is a static estimate (no Edge TPU compiler here).
         * ``source``: the table's source (title, url, how it was read).
 
@@ -196,24 +266,31 @@ def readiness(tflite_model: bytes) -> dict:
     names = tflite_file._op_names(model)
     table = op_table()
     subgraph = model.subgraphs[0]
-    ops, first = [], None
+    edges = _cpu_edge_ops(subgraph, names)
+    ops, first, considered, mapped = [], None, 0, 0
     for index, op in enumerate(subgraph.operators or []):
         name = names[op.opcodeIndex]
+        if index in edges:
+            ops.append({"index": index, "op": name, "mapped": False, "cpu_edge": True, "reason": edges[index]})
+            continue
         problems = _op_problems(model, subgraph, op, name, table)
         entry = {"index": index, "op": name, "mapped": not problems, "reason": "; ".join(problems) or None}
         limitations = table["ops"].get(name, {}).get("limitations")
         if limitations:
             entry["limitations"] = limitations
         ops.append(entry)
+        considered += 1
         if problems and first is None:
             first = index
-    count = len(ops)
-    mapped = count if first is None else first
+        if first is None:
+            mapped += 1
     return {
         "ops": ops,
+        "cpu_edge_ops": sorted(edges),
         "first_unmapped_index": first,
-        "edgetpu_mapped_fraction": mapped / count if count else 0.0,
-        "num_ops": count,
+        "edgetpu_mapped_fraction": mapped / considered if considered else 0.0,
+        "num_ops": len(ops),
+        "num_considered_ops": considered,
         "float_ops": tflite_file.float_ops(tflite_model),
         "note": NOTE,
         "source": table["source"],

@@ -1,5 +1,7 @@
 """Static Edge TPU readiness (issue 10 item 3) on real conversions: the demo CNN, a dynamic-range
-model, a model with an op outside the Edge TPU table, and a model breaking the rank rule."""
+model, a model with an op outside the Edge TPU table, a model breaking the rank rule, and int8
+models with float inputs/outputs (edge QUANTIZE/DEQUANTIZE on the CPU), one with a float layer in
+the middle (selective quantization)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ from mlflow_tflite import edgetpu, tflite_file
 # Stated independently of edgetpu_ops.json, from the Coral "Supported operations" table.
 DEMO_OPS = ["CONV_2D", "CONV_2D", "MAX_POOL_2D", "CONV_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX"]
 IN_TABLE = {"CONV_2D", "MAX_POOL_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX", "DEPTHWISE_CONV_2D", "ADD", "RESHAPE"}
-NOT_IN_TABLE = {"LEAKY_RELU", "QUANTIZE", "DEQUANTIZE", "TRANSPOSE", "BATCH_MATMUL"}
+# Named by threads quoting the newer published table (google-coral/edgetpu #659, #193, #684, #597).
+ADDED_FROM_NEWER_TABLE = {"QUANTIZE", "TRANSPOSE", "TRANSPOSE_CONV", "PRELU"}
+# DEQUANTIZE is not listed (#659); LeakyRelu is not supported (maintainer, #597).
+NOT_IN_TABLE = {"LEAKY_RELU", "DEQUANTIZE", "BATCH_MATMUL"}
 
 
 def _int8_full(model, shape, n=32, seed=0) -> bytes:
@@ -32,10 +37,14 @@ def test_table_is_package_data_with_its_source():
     raw = json.loads(resources.files("mlflow_tflite").joinpath("edgetpu_ops.json").read_text())
     assert raw["source"]["url"] == "https://coral.ai/docs/edgetpu/models-intro/#supported-operations"
     assert "Supported operations" in raw["source"]["title"]
-    assert IN_TABLE <= set(raw["ops"])
+    assert IN_TABLE | ADDED_FROM_NEWER_TABLE <= set(raw["ops"])
     assert not NOT_IN_TABLE & set(raw["ops"])
     assert raw["general_requirements"]["max_non_1_dims"] == 3
     assert raw["ops"]["MEAN"]["limitations"]
+    assert raw["source"]["read_on"] == "2026-11-25"
+    for name in ADDED_FROM_NEWER_TABLE:  # each addition names the thread that quotes the table
+        assert raw["ops"][name]["evidence"].startswith("https://github.com/google-coral/edgetpu/issues/")
+        assert raw["ops"][name]["evidence"] in " ".join(raw["source"]["newer_table_evidence"])
 
 
 def test_demo_int8_full_only_its_dynamic_batch_blocks_the_edge_tpu(demo_prepared):
@@ -152,3 +161,100 @@ def test_log_outcome_logs_the_readiness_report(tracking, demo_prepared):
     assert logged == outcome.edgetpu
     metrics = mlflow.get_run(run.info.run_id).data.metrics
     assert metrics["edgetpu_mapped_fraction"] == 0.0 and metrics["float_ops"] == 0
+
+
+# --- int8 models with float inputs/outputs -------------------------------------------------------
+# Expected by hand from the published rules: the QUANTIZE of the float input and the DEQUANTIZE to
+# the float output run on the CPU at the edges (compiler logs in google-coral/edgetpu#13 and
+# f0cal/google-coral#20 show them on the CPU and every op between them mapped), so they neither
+# count nor stop the mapping; every other op is checked as for an integer-only model.
+FLOAT_IO_OPS = ["QUANTIZE", *DEMO_OPS, "DEQUANTIZE"]
+
+
+@pytest.fixture(scope="module")
+def static_source(demo_prepared):
+    """The trained demo CNN with a fixed batch of 1, and calibration data."""
+    import tf_keras
+
+    from mlflow_tflite.sources import from_tf_keras
+
+    inputs = tf_keras.Input((8, 8, 1), batch_size=1)
+    source = from_tf_keras(tf_keras.Model(inputs, demo_prepared.source.keras_model(inputs)))
+    return source, [np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype(np.float32)]
+
+
+def test_float_io_int8_edges_are_cpu_ops_and_only_the_dynamic_batch_blocks(converted):
+    """The fixture's int8 (float I/O) demo: edges on the CPU; the first considered op stops on its -1 batch."""
+    report = edgetpu.readiness(converted["int8-s0-i8"][1])
+    assert [op["op"] for op in report["ops"]] == FLOAT_IO_OPS
+    assert report["cpu_edge_ops"] == [0, 8]
+    for index in (0, 8):
+        edge = report["ops"][index]
+        assert edge["cpu_edge"] is True and edge["mapped"] is False and "on the CPU" in edge["reason"]
+    assert report["num_ops"] == 9 and report["num_considered_ops"] == 7
+    assert report["first_unmapped_index"] == 1  # the first CONV_2D, not the edge QUANTIZE
+    assert report["edgetpu_mapped_fraction"] == 0.0
+    reason = report["ops"][1]["reason"]
+    assert "dynamic shape [-1, 8, 8, 1]" in reason and "FLOAT" not in reason
+    assert report["float_ops"] == 2  # the two edge ops
+    json.dumps(report)
+
+    integer_only = edgetpu.readiness(converted["int8_full-s0-i8"][1])
+    assert integer_only["cpu_edge_ops"] == [] and integer_only["num_considered_ops"] == integer_only["num_ops"] == 7
+    assert integer_only["first_unmapped_index"] == 0
+
+
+def test_float_io_int8_with_a_static_batch_maps_every_op_between_the_edges(static_source):
+    from mlflow_tflite.convert import convert
+    from mlflow_tflite.variants import Variant
+
+    source, calibration = static_source
+    report = edgetpu.readiness(convert(source, Variant("int8", input_size=8), calibration).tflite_model)
+    assert [op["op"] for op in report["ops"]] == FLOAT_IO_OPS
+    assert report["cpu_edge_ops"] == [0, 8]
+    assert all(op["mapped"] and op["reason"] is None for op in report["ops"][1:8])
+    assert report["first_unmapped_index"] is None
+    assert report["edgetpu_mapped_fraction"] == 1.0  # 7 considered ops, all mapped
+    assert report["float_ops"] == 2
+
+
+def test_float_layer_in_the_middle_is_where_the_mapping_stops(static_source):
+    """conv2d_1 kept in float by selective quantization: the DEQUANTIZE feeding it is the first unmapped op."""
+    from mlflow_tflite.convert import SelectiveQuantizer, convert
+    from mlflow_tflite.variants import Variant
+
+    source, calibration = static_source
+    float_model = tflite_file.read_flatbuffer(convert(source, Variant("none", input_size=8), calibration).tflite_model)
+    graph = float_model.subgraphs[0]
+    conv2d_1 = graph.tensors[graph.operators[1].outputs[0]].name.decode()
+    assert "conv2d_1" in conv2d_1
+    mixed = SelectiveQuantizer(source, Variant("int8_mixed", input_size=8), calibration)((conv2d_1,))
+
+    report = edgetpu.readiness(mixed)
+    names = [op["op"] for op in report["ops"]]
+    assert names == ["QUANTIZE", "CONV_2D", "DEQUANTIZE", "CONV_2D", "QUANTIZE", "MAX_POOL_2D", "CONV_2D", "MEAN",
+                     "FULLY_CONNECTED", "SOFTMAX", "DEQUANTIZE"]
+    assert report["cpu_edge_ops"] == [0, 10]  # the middle DEQUANTIZE/QUANTIZE are not at the model's edges
+    # By hand: op 1 (int8 conv) maps; op 2 dequantizes to float in the middle (DEQUANTIZE is not in the
+    # table and its output is FLOAT32), so the compiler stops there; 1 of the 9 considered ops maps.
+    assert report["ops"][1]["mapped"] and report["ops"][1]["reason"] is None
+    assert report["first_unmapped_index"] == 2
+    assert report["edgetpu_mapped_fraction"] == pytest.approx(1 / 9)
+    middle = report["ops"][2]["reason"]
+    assert "DEQUANTIZE is not in the Edge TPU supported-op table" in middle and "FLOAT32" in middle
+    assert "FLOAT32" in report["ops"][3]["reason"]  # the float conv itself
+    assert "FLOAT32" in report["ops"][4]["reason"] and "supported-op table" not in report["ops"][4]["reason"]
+    assert all(op["mapped"] for op in report["ops"][5:10])  # fine, but after the stop: on the CPU
+
+
+def test_uint8_io_requantize_quantize_ops_map(static_source):
+    """uint8 I/O int8_full: the QUANTIZE uint8->int8 / int8->uint8 are integer ops in the table (runtime >= 13)."""
+    from mlflow_tflite.convert import convert
+    from mlflow_tflite.variants import Variant
+
+    source, calibration = static_source
+    variant = Variant("int8_full", input_size=8, io_type="uint8")
+    report = edgetpu.readiness(convert(source, variant, calibration).tflite_model)
+    assert [op["op"] for op in report["ops"]] == ["QUANTIZE", *DEMO_OPS, "QUANTIZE"]
+    assert report["cpu_edge_ops"] == []  # no float tensor at the edges
+    assert report["first_unmapped_index"] is None and report["edgetpu_mapped_fraction"] == 1.0
