@@ -70,7 +70,7 @@ def produce(prepared, variant: Variant, source, calibration: list[np.ndarray] | 
 
 
 def mixed_search(prepared, variant: Variant, source, calibration: list[np.ndarray] | None,
-                 x_test: list[np.ndarray] | None, measure) -> tuple[Produced, mixed.SearchResult]:
+                 x_rank: list[np.ndarray] | None, measure) -> tuple[Produced, mixed.SearchResult]:
     """``int8_mixed``: search the layers to keep in float (``mixed.search``) with the variant's backend.
 
     The converter calibrates once and re-quantizes with denylisted nodes
@@ -79,6 +79,7 @@ def mixed_search(prepared, variant: Variant, source, calibration: list[np.ndarra
     per-tensor error of the full int8 model against the float model of the same key.
 
     Args:
+        x_rank: inputs for the per-tensor comparison that ranks the layers (the first 16 are used).
         measure: flatbuffer bytes -> metrics (accuracy or fidelity, size, float ops).
 
     Returns:
@@ -89,7 +90,7 @@ def mixed_search(prepared, variant: Variant, source, calibration: list[np.ndarra
         TFLiteError: no calibration or evaluation data, an unknown float layer name, or a
             quantization failure.
     """
-    if calibration is None or x_test is None:
+    if calibration is None or x_rank is None:
         raise TFLiteError("quant=int8_mixed measures each trial against the source; pass data with training "
                           "(calibration) and test examples")
     float_bytes, float_seconds = float_model(prepared, variant, source)
@@ -117,7 +118,7 @@ def mixed_search(prepared, variant: Variant, source, calibration: list[np.ndarra
             spent[0] += time.perf_counter() - started
 
     def rank(full_int8: bytes) -> list[mixed.Layer]:
-        return mixed.rank_layers(_compare(float_bytes, full_int8, x_test, source.input_names), float_bytes)
+        return mixed.rank_layers(_compare(float_bytes, full_int8, x_rank, source.input_names), float_bytes)
 
     result = mixed.search(timed, measure, prepared.tolerance.violation, rank, mixed.model_layers(float_bytes),
                           prepared.mixed_precision)

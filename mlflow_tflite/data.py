@@ -370,10 +370,18 @@ def calibration_sample(x_train, samples: int, seed: int = 0):
     Raises:
         TFLiteError: ``samples`` <= 0.
     """
-    if samples <= 0:
-        raise TFLiteError(f"calibration_samples={samples} must be > 0; 100-500 is typical (default 200)")
     inputs = as_inputs(x_train)
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(inputs[0]), size=min(samples, len(inputs[0])), replace=False))
+    rows = calibration_rows(len(inputs[0]), samples, seed)
     drawn = [x[rows] for x in inputs]
     return drawn if isinstance(x_train, (list, tuple)) else drawn[0]
+
+
+def calibration_rows(n: int, samples: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of the ``min(samples, n)`` train rows :func:`calibration_sample` draws.
+
+    Raises:
+        TFLiteError: ``samples`` <= 0.
+    """
+    if samples <= 0:
+        raise TFLiteError(f"calibration_samples={samples} must be > 0; 100-500 is typical (default 200)")
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(samples, n), replace=False))

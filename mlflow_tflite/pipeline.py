@@ -286,18 +286,48 @@ def _example(source: Source, x_test: list[np.ndarray]):
     return {name: x[:2] for name, x in zip(source.input_names, x_test)}
 
 
-def _measure(prepared: Prepared, adapted: VariantModel, tflite_model: bytes, interpreter=None) -> dict[str, float]:
-    """Size, float ops and (with data) accuracy/fidelity of a flatbuffer against the source's reference."""
+@dataclass(frozen=True)
+class Split:
+    """Examples a model is judged on: inputs at the variant's size, the source's outputs, labels (or ``None``)."""
+
+    x: list[np.ndarray]
+    reference: list[np.ndarray]
+    labels: np.ndarray | None
+
+
+def test_split(prepared: Prepared, adapted: VariantModel) -> Split:
+    """The test split, where every variant's reported metrics come from."""
+    return Split(adapted.x_test, prepared.reference, prepared.dataset.y_test)
+
+
+def _measure(prepared: Prepared, adapted: VariantModel, tflite_model: bytes, split: Split | None,
+             interpreter=None) -> dict[str, float]:
+    """Size, float ops and (given a split) accuracy/fidelity of a flatbuffer against the source's outputs."""
     from mlflow_tflite import runtime, tflite_file
 
     metrics = {**evaluate.size_metrics(tflite_model), "float_ops": tflite_file.float_ops(tflite_model)}
-    if prepared.dataset is not None:
+    if split is not None:
         metrics.update(evaluate.evaluate(
-            tflite_model, interpreter or runtime.make_interpreter(tflite_model), prepared.reference, adapted.x_test,
-            prepared.dataset.y_test, input_names=adapted.source.input_names,
-            output_names=adapted.source.output_names, class_outputs=prepared.class_outputs, task=prepared.task,
+            tflite_model, interpreter or runtime.make_interpreter(tflite_model), split.reference, split.x,
+            split.labels, input_names=adapted.source.input_names, output_names=adapted.source.output_names,
+            class_outputs=prepared.class_outputs, task=prepared.task,
         ))
     return metrics
+
+
+def _mixed_search(prepared: Prepared, variant: Variant, adapted: VariantModel, calibration):
+    """``int8_mixed``: the search (``backends.mixed_search``), each trial judged on the test split.
+
+    The test split, as every variant's reported metrics: Neural Compressor and NNCF judge their
+    accuracy-aware searches on the user's validation set the same way. Train rows are no
+    substitute: the model has fitted them (the demo's int8 cosine similarity is 0.9999992 on
+    train rows and 0.999989 on test rows), so they hide the loss the search must see.
+    """
+    if prepared.dataset is None:
+        raise TFLiteError("quant=int8_mixed measures each trial against the source; pass data")
+    split = test_split(prepared, adapted)
+    return backends.mixed_search(prepared, variant, adapted.source, calibration, split.x,
+                                 lambda model: _measure(prepared, adapted, model, split))
 
 
 def _integer_kernels(variant: Variant) -> bool:
@@ -313,7 +343,7 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
     Accuracy and fidelity compare the variant (on test images at its input size) with the
     original source model's reference outputs, so resizing and pruning losses both show.
     Latency is timed afterwards, in a quiet phase (:func:`time_latency`). ``int8_mixed``
-    searches its float layers first (``backends.mixed_search``); the chosen trial is the model.
+    searches its float layers first (:func:`_mixed_search`); the chosen trial is the model.
 
     Raises:
         TFLiteError: resizing, pruning or conversion failed, or a calibrated mode has no data.
@@ -326,8 +356,7 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
         calibration = calibration_sample(adapted.x_train, variant.calibration_samples)
     search = None
     if variant.recipe.mixed:
-        produced, search = backends.mixed_search(prepared, variant, adapted.source, calibration, adapted.x_test,
-                                                 lambda model: _measure(prepared, adapted, model))
+        produced, search = _mixed_search(prepared, variant, adapted, calibration)
     else:
         produced = backends.produce(prepared, variant, adapted.source, calibration)
     tflite_model, inventory = produced.tflite_model, tflite_file.op_inventory(produced.tflite_model)
@@ -342,7 +371,8 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
                    "float_ops": tflite_file.float_ops(tflite_model)}
         return Outcome(tflite_model, metrics, calibration, example, inventory, error.message, produced.recipe_json,
                        edgetpu=edgetpu_report)
-    metrics = {**_measure(prepared, adapted, tflite_model, interpreter), **produced.seconds}
+    split = test_split(prepared, adapted) if prepared.dataset is not None else None
+    metrics = {**_measure(prepared, adapted, tflite_model, split, interpreter), **produced.seconds}
     if edgetpu_report:
         metrics["edgetpu_mapped_fraction"] = edgetpu_report["edgetpu_mapped_fraction"]
     metrics["sparsity_achieved"] = tflite_file.tflite_sparsity(tflite_model)
