@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlflow_tflite import convert, mixed, quantize
+from mlflow_tflite import convert, mixed, quantize, tflite_file
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.quant_modes import Backend, QuantMode
 from mlflow_tflite.variants import Variant
@@ -51,11 +51,18 @@ def float_model(prepared, variant: Variant, source) -> tuple[bytes, float]:
 
 
 def produce(prepared, variant: Variant, source, calibration: list[np.ndarray] | None) -> Produced:
-    """Make the variant's .tflite with its backend (see module doc).
+    """Make the variant's .tflite with its backend (see module doc); a ``static_batch`` mode gets batch 1.
 
     Raises:
         TFLiteError: the conversion or the quantization failed (one line, names the backend).
     """
+    produced = _produce(prepared, variant, source, calibration)
+    if not variant.recipe.static_batch:
+        return produced
+    return Produced(tflite_file.with_batch_one(produced.tflite_model), produced.seconds, produced.recipe_json)
+
+
+def _produce(prepared, variant: Variant, source, calibration: list[np.ndarray] | None) -> Produced:
     if variant.backend == Backend.CONVERTER:
         conversion = convert.convert(source, variant, calibration)
         return Produced(conversion.tflite_model, {"convert_seconds": conversion.convert_seconds})

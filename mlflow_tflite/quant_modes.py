@@ -61,6 +61,9 @@ class QuantRecipe:
             accuracy kept in float until the tolerance is met (``mixed.py``).
         trained: quantization-aware training: the tf_keras model is fine-tuned with fake
             quantization before conversion (``optimize.qat_model``).
+        static_batch: the converted model's open batch dimension is fixed to 1
+            (``tflite_file.with_batch_one``): integer-only models go to the Edge TPU compiler and
+            TensorFlow Lite Micro, which need static shapes.
     """
 
     calibrated: bool
@@ -73,6 +76,7 @@ class QuantRecipe:
     converter: bool = True
     mixed: bool = False
     trained: bool = False
+    static_batch: bool = False
 
     def backends(self) -> tuple[Backend, ...]:
         """The backends that can make this mode (the float model, ``none``, needs no recipe)."""
@@ -88,7 +92,8 @@ QUANT_RECIPES: dict[QuantMode, QuantRecipe] = {
     QuantMode.FLOAT16: QuantRecipe(False, True, True, Kernels.BUILTINS, False, "float16 constants"),
     QuantMode.INT8: QuantRecipe(True, True, False, Kernels.INT8, False, "QUANTIZE ops, int8 activations",
                                 "static_wi8_ai8"),
-    QuantMode.INT8_FULL: QuantRecipe(True, True, False, Kernels.INT8, True, "integer model inputs"),
+    QuantMode.INT8_FULL: QuantRecipe(True, True, False, Kernels.INT8, True, "integer model inputs",
+                                     static_batch=True),
     QuantMode.INT16X8: QuantRecipe(True, True, False, Kernels.INT16X8, False, "QUANTIZE ops, int16 activations",
                                    "static_wi8_ai16"),
     QuantMode.WEIGHT_ONLY_INT8: QuantRecipe(False, True, False, Kernels.BUILTINS, False,

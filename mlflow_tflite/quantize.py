@@ -127,7 +127,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
                 raise TFLiteError(f"quant={variant.quant} (recipe {name}) needs a representative dataset; pass data")
             with _quiet_calibration():
                 qsvs = engine.calibrate(signature_samples(float_model, calibration, input_names), num_threads=1)
-        result = engine.quantize(qsvs, enable_progress_report=False)
+        with _quiet_calibration():
+            result = engine.quantize(qsvs, enable_progress_report=False)
     except TFLiteError:
         raise
     except Exception as error:

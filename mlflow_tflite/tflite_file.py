@@ -175,6 +175,41 @@ def op_tensors(tflite_model: bytes) -> list[tuple[str, list[str], list[str]]]:
             for op in subgraph.operators or []]
 
 
+def with_batch_one(tflite_model: bytes) -> bytes:
+    """The model with its open batch dimension fixed to 1: static shapes, nothing else changed.
+
+    TFLiteConverter gives Keras models a batch dimension of -1 in every tensor's
+    ``shape_signature`` (``shape`` holds 1). The Edge TPU compiler and TensorFlow Lite Micro need
+    static shapes ("Attempting to use a delegate that only supports static-sized tensors with a
+    graph that has dynamic-sized tensors", google-coral/edgetpu#586, #829); Samsung ONE's
+    ``--dynamic_batch_to_single_batch`` pass makes the same change (Samsung/ONE#8739). Each
+    tensor whose signature is open only in its first dimension, with ``shape[0] == 1``, gets its
+    ``shape`` as signature; other open dimensions are left as they are.
+
+    Args:
+        tflite_model: .tflite flatbuffer bytes.
+
+    Returns:
+        Flatbuffer bytes (the input itself when no tensor changes).
+
+    Raises:
+        TFLiteError: the bytes are not a TFLite flatbuffer.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = read_flatbuffer(tflite_model)
+    changed = False
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            signature = tensor.shapeSignature
+            if signature is None or tensor.shape is None or not len(signature) or len(signature) != len(tensor.shape):
+                continue
+            if signature[0] == -1 and tensor.shape[0] == 1 and all(d != -1 for d in signature[1:]):
+                tensor.shapeSignature = list(tensor.shape)
+                changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else tflite_model
+
+
 def flex_ops(tflite_model: bytes) -> list[str]:
     """Names of the Flex (SELECT_TF_OPS) ops in a model.
 

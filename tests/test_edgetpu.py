@@ -47,19 +47,14 @@ def test_table_is_package_data_with_its_source():
         assert raw["ops"][name]["evidence"] in " ".join(raw["source"]["newer_table_evidence"])
 
 
-def test_demo_int8_full_only_its_dynamic_batch_blocks_the_edge_tpu(demo_prepared):
+def test_demo_int8_full_only_its_dynamic_batch_blocks_the_edge_tpu(converted):
     """Every demo op is in the table with 8-bit tensors; only the dynamic batch dimension (-1) stops it."""
-    from mlflow_tflite.pipeline import convert_and_evaluate
-    from mlflow_tflite.variants import Variant
-
-    outcome = convert_and_evaluate(demo_prepared, Variant("int8_full", input_size=8))
-    report = outcome.edgetpu
-    assert report == edgetpu.readiness(outcome.tflite_model)
+    report = edgetpu.readiness(converted["int8_full-s0-i8"][1])  # the converter's output, batch open
     assert [op["op"] for op in report["ops"]] == DEMO_OPS
     assert set(DEMO_OPS) <= IN_TABLE
-    assert report["float_ops"] == 0 and outcome.metrics["float_ops"] == 0
+    assert report["float_ops"] == 0
     assert report["first_unmapped_index"] == 0
-    assert report["edgetpu_mapped_fraction"] == 0.0 == outcome.metrics["edgetpu_mapped_fraction"]
+    assert report["edgetpu_mapped_fraction"] == 0.0
     first = report["ops"][0]["reason"]
     assert "dynamic shape [-1, 8, 8, 1]" in first and "batch size 1" in first
     for op in report["ops"]:  # nothing but the dynamic shapes
@@ -160,7 +155,34 @@ def test_log_outcome_logs_the_readiness_report(tracking, demo_prepared):
     logged = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/edgetpu_readiness.json")
     assert logged == outcome.edgetpu
     metrics = mlflow.get_run(run.info.run_id).data.metrics
-    assert metrics["edgetpu_mapped_fraction"] == 0.0 and metrics["float_ops"] == 0
+    # int8_full ships with its batch fixed to 1, so all 7 ops (every one in the table) map.
+    assert metrics["edgetpu_mapped_fraction"] == 1.0 and metrics["float_ops"] == 0
+    assert [op["op"] for op in logged["ops"]] == DEMO_OPS and logged["estimated_with_batch_one"] is False
+
+
+def test_int8_full_ships_a_static_batch_of_1_with_the_same_outputs(demo_prepared, converted):
+    from mlflow_tflite.pipeline import convert_and_evaluate
+    from mlflow_tflite.runtime import make_interpreter
+    from mlflow_tflite.variants import Variant
+
+    dynamic = converted["int8_full-s0-i8"][1]  # the converter's own output: batch open (-1)
+    static = convert_and_evaluate(demo_prepared, Variant("int8_full", input_size=8)).tflite_model
+    assert list(make_interpreter(dynamic).get_input_details()[0]["shape_signature"]) == [-1, 8, 8, 1]
+    assert list(make_interpreter(static).get_input_details()[0]["shape_signature"]) == [1, 8, 8, 1]
+    assert tflite_file.with_batch_one(static) is static  # nothing left to fix
+    x = demo_prepared.dataset.x_test[:5]
+    outputs = []
+    for model in (dynamic, static):
+        interpreter = make_interpreter(model)
+        detail, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        scale, zero = detail["quantization"]
+        rows = []
+        for row in x:  # one example at a time: the static model takes batch 1 only
+            interpreter.set_tensor(detail["index"], np.round(row[None] / scale + zero).astype(np.int8))
+            interpreter.invoke()
+            rows.append(interpreter.get_tensor(out["index"]).copy())
+        outputs.append(np.concatenate(rows))
+    np.testing.assert_array_equal(outputs[0], outputs[1])  # same kernels and parameters, only shapes fixed
 
 
 # --- int8 models with float inputs/outputs -------------------------------------------------------
