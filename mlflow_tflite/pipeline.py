@@ -188,6 +188,8 @@ def _adapted(prepared: Prepared, variant: Variant, keras_model) -> VariantModel:
 
 
 def _build_variant_model(prepared: Prepared, variant: Variant, seed: int) -> VariantModel:
+    if variant.recipe.trained:
+        return _trained_variant_model(prepared, variant, seed)
     if not _resized(prepared, variant) and variant.sparsity == 0:
         return VariantModel(prepared.source, *_variant_data(prepared, variant))
     from mlflow_tflite import optimize
@@ -209,8 +211,42 @@ def _build_variant_model(prepared: Prepared, variant: Variant, seed: int) -> Var
     return _adapted(prepared, variant, keras_model)
 
 
+def untrained_variant(variant: Variant) -> Variant:
+    """The float variant of the same input size and sparsity, without quantization-aware training:
+    its model is the one a ``qat_int8`` variant fine-tunes (and its float model is the reference)."""
+    from dataclasses import replace
+
+    from mlflow_tflite.quant_modes import QuantMode
+
+    return replace(variant, quant=QuantMode.NONE)
+
+
+def _trained_variant_model(prepared: Prepared, variant: Variant, seed: int) -> VariantModel:
+    """``qat_int8``: the resized/pruned model of the same size and sparsity (shared with the other
+    modes), then quantization-aware training (``optimize.qat_model`` with ``prepared.qat``)."""
+    from mlflow_tflite import optimize
+
+    base = variant_model(prepared, untrained_variant(variant), seed)
+    if base.source.keras_model is None:
+        raise TFLiteError(
+            f"quant={variant.quant} needs a tf_keras model but the source is a {prepared.source.kind} model "
+            f"({prepared.source.uri}); give an .h5/tf_keras model or use quant=int8 (post-training quantization)"
+        )
+    if prepared.dataset is None:
+        raise TFLiteError(f"quant={variant.quant} needs labelled training data to fine-tune; pass data with "
+                          "x_train and y_train or use quant=int8 (post-training quantization)")
+    keras_model = optimize.qat_model(base.source.keras_model, base.x_train, prepared.dataset.y_train, prepared.qat,
+                                     variant.sparsity, seed=seed)
+    return _adapted(prepared, variant, keras_model)
+
+
 def load_variant_model(prepared: Prepared, variant: Variant, path) -> VariantModel:
-    """A resized/pruned model saved by another worker (``.h5``), with its data at that size."""
+    """A resized/pruned (or quantization-aware trained) model saved by another worker (``.h5``),
+    with its data at that size."""
+    if variant.recipe.trained:
+        from mlflow_tflite.optimize import load_qat_model
+
+        return _adapted(prepared, variant, load_qat_model(path))
     import tf_keras
 
     return _adapted(prepared, variant, tf_keras.models.load_model(path, compile=False))
