@@ -372,7 +372,7 @@ def qat_model(model, x_train, y_train, options: QatOptions = QatOptions(), spars
             trained = quantization.quantize_model(model)
     except (ValueError, RuntimeError, TypeError) as error:
         raise TFLiteError(
-            f"model {model.name!r} cannot be quantization-aware trained: {_first_line(error)}; "
+            f"model {model.name!r} cannot be quantization-aware trained: {_first_line(error, 300).split('. ')[0]}; "
             f"{_QAT.instead}"
         ) from None
     from_logits = not _outputs_probabilities(model, inputs)
