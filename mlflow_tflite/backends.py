@@ -156,8 +156,31 @@ def tensor_errors(prepared, variant: Variant, source, tflite_model: bytes,
         return None, "no evaluation data"
     if variant.recipe.integer_io:
         return None, f"{variant.quant} has integer I/O; compare the int8 variant (same kernels, float I/O)"
+    if variant.recipe.trained:
+        return _trained_tensor_errors(prepared, variant, tflite_model, x_test)
     float_bytes, _ = float_model(prepared, variant, source)
     try:
         return _compare(float_bytes, tflite_model, x_test, source.input_names), None
     except TFLiteError as error:
         return None, error.message
+
+
+def _trained_tensor_errors(prepared, variant: Variant, tflite_model: bytes,
+                           x_test: list[np.ndarray]) -> tuple[list[dict] | None, str]:
+    """``qat_int8`` against the float model of the plain resized/pruned source of its size and
+    sparsity (the QAT model's own float conversion carries the fake quantization, so it is no
+    reference). Only tensors with the same name in both are compared; the QAT model's layers are
+    TFMOT wrappers (``quant_conv2d``...), so that may be only a few: the note says how many."""
+    from mlflow_tflite.pipeline import untrained_variant, variant_model
+
+    untrained = untrained_variant(variant)
+    reference = variant_model(prepared, untrained).source
+    float_bytes, _ = float_model(prepared, untrained, reference)
+    what = f"{variant.quant} compared with the float model of {untrained.name} (before quantization-aware training)"
+    try:
+        rows = _compare(float_bytes, tflite_model, x_test, reference.input_names)
+    except TFLiteError as error:
+        return None, f"{what}: {error.message}"
+    if not rows:
+        return None, f"{what}: no tensor has the same name in both models"
+    return rows, f"{what}: {len(rows)} tensors share a name"

@@ -1,4 +1,5 @@
-"""Model optimizations applied before conversion: magnitude pruning and input resizing.
+"""Model optimizations applied before conversion: magnitude pruning, quantization-aware
+training (:func:`qat_model`) and input resizing.
 
 Pruning follows TensorFlow Model Optimization's pruning guide
 (https://www.tensorflow.org/model_optimization/guide/pruning/pruning_with_keras):
@@ -188,7 +189,7 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
         raise TFLiteError(f"sparsity {sparsity} is outside [0, 1); use e.g. 0, 0.5 or 0.8")
     if sparsity == 0:
         return model
-    inputs, y_train = _checked_training_set(model, x_train, y_train, sparsity, epochs, batch_size)
+    inputs, y_train = _checked_training_set(model, x_train, y_train, _pruning(sparsity), epochs, batch_size)
 
     import tf_keras
 
@@ -223,43 +224,62 @@ def prune_model(model, x_train, y_train, sparsity: float, epochs: int = 2, batch
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
-def _checked_training_set(model, x_train, y_train, sparsity: float, epochs: int, batch_size: int):
-    """``(inputs, labels)`` to fine-tune ``model`` on while pruning, after checking everything.
+@dataclass(frozen=True)
+class _FineTuning:
+    """How the messages of :func:`_checked_training_set` name a fine-tuning and its way out."""
+
+    verb: str  # "prune"
+    what: str  # "pruning"
+    setting: str  # "sparsity=0.5"
+    instead: str  # "use sparsity=0"
+
+
+def _pruning(sparsity: float) -> _FineTuning:
+    return _FineTuning("prune", "pruning", f"sparsity={sparsity:g}", "use sparsity=0")
+
+
+_QAT = _FineTuning("fine-tune with fake quantization", "quantization-aware training", "quant=qat_int8",
+                   "use quant=int8 (post-training quantization)")
+
+
+def _checked_training_set(model, x_train, y_train, purpose: _FineTuning, epochs: int, batch_size: int):
+    """``(inputs, labels)`` to fine-tune ``model`` on (pruning or QAT), after checking everything.
 
     Raises:
-        TFLiteError: see :func:`prune_model`.
+        TFLiteError: see :func:`prune_model` and :func:`qat_model`.
     """
     if model is None or not _is_tf_keras_model(model):
         raise TFLiteError(
-            f"cannot prune a {_type_name(model)}: pruning needs a tf_keras model (.h5 or built with tf_keras); "
-            "use sparsity=0"
+            f"cannot {purpose.verb} a {_type_name(model)}: {purpose.what} needs a tf_keras model "
+            f"(.h5 or built with tf_keras); {purpose.instead}"
         )
     if y_train is None:
         raise TFLiteError(
-            f"sparsity={sparsity:g} needs labels: pruning fine-tunes on y_train but the data has none; "
-            "add y_train or use sparsity=0"
+            f"{purpose.setting} needs labels: {purpose.what} fine-tunes on y_train but the data has none; "
+            f"add y_train or {purpose.instead}"
         )
     if epochs < 1 or batch_size < 1:
         raise TFLiteError(
-            f"pruning needs epochs >= 1 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}"
+            f"{purpose.what} needs epochs >= 1 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}"
         )
-    inputs = _training_inputs(model, x_train)
+    inputs = _training_inputs(model, x_train, purpose.what)
     y_train = np.asarray(y_train)
     if len(inputs[0]) == 0 or len(inputs[0]) != len(y_train):
         raise TFLiteError(
-            f"pruning needs as many labels as examples, got {len(inputs[0])} examples and {len(y_train)} labels"
+            f"{purpose.what} needs as many labels as examples, got {len(inputs[0])} examples and {len(y_train)} "
+            "labels"
         )
     outputs = model.outputs or []
     if len(outputs) != 1 or len(outputs[0].shape) != 2 or not (outputs[0].shape[-1] or 0) > 1:
         shapes = [tuple(o.shape) for o in outputs]
         raise TFLiteError(
-            f"pruning fine-tunes a classifier but model {model.name!r} has outputs {shapes}, not one (N, classes) "
-            "output; use sparsity=0"
+            f"{purpose.what} fine-tunes a classifier but model {model.name!r} has outputs {shapes}, not one "
+            f"(N, classes) output; {purpose.instead}"
         )
     return inputs, y_train
 
 
-def _training_inputs(model, x_train) -> list[np.ndarray]:
+def _training_inputs(model, x_train, what: str = "pruning") -> list[np.ndarray]:
     """``x_train`` as one float32 array per model input, checked against the model's inputs.
 
     Raises:
@@ -270,14 +290,115 @@ def _training_inputs(model, x_train) -> list[np.ndarray]:
     names = [tensor.name.split(":")[0] for tensor in model.inputs]
     if len(arrays) != len(names):
         raise TFLiteError(
-            f"pruning model {model.name!r} needs one training array per input {names} but got {len(arrays)}; "
+            f"{what} of model {model.name!r} needs one training array per input {names} but got {len(arrays)}; "
             "give x_train_0 ... in the data, one per input"
         )
     arrays = [np.asarray(x, dtype=np.float32) for x in arrays]
     rows = sorted({len(x) for x in arrays})
     if len(rows) != 1:
-        raise TFLiteError(f"pruning needs the same number of examples for every input {names}, got {rows}")
+        raise TFLiteError(f"{what} needs the same number of examples for every input {names}, got {rows}")
     return arrays
+
+
+# --------------------------------------------------------------------------------------------
+# Quantization-aware training
+# --------------------------------------------------------------------------------------------
+
+
+def qat_params(options: QatOptions) -> dict[str, float]:
+    """Run params of a ``qat_int8`` variant: ``{"qat_epochs": int, "qat_learning_rate": float}``."""
+    return {"qat_epochs": options.qat_epochs, "qat_learning_rate": options.qat_learning_rate}
+
+
+def qat_model(model, x_train, y_train, options: QatOptions = QatOptions(), sparsity: float = 0.0, seed: int = 0,
+              batch_size: int = 32):
+    """Quantization-aware training of a tf_keras classifier: fake quantization, then a short fine-tune.
+
+    The recipes are TFMOT's quantization-aware training guide
+    (https://www.tensorflow.org/model_optimization/guide/quantization/training_example) and,
+    for a pruned model, its pruning-preserving QAT guide
+    (https://www.tensorflow.org/model_optimization/guide/combine/pqat_example):
+
+    - ``sparsity == 0``: ``tfmot.quantization.keras.quantize_model`` (default 8-bit scheme).
+    - ``sparsity > 0`` (``model`` already pruned and stripped by :func:`prune_model`):
+      ``quantize_annotate_model`` + ``quantize_apply`` with
+      ``tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()``, which keeps the
+      zero weights at zero during the fine-tune, so the sparsity survives into the .tflite.
+
+    Then ``options.qat_epochs`` epochs of Adam (``options.qat_learning_rate``) with sparse
+    categorical cross-entropy, ``from_logits`` chosen as :func:`prune_model` does. TFMOT clones
+    the model; ``model`` itself is not modified. Convert the result with the ``qat_int8`` recipe
+    (optimizations, representative dataset, ``TFLITE_BUILTINS_INT8``): the converter takes the
+    learnt ranges from the fake-quantization nodes.
+
+    Args:
+        model: a Sequential or functional ``tf_keras.Model`` with one ``(N, C)`` class-score
+            output (softmax probabilities or logits), pruned when ``sparsity > 0``.
+        x_train: float32 ``(N, ...)`` training inputs matching the model input, or a list of
+            such arrays (same ``N``), one per input, in model order.
+        y_train: int ``(N,)`` class labels in ``[0, C)``.
+        options: :class:`QatOptions` (epochs >= 1, learning rate > 0).
+        sparsity: the pruning target ``model`` was pruned to, in ``[0, 1)``; > 0 selects PQAT.
+        seed: seeds Python, NumPy and TensorFlow (``tf_keras.utils.set_random_seed``), so the
+            same inputs give the same weights and ranges.
+        batch_size: examples per step (>= 1).
+
+    Returns:
+        A new, uncompiled ``tf_keras.Model`` whose layers are TFMOT quantize wrappers (save it as
+        .h5 and load it under ``tfmot.quantization.keras.quantize_scope()``).
+
+    Raises:
+        TFLiteError (one line): the model is not a tf_keras model (a SavedModel, Keras 3 model,
+            frozen graph or ``None``); ``y_train`` is ``None`` or does not match ``x_train``; no
+            single class-score output; ``sparsity`` out of range; TFMOT cannot quantize a layer
+            (its first line is kept) -- the message says to use ``quant=int8`` instead.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise TFLiteError(f"sparsity {sparsity} is outside [0, 1); use e.g. 0, 0.5 or 0.8")
+    inputs, y_train = _checked_training_set(model, x_train, y_train, _QAT, options.qat_epochs, batch_size)
+
+    import tf_keras
+
+    tfmot = _import_tfmot()
+    tf_keras.utils.set_random_seed(seed)
+    quantization = tfmot.quantization.keras
+    try:
+        if sparsity > 0:
+            annotated = quantization.quantize_annotate_model(model)
+            trained = quantization.quantize_apply(
+                annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+            )
+        else:
+            trained = quantization.quantize_model(model)
+    except (ValueError, RuntimeError, TypeError) as error:
+        raise TFLiteError(
+            f"model {model.name!r} cannot be quantization-aware trained: {_first_line(error, 300).split('. ')[0]}; "
+            f"{_QAT.instead}"
+        ) from None
+    from_logits = not _outputs_probabilities(model, inputs)
+    trained.compile(
+        optimizer=tf_keras.optimizers.Adam(options.qat_learning_rate),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=["accuracy"],
+    )
+    trained.fit(
+        inputs if len(inputs) > 1 else inputs[0],
+        y_train,
+        epochs=options.qat_epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=0,
+    )
+    return trained
+
+
+def load_qat_model(path):
+    """A :func:`qat_model` result saved as .h5, loaded under TFMOT's ``quantize_scope`` (uncompiled)."""
+    import tf_keras
+
+    tfmot = _import_tfmot()
+    with tfmot.quantization.keras.quantize_scope():
+        return tf_keras.models.load_model(path, compile=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class Prepared:
             variant, resized or pruned, is compared against these.
         task: ``classification`` (accuracy metrics) or ``fidelity`` (output agreement only).
         variant_models: cache of :class:`VariantModel` by ``Variant.model_key`` (input size,
-            sparsity): each resized/pruned model is built (or loaded from another worker) once.
+            sparsity, trained): each resized/pruned model is built (or loaded from another worker) once.
         float_models: cache of float .tflite bytes by ``(Variant.model_key, ops)``: the LiteRT
             Quantizer backend and the per-tensor error share one float conversion per key.
         class_outputs: positions of the source outputs that hold class scores (they get a
@@ -188,6 +188,8 @@ def _adapted(prepared: Prepared, variant: Variant, keras_model) -> VariantModel:
 
 
 def _build_variant_model(prepared: Prepared, variant: Variant, seed: int) -> VariantModel:
+    if variant.recipe.trained:
+        return _trained_variant_model(prepared, variant, seed)
     if not _resized(prepared, variant) and variant.sparsity == 0:
         return VariantModel(prepared.source, *_variant_data(prepared, variant))
     from mlflow_tflite import optimize
@@ -209,8 +211,42 @@ def _build_variant_model(prepared: Prepared, variant: Variant, seed: int) -> Var
     return _adapted(prepared, variant, keras_model)
 
 
+def untrained_variant(variant: Variant) -> Variant:
+    """The float variant of the same input size and sparsity, without quantization-aware training:
+    its model is the one a ``qat_int8`` variant fine-tunes (and its float model is the reference)."""
+    from dataclasses import replace
+
+    from mlflow_tflite.quant_modes import QuantMode
+
+    return replace(variant, quant=QuantMode.NONE)
+
+
+def _trained_variant_model(prepared: Prepared, variant: Variant, seed: int) -> VariantModel:
+    """``qat_int8``: the resized/pruned model of the same size and sparsity (shared with the other
+    modes), then quantization-aware training (``optimize.qat_model`` with ``prepared.qat``)."""
+    from mlflow_tflite import optimize
+
+    base = variant_model(prepared, untrained_variant(variant), seed)
+    if base.source.keras_model is None:
+        raise TFLiteError(
+            f"quant={variant.quant} needs a tf_keras model but the source is a {prepared.source.kind} model "
+            f"({prepared.source.uri}); give an .h5/tf_keras model or use quant=int8 (post-training quantization)"
+        )
+    if prepared.dataset is None:
+        raise TFLiteError(f"quant={variant.quant} needs labelled training data to fine-tune; pass data with "
+                          "x_train and y_train or use quant=int8 (post-training quantization)")
+    keras_model = optimize.qat_model(base.source.keras_model, base.x_train, prepared.dataset.y_train, prepared.qat,
+                                     variant.sparsity, seed=seed)
+    return _adapted(prepared, variant, keras_model)
+
+
 def load_variant_model(prepared: Prepared, variant: Variant, path) -> VariantModel:
-    """A resized/pruned model saved by another worker (``.h5``), with its data at that size."""
+    """A resized/pruned (or quantization-aware trained) model saved by another worker (``.h5``),
+    with its data at that size."""
+    if variant.recipe.trained:
+        from mlflow_tflite.optimize import load_qat_model
+
+        return _adapted(prepared, variant, load_qat_model(path))
     import tf_keras
 
     return _adapted(prepared, variant, tf_keras.models.load_model(path, compile=False))
@@ -233,6 +269,8 @@ class Outcome:
             or ``None`` with ``tensor_errors_note`` saying why.
         edgetpu: static Edge TPU readiness report (``edgetpu.readiness``) of variants with int8 kernels, else ``None``.
         search: the mixed-precision search (``mixed.SearchResult``) of ``int8_mixed``, else ``None``.
+        max_trials: the search's bound (``int8_mixed``), else ``None``.
+        mode_params: run params of the mode's own options (``qat_epochs``, ``qat_learning_rate``).
     """
 
     tflite_model: bytes
@@ -247,6 +285,7 @@ class Outcome:
     edgetpu: dict | None = None
     search: object | None = None
     max_trials: int | None = None
+    mode_params: dict = field(default_factory=dict)
 
     @property
     def final_step(self) -> int:
@@ -393,8 +432,11 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
                   if prepared.tensor_errors else (None, "skipped (no_tensor_errors)"))
     if rows:
         metrics["min_tensor_snr_db"] = rows[0]["snr_db"]
+    from mlflow_tflite.optimize import qat_params
+
     return Outcome(tflite_model, metrics, calibration, example, inventory, None, produced.recipe_json, rows, note,
-                   edgetpu_report, search, prepared.mixed_precision.max_trials if search else None)
+                   edgetpu_report, search, prepared.mixed_precision.max_trials if search else None,
+                   qat_params(prepared.qat) if variant.recipe.trained else {})
 
 
 def example_arrays(example) -> tuple[list[np.ndarray], list[str] | None]:
@@ -438,6 +480,7 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
     Returns:
         ``(model_info, eval_digest)``: the logged model and the evaluation data digest (or ``None``).
     """
+    tracking.log_params_once(outcome.mode_params)
     if outcome.search is not None:
         tracking.log_search(outcome.search, outcome.max_trials)
     mlflow.log_metrics(outcome.metrics, step=outcome.final_step)

@@ -134,7 +134,16 @@ def _warm_up(_: object = None) -> None:
 
 
 def _model_file(variant: Variant) -> Path:
-    return _WORKER["workdir"] / f"model-i{variant.input_size}-s{variant.sparsity:g}.h5"
+    trained = "-qat" if variant.recipe.trained else ""  # the QAT model of a key is not its plain pruned model
+    return _WORKER["workdir"] / f"model-i{variant.input_size}-s{variant.sparsity:g}{trained}.h5"
+
+
+def _load_saved_models(prepared: pipeline.Prepared, variants: list[Variant]) -> None:
+    """Cache the models phase 2 saved for ``variants`` (when saved and not cached yet)."""
+    for variant in variants:
+        if variant.model_key not in prepared.variant_models and _model_file(variant).exists():
+            prepared.variant_models[variant.model_key] = pipeline.load_variant_model(
+                prepared, variant, _model_file(variant))
 
 
 def _guarded(task):
@@ -163,8 +172,14 @@ def describe(_: object) -> dict:
 
 @_guarded
 def build_variant_model(variant: Variant) -> str:
-    """Phase 2: resize/prune once, save it for the other workers."""
-    adapted = pipeline.variant_model(_prepared(), variant)
+    """Phase 2: resize/prune (or QAT-train) once, save it for the other workers.
+
+    A QAT model starts from the plain resized/pruned model of its key, saved earlier in phase 2.
+    """
+    prepared = _prepared()
+    if variant.recipe.trained:
+        _load_saved_models(prepared, [pipeline.untrained_variant(variant)])
+    adapted = pipeline.variant_model(prepared, variant)
     adapted.source.keras_model.save(_model_file(variant))
     return str(_model_file(variant))
 
@@ -173,8 +188,9 @@ def build_variant_model(variant: Variant) -> str:
 def run_variant_task(variant: Variant) -> pipeline.Outcome:
     """Phase 3: convert and evaluate one variant (the pruned/resized model comes from phase 2)."""
     prepared = _prepared()
-    if variant.model_key not in prepared.variant_models and _model_file(variant).exists():
-        prepared.variant_models[variant.model_key] = pipeline.load_variant_model(prepared, variant, _model_file(variant))
+    # A QAT variant's per-tensor error compares with the float model of its plain pruned model.
+    _load_saved_models(prepared, [pipeline.untrained_variant(variant)] if variant.recipe.trained else [])
+    _load_saved_models(prepared, [variant])
     return pipeline.convert_and_evaluate(prepared, variant)
 
 
@@ -296,13 +312,25 @@ def _convert(workers: Workers, variants: list[Variant], native: int | None):
 
 
 def _build_variant_models(workers: Workers, variants: list[Variant], native: int | None) -> dict:
-    """Phase 2: build each resized/pruned model once; return {(size, sparsity): error message}."""
-    needed: dict[tuple, Variant] = {}
+    """Phase 2: build each resized/pruned model once, then each QAT model from it (QAT always
+    needs a build); return {model_key: error message} (a QAT key inherits its base's error)."""
+    plain: dict[tuple, Variant] = {}
+    trained: dict[tuple, Variant] = {}
     for v in variants:
-        if v.sparsity > 0 or v.input_size not in (None, native):
-            needed.setdefault(v.model_key, v)
+        base = pipeline.untrained_variant(v) if v.recipe.trained else v
+        if base.sparsity > 0 or base.input_size not in (None, native):
+            plain.setdefault(base.model_key, base)
+        if v.recipe.trained:
+            trained.setdefault(v.model_key, v)
     errors = {}
-    for v, status, value in workers.run(build_variant_model, list(needed.values())):
+    for v, status, value in workers.run(build_variant_model, list(plain.values())):
+        if status != "ok":
+            errors[v.model_key] = value
+    for key, v in trained.items():
+        base_key = pipeline.untrained_variant(v).model_key
+        if base_key in errors:
+            errors[key] = errors[base_key]
+    for v, status, value in workers.run(build_variant_model, [v for k, v in trained.items() if k not in errors]):
         if status != "ok":
             errors[v.model_key] = value
     return errors

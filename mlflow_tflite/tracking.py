@@ -166,12 +166,13 @@ TENSOR_ERRORS_PLOT = "tensor_errors.png"
 def log_tensor_errors(rows: list[dict] | None, note: str | None) -> None:
     """Per-tensor error on the active run: a table, a bar chart of the 20 worst, the worst tensor.
 
-    ``rows`` as from ``quantize.tensor_errors`` (worst SNR first); without rows, ``note`` says why
-    (tag ``mlflow_tflite.tensor_errors``).
+    ``rows`` as from ``quantize.tensor_errors`` (worst SNR first); ``note`` (tag
+    ``mlflow_tflite.tensor_errors``) says why there are none, or qualifies them (QAT: how many
+    tensors share a name with the float model).
     """
+    if note:
+        mlflow.set_tag(tags.TENSOR_ERRORS_NOTE_TAG, note[:5000])
     if not rows:
-        if note:
-            mlflow.set_tag(tags.TENSOR_ERRORS_NOTE_TAG, note[:5000])
         return
     import matplotlib.pyplot as plt
     import pandas as pd

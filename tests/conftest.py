@@ -46,7 +46,9 @@ def converted(demo_prepared):
     from mlflow_tflite.variants import CONVERTER_MODES, Variant
 
     calibration = [calibration_sample(demo_prepared.dataset.x_train, 200)]
-    variants = [Variant(q, input_size=8) for q in CONVERTER_MODES] + [Variant("int8_full", input_size=8, io_type="uint8")]
+    # int8_mixed and qat_int8 need the pipeline (a search / a fine-tune), not one convert call.
+    modes = [q for q in CONVERTER_MODES if not (Variant(q).recipe.trained or Variant(q).recipe.mixed)]
+    variants = [Variant(q, input_size=8) for q in modes] + [Variant("int8_full", input_size=8, io_type="uint8")]
     return {v.name: (v, convert(demo_prepared.source, v, calibration).tflite_model) for v in variants}
 
 
