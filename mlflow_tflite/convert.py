@@ -102,9 +102,7 @@ def convert(source: Source, variant: Variant, calibration: list[np.ndarray] | No
     configure(converter, variant, calibration, names)
     started = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            # Emitted for every int8 model with float I/O, where input statistics are not needed.
-            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        with _debugger_quiet():  # the same C++ line and warning as the debugger's
             tflite_model = converter.convert()
     except Exception as error:  # the converter raises ConverterError, ValueError, RuntimeError...
         raise TFLiteError(_conversion_error_message(variant, error)) from None
@@ -181,7 +179,9 @@ class SelectiveQuantizer:
 
 @contextlib.contextmanager
 def _debugger_quiet():
-    """The debugger's noise: a C++ line per quantization and TensorFlow's interpreter deprecation warning."""
+    """Conversion noise: the quantizer's C++ line per model, the warning about input statistics (emitted for
+    every int8 model with float I/O, which needs none) and, in the debugger, TensorFlow's interpreter
+    deprecation warning."""
     from mlflow_tflite.quiet import dropped_lines
 
     with warnings.catch_warnings(), dropped_lines(re.compile(r"fully_quantize: \d|Created TensorFlow Lite XNNPACK delegate")):
