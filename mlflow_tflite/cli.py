@@ -211,7 +211,8 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
     for row in result.rows:
         shown = ", ".join(f"{k}={row['metrics'][k]:.4g}" for k in ("accuracy_drop", "size_bytes", "latency_ms_p50")
                           if k in row["metrics"])
-        click.echo(f"  {row['variant']:<28} {row['status']:<9} {shown or row['error']}")
+        missed = "" if row.get("tolerance_met", True) else "  (tolerance not met: never selected)"
+        click.echo(f"  {row['variant']:<28} {row['status']:<9} {shown or row['error']}{missed}")
     click.echo(f"sweep run {result.parent_run_id}: {result.message}")
     if result.registration:
         _echo_registration(result.registration)

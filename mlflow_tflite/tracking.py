@@ -196,7 +196,8 @@ def log_search(search, max_trials: int) -> None:
 
     Each trial ``t`` logs :data:`TRIAL_STEP_METRICS` at step ``t``; the param ``mixed_float_layers``
     holds the chosen Keras layer names (short; ``float_layers.json`` has them in full with every
-    trial), and tag ``mlflow_tflite.tolerance_met`` is ``true`` or ``false``.
+    trial), tag ``mlflow_tflite.tolerance_met`` is ``true`` or ``false`` and the run's description
+    gives the search's one-line outcome.
 
     Args:
         search: ``mixed.SearchResult``.
@@ -205,6 +206,7 @@ def log_search(search, max_trials: int) -> None:
     log_params_once({"max_trials": max_trials, "mixed_float_layers": search.short_layer_list(),
                      "mixed_trials": len(search.trials)})
     mlflow.set_tag(tags.TOLERANCE_MET_TAG, str(search.tolerance_met).lower())
+    mlflow.set_tag("mlflow.note.content", f"int8_mixed: {search.message}")  # the run's description in the UI
     mlflow.log_dict(search.report(), FLOAT_LAYERS_FILE)
     for trial in search.trials:
         mlflow.log_metrics({k: trial.metrics[k] for k in TRIAL_STEP_METRICS if k in trial.metrics}, step=trial.number)
