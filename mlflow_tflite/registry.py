@@ -1,13 +1,24 @@
-"""Registering a variant and guarding the ``champion`` alias.
+"""Registering a variant and guarding the ``champion`` alias, safe for concurrent promoters.
 
 A new version takes ``champion`` only when it is within the tolerance and there is no champion
 yet, or it beats the current champion's quality (``selection.quality``) on the same evaluation
 data (same MLflow dataset digest). A model is registered once: registering the same logged
 model again (a resumed sweep) reuses its version.
+
+MLflow has no compare-and-set on aliases, so two sweeps promoting into one model at the same
+time could both read the old champion and the worse one set the alias last. The registry's
+version numbers are the one atomic, ordered thing it gives (the store assigns them), so
+promotions take turns in version order: a new version is tagged
+``mlflow_tflite.promotion=pending`` as soon as it is registered, waits until every lower
+version of the model is ``done`` (or was registered by something else, or its promoter has
+been gone for ``PROMOTION_EXPIRY_SECONDS``), then reads the champion, decides, sets the alias
+and tags itself ``done``. Only one promoter is ever between reading and setting, without any
+timing assumption beyond the expiry of a crashed promoter's turn.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import mlflow
@@ -22,6 +33,11 @@ from mlflow_tflite.tracking import evaluation_digest
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+PROMOTION_TAG = "mlflow_tflite.promotion"  # on a model version: "pending" while its promoter decides, then "done"
+# A pending turn older than this belongs to a promoter that died (a sweep's promotion takes seconds).
+PROMOTION_EXPIRY_SECONDS = 600.0
+# A version without the tag this long after its creation was registered by something else.
+UNTAGGED_GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,38 @@ def _existing_version(client: MlflowClient, name: str, model_uri: str, run_id: s
     return None
 
 
+def _blocking_versions(client: MlflowClient, name: str, version: str, now_ms: int) -> list[str]:
+    """Lower versions of ``name`` whose promotion has not finished (see module doc)."""
+    blocking = []
+    for other in client.search_model_versions(f"name = '{name}'"):
+        if int(other.version) >= int(version):
+            continue
+        age = (now_ms - int(other.creation_timestamp)) / 1000.0
+        state = other.tags.get(PROMOTION_TAG)
+        if state == "pending" and age < PROMOTION_EXPIRY_SECONDS:
+            blocking.append(str(other.version))
+        elif state is None and age < UNTAGGED_GRACE_SECONDS:
+            blocking.append(str(other.version))  # registered a moment ago; its pending tag is on its way
+    return blocking
+
+
+def _wait_for_turn(client: MlflowClient, name: str, version: str, poll_seconds: float = 0.2) -> None:
+    """Block until every lower version of ``name`` has finished its promotion.
+
+    Raises:
+        TFLiteError: still blocked after ``PROMOTION_EXPIRY_SECONDS`` (names the versions).
+    """
+    deadline = time.monotonic() + PROMOTION_EXPIRY_SECONDS
+    while True:
+        blocking = _blocking_versions(client, name, version, int(time.time() * 1000))
+        if not blocking:
+            return
+        if time.monotonic() > deadline:
+            raise TFLiteError(f"model {name!r} version {version} waited {PROMOTION_EXPIRY_SECONDS:.0f} s for the "
+                              f"promotion of versions {', '.join(blocking)}; retry with promote")
+        time.sleep(poll_seconds)
+
+
 def register_and_promote(
     model_uri: str,
     name: str,
@@ -120,17 +168,21 @@ def register_and_promote(
     client = MlflowClient()
     run_id = mlflow.models.get_model_info(model_uri).run_id if model_uri.startswith("models:/m-") else None
     existing = _existing_version(client, name, model_uri, run_id)
-    take_champion, reason = champion_decision(client, name, metrics, eval_digest, tolerance,
-                                              existing.version if existing else None)
-    version = existing.version if existing else mlflow.register_model(model_uri, name).version
+    version = str(existing.version if existing else mlflow.register_model(model_uri, name).version)
+    client.set_model_version_tag(name, version, PROMOTION_TAG, "pending")
     tags = {VARIANT_TAG: variant_name, **{k: repr(float(metrics[k])) for k in VERSION_METRIC_TAGS if k in metrics}}
     if eval_digest:
         tags[EVAL_DIGEST_TAG] = eval_digest
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
-    client.set_registered_model_alias(name, CHAMPION if take_champion else CHALLENGER, version)
-    return Registration(name, str(version), take_champion, reason)
+    _wait_for_turn(client, name, version)
+    try:
+        take_champion, reason = champion_decision(client, name, metrics, eval_digest, tolerance, version)
+        client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
+        client.set_registered_model_alias(name, CHAMPION if take_champion else CHALLENGER, version)
+    finally:
+        client.set_model_version_tag(name, version, PROMOTION_TAG, "done")
+    return Registration(name, version, take_champion, reason)
 
 
 def version_description(variant_name: str, metrics: dict[str, float], reason: str) -> str:
