@@ -251,9 +251,14 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
     open_args = {"model": config.model, "data": config.data, **config.open_options}
     if config.resume:
         sweep_runs.check_sweep_parent(config.resume)
+    # Under `mlflow run`, MLflow has created this entry point's run (MLFLOW_RUN_ID): it is the parent,
+    # and a resumed sweep continues in it (sweep_runs.continue_in) instead of leaving it empty.
+    # Taken out of the environment as mlflow.start_run does, or every child run would reopen it.
+    launched = os.environ.pop("MLFLOW_RUN_ID", None)
+    run_id = launched or config.resume
     with tempfile.TemporaryDirectory(prefix="mlflow-tflite-sweep-") as workdir, \
             closing(Workers(config.workers, _worker_init, (open_args, workdir), _warm_up)) as workers, \
-            tracking.tracked_run(run_id=config.resume, run_name=None if config.resume else "sweep") as parent:
+            tracking.tracked_run(run_id=run_id, run_name=None if run_id else "sweep") as parent:
         mlflow.set_tags(PARENT_TAGS)
         return _sweep(parent.info.run_id, config, workers, dataset, progress)
 
@@ -271,6 +276,9 @@ def _sweep(parent_run_id: str, config: SweepConfig, workers: Workers, dataset, p
     meta = _describe(workers)
     variants = list(dict.fromkeys(  # "native" may equal a size also given
         v if v.input_size else replace(v, input_size=meta["native_input_size"]) for v in config.variants))
+    if config.resume and config.resume != parent_run_id:
+        sweep_runs.check_config(config.resume, config.record(variants))  # before anything moves
+        sweep_runs.continue_in(config.resume, parent_run_id)
     sweep_runs.record_or_check_config(parent_run_id, config.record(variants), resumed=config.resume is not None)
     tracking.log_params_once(_sweep_params(config, variants, meta["uri"]))
     current = sweep_runs.current_children(parent_run_id)

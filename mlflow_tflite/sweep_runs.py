@@ -44,13 +44,22 @@ def record_or_check_config(parent_run_id: str, config: dict, resumed: bool) -> N
         TFLiteError: on resume, a setting differs from the recorded one (the message names
             each differing key with both values).
     """
-    digest = config_digest(config)
     recorded = MlflowClient().get_run(parent_run_id).data.tags.get(CONFIG_DIGEST_TAG)
     if not resumed or recorded is None:
         mlflow.log_dict(config, CONFIG_FILE)
-        mlflow.set_tag(CONFIG_DIGEST_TAG, digest)
+        mlflow.set_tag(CONFIG_DIGEST_TAG, config_digest(config))
         return
-    if recorded == digest:
+    check_config(parent_run_id, config)
+
+
+def check_config(parent_run_id: str, config: dict) -> None:
+    """Check a sweep's configuration against the one recorded on ``parent_run_id`` (see above).
+
+    Raises:
+        TFLiteError: a setting differs (the message names each differing key with both values).
+    """
+    recorded = MlflowClient().get_run(parent_run_id).data.tags.get(CONFIG_DIGEST_TAG)
+    if recorded is None or recorded == config_digest(config):
         return
     before = mlflow.artifacts.load_dict(f"runs:/{parent_run_id}/{CONFIG_FILE}")
     now = json.loads(json.dumps(config, default=str))
@@ -76,6 +85,30 @@ def check_sweep_parent(run_id: str) -> None:
         raise TFLiteError(f"resume {run_id!r} is not a run in this tracking store; pass a sweep's parent run id") from None
     if role != ROLE_SWEEP:
         raise TFLiteError(f"run {run_id} is not a sweep parent (role {role!r}); pass the parent run id of a sweep")
+
+
+def continue_in(old_parent_id: str, new_parent_id: str) -> None:
+    """Make ``new_parent_id`` the sweep that ``old_parent_id`` was: its children and its settings.
+
+    ``mlflow run . -e sweep -P resume=<id>`` creates a run of its own before the sweep starts;
+    that run continues the sweep (the MLflow UI shows one parent with every variant), and the old
+    parent keeps only a link. Every child's ``mlflow.parentRunId`` tag is moved, the recorded
+    configuration is copied, the old parent is tagged ``mlflow_tflite.continued_in`` (ended
+    KILLED if it was left RUNNING) and the new one ``mlflow_tflite.resumed_from``.
+    """
+    from mlflow_tflite.tags import CONTINUED_IN_TAG, RESUMED_FROM_TAG
+
+    client = MlflowClient()
+    old = client.get_run(old_parent_id)
+    if CONFIG_DIGEST_TAG in old.data.tags:
+        client.log_dict(new_parent_id, mlflow.artifacts.load_dict(f"runs:/{old_parent_id}/{CONFIG_FILE}"), CONFIG_FILE)
+        client.set_tag(new_parent_id, CONFIG_DIGEST_TAG, old.data.tags[CONFIG_DIGEST_TAG])
+    for run in children(old_parent_id):
+        client.set_tag(run.info.run_id, "mlflow.parentRunId", new_parent_id)
+    client.set_tag(new_parent_id, RESUMED_FROM_TAG, old_parent_id)
+    client.set_tag(old_parent_id, CONTINUED_IN_TAG, new_parent_id)
+    if old.info.status == "RUNNING":
+        client.set_terminated(old_parent_id, "KILLED")
 
 
 def children(parent_run_id: str) -> list:

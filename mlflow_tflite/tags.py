@@ -25,6 +25,8 @@ SUPERSEDED_TAG = "mlflow_tflite.superseded_by"  # on a replaced FAILED / KILLED 
 # --- sweep parent runs -----------------------------------------------------------------------
 CONFIG_DIGEST_TAG = "mlflow_tflite.config_digest"  # digest of sweep_config.json (resume checks it)
 SELECTION_TAG = "mlflow_tflite.selection"  # why no variant was chosen (set only then)
+RESUMED_FROM_TAG = "mlflow_tflite.resumed_from"  # a resuming run (mlflow run -P resume=...): the old parent
+CONTINUED_IN_TAG = "mlflow_tflite.continued_in"  # the old parent: the run that took its children over
 BEST_VARIANT_TAG = "mlflow_tflite.best_variant"
 BEST_RUN_ID_TAG = "mlflow_tflite.best_run_id"
 REGISTERED_VERSION_TAG = "mlflow_tflite.registered_version"
