@@ -242,10 +242,21 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
         meets the tolerance and budgets.
 
     Raises:
-        TFLiteError: bad configuration, an unusable source/data, or a resume with other
-            settings (before any child run).
+        TFLiteError: bad configuration, an unusable source/data, a resume with other
+            settings (before any child run), or the tracking server stopped answering (the
+            variants converted so far are saved locally, see ``sweep_runs.tracking_lost``).
         KeyboardInterrupt: Ctrl-C; the parent (and an open child) run ends KILLED.
     """
+    from mlflow.exceptions import MlflowException
+
+    local: dict = {}
+    try:
+        return _run_sweep(config, progress, local)
+    except MlflowException as error:
+        raise TFLiteError(sweep_runs.tracking_lost(error, local)) from None
+
+
+def _run_sweep(config: SweepConfig, progress: bool, local: dict) -> SweepResult:
     preprocessing = config.open_options.get("preprocessing")
     dataset = load_dataset(config.data, preprocessing) if (config.data or config.model is None) else None
     open_args = {"model": config.model, "data": config.data, **config.open_options}
@@ -260,7 +271,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
             closing(Workers(config.workers, _worker_init, (open_args, workdir), _warm_up)) as workers, \
             tracking.tracked_run(run_id=run_id, run_name=None if run_id else "sweep") as parent:
         mlflow.set_tags(PARENT_TAGS)
-        return _sweep(parent.info.run_id, config, workers, dataset, progress)
+        return _sweep(parent.info.run_id, config, workers, dataset, progress, local)
 
 
 def _describe(workers: Workers) -> dict:
@@ -270,9 +281,12 @@ def _describe(workers: Workers) -> dict:
     return meta
 
 
-def _sweep(parent_run_id: str, config: SweepConfig, workers: Workers, dataset, progress: bool) -> SweepResult:
+def _sweep(parent_run_id: str, config: SweepConfig, workers: Workers, dataset, progress: bool,
+           local: dict) -> SweepResult:
+    """The phases (module doc); ``local`` collects each variant's result as it arrives, before logging."""
     from tqdm.auto import tqdm
 
+    local.update(parent_run_id=parent_run_id, results={})
     meta = _describe(workers)
     variants = list(dict.fromkeys(  # "native" may equal a size also given
         v if v.input_size else replace(v, input_size=meta["native_input_size"]) for v in config.variants))
@@ -287,7 +301,10 @@ def _sweep(parent_run_id: str, config: SweepConfig, workers: Workers, dataset, p
     rows, outcomes = {}, {}
     for variant, status, value in _convert(workers, todo, meta["native_input_size"]):
         bar.set_postfix_str(variant.name)
+        local["results"][variant.name] = ({"status": "converted", "metrics": dict(value.metrics)} if status == "ok"
+                                          else {"status": "FAILED", "error": value})
         rows[variant.name] = _log_child(variant, meta, status, value, dataset, config.num_threads)
+        local["results"][variant.name]["logged_run_id"] = rows[variant.name].get("run_id")
         sweep_runs.supersede(current.stale.get(variant.name, []), rows[variant.name]["run_id"])
         if status == "ok":
             outcomes[variant.name] = value

@@ -87,6 +87,34 @@ def check_sweep_parent(run_id: str) -> None:
         raise TFLiteError(f"run {run_id} is not a sweep parent (role {role!r}); pass the parent run id of a sweep")
 
 
+def tracking_lost(error: Exception, local: dict) -> str:
+    """Save a sweep's local results when the tracking server stops answering; the one-line message.
+
+    Args:
+        error: the MLflow error that stopped the sweep.
+        local: ``{"parent_run_id": ..., "results": {variant: {"status", "metrics" | "error",
+            "logged_run_id"}}}`` as the sweep collected it (empty before the parent run existed).
+
+    Returns:
+        One line: what failed, how many variants were converted, the JSON file they were saved
+        to (``mlflow-tflite-sweep-<parent run id>.json`` in the working directory) and how to resume.
+    """
+    from mlflow_tflite.errors import first_line
+
+    reason = first_line(error, 200)
+    parent = local.get("parent_run_id")
+    results = local.get("results", {})
+    if parent is None:
+        return f"MLflow tracking store {mlflow.get_tracking_uri()} failed before the sweep started ({reason})"
+    path = Path(f"mlflow-tflite-sweep-{parent}.json").resolve()
+    path.write_text(json.dumps({"parent_run_id": parent, "tracking_uri": mlflow.get_tracking_uri(),
+                                "error": reason, "variants": results}, indent=2, default=str))
+    logged = sum(1 for r in results.values() if r.get("logged_run_id"))
+    return (f"MLflow tracking store {mlflow.get_tracking_uri()} stopped answering ({reason}); {len(results)} "
+            f"variant(s) finished here, {logged} logged: results saved to {path}; once the server is back, "
+            f"continue with --resume {parent}")
+
+
 def continue_in(old_parent_id: str, new_parent_id: str) -> None:
     """Make ``new_parent_id`` the sweep that ``old_parent_id`` was: its children and its settings.
 

@@ -127,10 +127,17 @@ def variant_run(variant: Variant, nested: bool = False):
 
 def end_with_error(error: BaseException) -> None:
     """Tag the active run with the one-line error and end it: KILLED for Ctrl-C, else FAILED."""
+    from mlflow.exceptions import MlflowException
+
     interrupted = isinstance(error, KeyboardInterrupt)
     message = error.message if isinstance(error, TFLiteError) else f"{type(error).__name__}: {error}"
-    mlflow.set_tag(ERROR_TAG, "interrupted (Ctrl-C)" if interrupted else message[:5000])
-    mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED))
+    try:
+        mlflow.set_tag(ERROR_TAG, "interrupted (Ctrl-C)" if interrupted else message[:5000])
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED))
+    except MlflowException:
+        # The tracking store itself failed (a server that went away): the run stays RUNNING there,
+        # a resumed sweep ends it; the original error is what the caller reports.
+        pass
 
 
 def log_variant_model(
