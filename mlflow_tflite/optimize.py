@@ -319,11 +319,13 @@ def qat_model(model, x_train, y_train, options: QatOptions = QatOptions(), spars
     for a pruned model, its pruning-preserving QAT guide
     (https://www.tensorflow.org/model_optimization/guide/combine/pqat_example):
 
-    - ``sparsity == 0``: ``tfmot.quantization.keras.quantize_model`` (default 8-bit scheme).
+    - every layer TFMOT's default 8-bit scheme supports is annotated (all of them for a plain
+      CNN, which is then exactly ``quantize_model``; layers it does not support, such as
+      LayerNormalization, stay float through training, see :func:`_annotate_supported_layers`),
+      then ``quantize_apply``;
     - ``sparsity > 0`` (``model`` already pruned and stripped by :func:`prune_model`):
-      ``quantize_annotate_model`` + ``quantize_apply`` with
-      ``tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()``, which keeps the
-      zero weights at zero during the fine-tune, so the sparsity survives into the .tflite.
+      ``quantize_apply`` with ``tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()``,
+      which keeps the zero weights at zero during the fine-tune, so the sparsity survives into the .tflite.
 
     Then ``options.qat_epochs`` epochs of Adam (``options.qat_learning_rate``) with sparse
     categorical cross-entropy, ``from_logits`` chosen as :func:`prune_model` does. TFMOT clones
@@ -363,13 +365,9 @@ def qat_model(model, x_train, y_train, options: QatOptions = QatOptions(), spars
     tf_keras.utils.set_random_seed(seed)
     quantization = tfmot.quantization.keras
     try:
-        if sparsity > 0:
-            annotated = quantization.quantize_annotate_model(model)
-            trained = quantization.quantize_apply(
-                annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-            )
-        else:
-            trained = quantization.quantize_model(model)
+        annotated = _annotate_supported_layers(model, tfmot)
+        scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if sparsity > 0 else None
+        trained = quantization.quantize_apply(annotated, scheme) if scheme else quantization.quantize_apply(annotated)
     except (ValueError, RuntimeError, TypeError) as error:
         raise TFLiteError(
             f"model {model.name!r} cannot be quantization-aware trained: {_first_line(error, 300).split('. ')[0]}; "
@@ -390,6 +388,33 @@ def qat_model(model, x_train, y_train, options: QatOptions = QatOptions(), spars
         verbose=0,
     )
     return trained
+
+
+def _annotate_supported_layers(model, tfmot):
+    """``model`` with every layer TFMOT's default 8-bit scheme supports annotated for QAT.
+
+    TFMOT's guide for models it only partly supports: annotate the layers it can quantize
+    (``quantize_annotate_layer`` through ``clone_model``) and leave the rest (LayerNormalization,
+    MultiHeadAttention, ...) unannotated; they train in float and the converter quantizes them
+    after training from the representative dataset. The original layer objects are wrapped, so
+    the weights are kept.
+
+    Raises:
+        ValueError: no layer is supported (nothing to train with fake quantization).
+    """
+    import tf_keras
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry,
+    )
+
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+    supported = [layer for layer in model.layers if registry.supports(layer)]
+    if not any(layer.weights for layer in supported):
+        raise ValueError(f"none of the layers with weights of model {model.name!r} is supported by TFMOT's 8-bit "
+                         "quantization-aware training")
+    return tf_keras.models.clone_model(
+        model, clone_function=lambda layer: annotate(layer) if registry.supports(layer) else layer)
 
 
 def load_qat_model(path):
