@@ -126,3 +126,24 @@ def test_mixed_and_qat_bad_input_is_one_line(args, message, tracking):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_demo_sweep_over_int8_int8_mixed_and_qat_int8_logs_every_report(digits_files, tracking):
+    model, data = digits_files
+    result = CliRunner().invoke(cli, ["sweep", "--model", model, "--data", data, "--quant", "int8,int8_mixed,qat_int8",
+                                      "--sparsity", "0", "--workers", "2", "--registered-model-name", "demo-mixed"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    children = {r.data.tags[tags.VARIANT_TAG]: r for r in client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'variant'")}
+    assert set(children) == {"int8-s0-i8", "int8_mixed-s0-i8", "qat_int8-s0-i8"}
+    for name, run in children.items():
+        assert run.info.status == "FINISHED", name
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"tensor_errors.json", "edgetpu_readiness.json"} <= artifacts, (name, artifacts)
+        assert {"min_tensor_snr_db", "edgetpu_mapped_fraction", "float_ops", "latency_ms_p50"} <= set(run.data.metrics)
+    mixed_run = children["int8_mixed-s0-i8"]
+    assert "float_layers.json" in {a.path for a in client.list_artifacts(mixed_run.info.run_id)}
+    steps = sorted(h.step for h in client.get_metric_history(mixed_run.info.run_id, "accuracy_drop"))
+    assert steps[0] == 1 and len(steps) == int(mixed_run.data.params["mixed_trials"]) + 1
+    assert children["qat_int8-s0-i8"].data.params["qat_epochs"] == "2"
+    assert client.get_model_version_by_alias("demo-mixed", "champion").tags[tags.VARIANT_TAG] in children
