@@ -13,7 +13,10 @@ promotions take turns in version order: a new version is tagged
 version of the model is ``done`` (or was registered by something else, or its promoter has
 been gone for ``PROMOTION_EXPIRY_SECONDS``), then reads the champion, decides, sets the alias
 and tags itself ``done``. Only one promoter is ever between reading and setting, without any
-timing assumption beyond the expiry of a crashed promoter's turn.
+timing assumption beyond the expiry of a crashed promoter's turn. Ages are measured on the
+tracking server's clock (version timestamps) plus the time waited here, so a promoter whose
+clock is off does not cut another's turn short. A champion that is beaten keeps no alias;
+``challenger`` names the latest version that did not take ``champion``.
 """
 
 from __future__ import annotations
@@ -107,13 +110,13 @@ def _existing_version(client: MlflowClient, name: str, model_uri: str, run_id: s
     return None
 
 
-def _blocking_versions(client: MlflowClient, name: str, version: str, now_ms: int) -> list[str]:
-    """Lower versions of ``name`` whose promotion has not finished (see module doc)."""
+def _blocking_versions(versions: list, version: str, server_now_ms: int) -> list[str]:
+    """Lower versions whose promotion has not finished at ``server_now_ms`` (server clock, see module doc)."""
     blocking = []
-    for other in client.search_model_versions(f"name = '{name}'"):
+    for other in versions:
         if int(other.version) >= int(version):
             continue
-        age = (now_ms - int(other.creation_timestamp)) / 1000.0
+        age = (server_now_ms - int(other.creation_timestamp)) / 1000.0
         state = other.tags.get(PROMOTION_TAG)
         if state == "pending" and age < PROMOTION_EXPIRY_SECONDS:
             blocking.append(str(other.version))
@@ -125,17 +128,30 @@ def _blocking_versions(client: MlflowClient, name: str, version: str, now_ms: in
 def _wait_for_turn(client: MlflowClient, name: str, version: str, poll_seconds: float = 0.2) -> None:
     """Block until every lower version of ``name`` has finished its promotion.
 
+    The server's "now" is the newest timestamp among the model's versions when waiting starts
+    (this version was just registered and tagged there), advanced by the time waited here.
+
     Raises:
         TFLiteError: still blocked after ``PROMOTION_EXPIRY_SECONDS`` (names the versions).
     """
-    deadline = time.monotonic() + PROMOTION_EXPIRY_SECONDS
+    import sys
+
+    started, told, server_start_ms = time.monotonic(), False, None
     while True:
-        blocking = _blocking_versions(client, name, version, int(time.time() * 1000))
+        versions = client.search_model_versions(f"name = '{name}'")
+        if server_start_ms is None:
+            server_start_ms = max(max(int(v.creation_timestamp), int(v.last_updated_timestamp or 0)) for v in versions)
+        waited = time.monotonic() - started
+        blocking = _blocking_versions(versions, version, server_start_ms + int(waited * 1000))
         if not blocking:
             return
-        if time.monotonic() > deadline:
-            raise TFLiteError(f"model {name!r} version {version} waited {PROMOTION_EXPIRY_SECONDS:.0f} s for the "
-                              f"promotion of versions {', '.join(blocking)}; retry with promote")
+        if waited > PROMOTION_EXPIRY_SECONDS + 5:
+            raise TFLiteError(f"model {name!r} version {version} waited {waited:.0f} s for the promotion of versions "
+                              f"{', '.join(blocking)}; retry with promote")
+        if waited > 5 and not told:  # a promoter that died holds its turn until it expires: say why we wait
+            print(f"waiting for the promotion of {name!r} version(s) {', '.join(blocking)} to finish (a promoter "
+                  f"that died releases its turn after {PROMOTION_EXPIRY_SECONDS:.0f} s)", file=sys.stderr)
+            told = True
         time.sleep(poll_seconds)
 
 
