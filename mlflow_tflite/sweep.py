@@ -297,19 +297,19 @@ def _sweep(parent_run_id: str, config: SweepConfig, workers: Workers, dataset, p
     tracking.log_params_once(_sweep_params(config, variants, meta["uri"]))
     current = sweep_runs.current_children(parent_run_id)
     todo = [v for v in variants if v.name not in current.finished]
-    bar = tqdm(total=len(variants), initial=len(variants) - len(todo), desc="variants", disable=not progress)
     rows, outcomes = {}, {}
-    for variant, status, value in _convert(workers, todo, meta["native_input_size"]):
-        bar.set_postfix_str(variant.name)
-        local["results"][variant.name] = ({"status": "converted", "metrics": dict(value.metrics)} if status == "ok"
-                                          else {"status": "FAILED", "error": value})
-        rows[variant.name] = _log_child(variant, meta, status, value, dataset, config.num_threads)
-        local["results"][variant.name]["logged_run_id"] = rows[variant.name].get("run_id")
-        sweep_runs.supersede(current.stale.get(variant.name, []), rows[variant.name]["run_id"])
-        if status == "ok":
-            outcomes[variant.name] = value
-        bar.update(1)
-    bar.close()
+    # A context manager: the bar ends its line even when an error stops the loop (the CLI's one line follows).
+    with tqdm(total=len(variants), initial=len(variants) - len(todo), desc="variants", disable=not progress) as bar:
+        for variant, status, value in _convert(workers, todo, meta["native_input_size"]):
+            bar.set_postfix_str(variant.name)
+            local["results"][variant.name] = ({"status": "converted", "metrics": dict(value.metrics)}
+                                              if status == "ok" else {"status": "FAILED", "error": value})
+            rows[variant.name] = _log_child(variant, meta, status, value, dataset, config.num_threads)
+            local["results"][variant.name]["logged_run_id"] = rows[variant.name].get("run_id")
+            sweep_runs.supersede(current.stale.get(variant.name, []), rows[variant.name]["run_id"])
+            if status == "ok":
+                outcomes[variant.name] = value
+            bar.update(1)
     workers.close()  # the quiet phase: nothing else runs on these cores while latency is timed
     _log_phase_totals(outcomes)
     rows.update({name: _row_of_run(run) for name, run in current.finished.items()})
