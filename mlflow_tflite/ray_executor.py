@@ -87,16 +87,12 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
 class _SweepActor:
     """One Ray worker: the local worker's state (``sweep._WORKER``) plus a synced worker directory."""
 
-    def __init__(self, open_args: dict, dataset: list):
-        import ray
-
+    def __init__(self, open_args: dict):
         from mlflow_tflite import sweep
-
-        dataset = ray.get(dataset[0])  # nested in a list: the driver keeps the reference (restarts fetch it again)
 
         self.workdir = Path(tempfile.mkdtemp(prefix="mlflow-tflite-ray-"))
         (self.workdir / SOURCE_DIR).mkdir()
-        sweep._worker_init({**open_args, "dataset": dataset}, str(self.workdir))
+        sweep._worker_init(dict(open_args), str(self.workdir))
         sweep._warm_up()
         self.known: set[str] = set()
         self.bundles_seen: set[int] = set()
@@ -104,12 +100,16 @@ class _SweepActor:
     def _files(self) -> set[str]:
         return {str(p.relative_to(self.workdir)) for p in self.workdir.rglob("*") if p.is_file()}
 
-    def _sync(self, bundles: list) -> None:
-        """Write the shared files this worker has not seen yet (one ``ray.get`` per bundle)."""
+    def _sync(self, dataset: list, bundles: list) -> None:
+        """Fetch the data set (once) and write the shared files this worker has not seen yet (one
+        ``ray.get`` per bundle). The references come nested in lists, so Ray passes them as they
+        are and each object is fetched only when this worker lacks it."""
         import ray
 
         from mlflow_tflite import sweep
 
+        if "dataset" not in sweep._WORKER["open_args"]:
+            sweep._WORKER["open_args"]["dataset"] = ray.get(dataset[0])
         for index, ref in bundles:
             if index in self.bundles_seen:
                 continue
@@ -142,9 +142,9 @@ class _SweepActor:
         (self.workdir / IDENTITY_FILE).write_text(
             json.dumps({"model": file, "uri": prepared.source.uri, "name": prepared.source.name}))
 
-    def run(self, task, item, bundles: list):
+    def run(self, task, item, dataset: list, bundles: list):
         """``task(item)`` -> ``((status, value, new file names), {new file: bytes})`` (two return objects)."""
-        self._sync(bundles)
+        self._sync(dataset, bundles)
         status, value = task(item)
         self._export_demo()
         new = sorted(self._files() - self.known)
@@ -152,6 +152,10 @@ class _SweepActor:
         if status == "ok" and isinstance(value, str) and value.startswith(str(self.workdir)):
             value = os.path.relpath(value, self.workdir)  # a path here means nothing to the driver
         return (status, value, new), {name: (self.workdir / name).read_bytes() for name in new}
+
+    def ping(self) -> bool:
+        """Answers once this worker (restarted after a crash) is ready for work."""
+        return True
 
     def __del__(self):
         shutil.rmtree(getattr(self, "workdir", ""), ignore_errors=True)
@@ -204,28 +208,45 @@ class RayExecutor:
         source = _source_bundle(open_args.get("model"))
         if source is not None:
             self.bundles.append((0, ray.put(source)))
+        self.dataset = ray.put(dataset)
         actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_SweepActor)
-        dataset_ref = ray.put(dataset)
-        self.dataset_ref = dataset_ref
-        self.actors = [actor_class.remote(open_args, [dataset_ref]) for _ in range(self.count)]
+        self.actors = [actor_class.remote(open_args) for _ in range(self.count)]
 
     def run(self, task, items: list):
-        """Yield ``(item, status, value)`` as tasks finish; a worker death is retried once, then an error."""
+        """Yield ``(item, status, value)`` as tasks finish; a worker death is retried once, then an error.
+
+        An actor whose process died gets new work only after it answers a ``ping`` again (a call
+        sent while Ray restarts it could fail without running); one that never does is dropped.
+        """
         from ray.exceptions import RayActorError, RayError
 
         ray = self.ray
-        pending, attempts, idle, running = deque(items), Counter(), list(self.actors), {}
+        pending, attempts, idle = deque(items), Counter(), list(self.actors)
+        running, reviving = {}, {}  # ref -> (actor, item, files ref); ping ref -> (actor, failed pings)
         while pending or running:
             while pending and idle:
                 actor, item = idle.pop(0), pending.popleft()
-                result, files = actor.run.options(num_returns=2).remote(task, item, list(self.bundles))
+                result, files = actor.run.options(num_returns=2).remote(task, item, [self.dataset], list(self.bundles))
                 running[result] = (actor, item, files)
-            done, _ = ray.wait(list(running), num_returns=1)
+            if pending and not (running or reviving):
+                for item in pending:
+                    yield item, "error", f"no Ray worker is left to run {_name(item)} (they died and did not restart)"
+                return
+            done, _ = ray.wait([*running, *reviving], num_returns=1)
+            if done[0] in reviving:
+                actor, failures = reviving.pop(done[0])
+                try:
+                    ray.get(done[0])
+                    idle.append(actor)
+                except RayActorError:
+                    if failures < 10:
+                        reviving[actor.ping.remote()] = (actor, failures + 1)
+                continue
             actor, item, files = running.pop(done[0])
-            idle.append(actor)  # a dead actor restarts; calls wait for it
             try:
                 status, value, new_files = ray.get(done[0])
             except RayActorError as error:
+                reviving[actor.ping.remote()] = (actor, 0)
                 attempts[item] += 1
                 if attempts[item] < ATTEMPTS:
                     pending.appendleft(item)
@@ -234,8 +255,10 @@ class RayExecutor:
                                       f"{_death_reason(error)}")
                 continue
             except RayError as error:
+                idle.append(actor)
                 yield item, "error", f"Ray task for {_name(item)} failed: {type(error).__name__}: {first_line(error, 300)}"
                 continue
+            idle.append(actor)
             if new_files:  # the other actors fetch them before their next task
                 self.bundles.append((len(self.bundles) + 1, files))
             yield item, status, value
@@ -248,7 +271,7 @@ class RayExecutor:
                 ray.kill(actor, no_restart=True)
             except Exception:  # an actor already gone
                 pass
-        self.actors, self.bundles, self.dataset_ref = [], [], None
+        self.actors, self.bundles, self.dataset = [], [], None
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
             self.owns_ray = False
