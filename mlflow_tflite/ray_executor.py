@@ -157,8 +157,9 @@ class _SweepActor:
         """Answers once this worker (restarted after a crash) is ready for work."""
         return True
 
-    def __del__(self):
-        shutil.rmtree(getattr(self, "workdir", ""), ignore_errors=True)
+    def cleanup(self) -> None:
+        """Delete this worker's directory (``close`` calls it before killing the actor)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _source_bundle(model) -> dict[str, bytes] | None:
@@ -190,7 +191,7 @@ class RayExecutor:
             TFLiteError: Ray is not installed, or ``address`` does not answer.
         """
         ray = _import_ray()
-        self.ray, self.owns_ray = ray, False
+        self.ray, self.owns_ray, self.actors, self.running = ray, False, [], {}
         if not ray.is_initialized():
             check_address(address)
             try:
@@ -223,6 +224,7 @@ class RayExecutor:
         ray = self.ray
         pending, attempts, idle = deque(items), Counter(), list(self.actors)
         running, reviving = {}, {}  # ref -> (actor, item, files ref); ping ref -> (actor, failed pings)
+        self.running = running
         while pending or running:
             while pending and idle:
                 actor, item = idle.pop(0), pending.popleft()
@@ -266,7 +268,12 @@ class RayExecutor:
     def close(self) -> None:
         """Kill the actors and free the objects; leave the cluster (stop it if this executor started it)."""
         ray = self.ray
-        for actor in getattr(self, "actors", []):
+        if not self.running:  # (after Ctrl-C the actors are busy: they are killed at once)
+            try:
+                ray.get([actor.cleanup.remote() for actor in self.actors], timeout=10)
+            except Exception:  # a dead actor's directory stays behind in its node's temp dir
+                pass
+        for actor in self.actors:
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # an actor already gone
