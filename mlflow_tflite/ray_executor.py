@@ -268,7 +268,9 @@ class RayExecutor:
     def close(self) -> None:
         """Kill the actors and free the objects; leave the cluster (stop it if this executor started it)."""
         ray = self.ray
-        if not self.running:  # (after Ctrl-C the actors are busy: they are killed at once)
+        if not ray.is_initialized():  # closed already (any Ray call now would start a new local Ray)
+            return
+        if self.actors and not self.running:  # (after Ctrl-C the actors are busy: they are killed at once)
             try:
                 ray.get([actor.cleanup.remote() for actor in self.actors], timeout=10)
             except Exception:  # a dead actor's directory stays behind in its node's temp dir
