@@ -68,6 +68,13 @@ class Objective(enum.StrEnum):
     ACCURACY = "accuracy"
 
 
+class Executor(enum.StrEnum):
+    """Where a sweep's variants run: local worker processes, or Ray actors on a cluster."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
 class SourceFormat(enum.StrEnum):
     """Model source formats (``auto`` detects from the path)."""
 

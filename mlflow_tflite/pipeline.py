@@ -87,7 +87,7 @@ class Prepared:
 
 def prepare(model=None, data: str | None = None, task: str = "auto", preprocessing=None, tensor_errors: bool = True,
             tolerance: Tolerance = Tolerance(), mixed_precision: MixedPrecision = MixedPrecision(),
-            qat: QatOptions = QatOptions(), **source_options) -> Prepared:
+            qat: QatOptions = QatOptions(), dataset: Dataset | None = None, **source_options) -> Prepared:
     """Open the source and data and compute the reference outputs.
 
     Args:
@@ -101,6 +101,9 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
         preprocessing: ``data.Preprocessing`` applied to the data at load time.
         tensor_errors: compare every quantized variant tensor by tensor with the float model.
         tolerance, mixed_precision, qat: see :class:`Prepared`.
+        dataset: the data already loaded (with ``preprocessing`` applied), e.g. shipped to a Ray
+            worker through the object store; then ``data`` is not read again (it still tells the
+            demo, ``None``, from a named data set).
         source_options: ``source_format``, ``signature_key``, ``input_arrays``,
             ``output_arrays``, ``input_shapes`` (see ``sources.open_source``).
 
@@ -112,14 +115,14 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
     if model is None and data is None:
         from mlflow_tflite.demo import load_or_train_digits_cnn
 
-        dataset = load_dataset(None, preprocessing)
+        dataset = dataset if dataset is not None else load_dataset(None, preprocessing)
         source = from_tf_keras(load_or_train_digits_cnn(dataset), uri=DEMO_URI)
         source.name = DEMO_NAME
     elif model is None:
         raise TFLiteError(f"data {data!r} was given without a model; pass model too (or neither for the demo)")
     else:
         source = open_source(model, **source_options)
-        dataset = load_dataset(data, preprocessing) if data else None
+        dataset = dataset if dataset is not None else (load_dataset(data, preprocessing) if data else None)
     source_params = _changed_source_options(source_options)
     shared = {"source_params": source_params, "tensor_errors": tensor_errors, "tolerance": tolerance,
               "mixed_precision": mixed_precision, "qat": qat}

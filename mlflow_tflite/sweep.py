@@ -7,10 +7,13 @@ as a child run as it arrives (FINISHED, without latency yet); (4) with the worke
 the parent times every variant's latency side by side in a quiet phase and adds it to the
 child runs; (5) selection and registration.
 
-Workers are ``concurrent.futures`` processes with the spawn start method. Workers return
-results; only the parent process writes to MLflow, so the tracking store has a single writer.
-A worker that crashes fails only its variant: the remaining variants run one at a time in a
-fresh worker.
+Executors (``executor``): ``local`` (default) runs the tasks in ``concurrent.futures``
+processes with the spawn start method (``workers.Workers``): a worker that crashes fails only
+its variant, the remaining variants run one at a time in a fresh worker. ``ray`` runs them as
+tasks of Ray actors on a cluster (``ray_executor.RayExecutor``, at ``ray_address``): the
+source, the data and each pruned/resized model go through the object store, and a variant
+whose worker dies is retried once, then FAILED. With either, workers return results and only
+the parent process writes to MLflow, so the tracking store has a single writer.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ import mlflow
 from mlflow_tflite import pipeline, registry, selection, sweep_runs, tags, tracking
 from mlflow_tflite.data import load_dataset
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import Objective, check_range, choice, number, option, parse_enum, text
+from mlflow_tflite.options import Executor, Objective, check_range, choice, given, number, option, parse_enum, text
 from mlflow_tflite.selection import Tolerance
 from mlflow_tflite.variants import Variant
-from mlflow_tflite.workers import Workers
+from mlflow_tflite.workers import SweepExecutor, Workers
 
 PARENT_TAGS = {tags.ROLE_TAG: tags.ROLE_SWEEP}
 
@@ -47,7 +50,10 @@ class SweepConfig:
         tolerance: accuracy / fidelity bounds a variant must meet (``selection.Tolerance``).
         max_size_bytes, max_latency_ms: optional budgets (bytes, ms).
         registered_model_name: registry name (default from the source).
-        workers: worker processes (>= 1).
+        workers: worker processes (>= 1); with ``executor=ray`` the number of Ray actors (one CPU each).
+        executor: ``local`` (worker processes on this machine) or ``ray`` (Ray actors on a cluster).
+        ray_address: the Ray cluster to join (``host:port`` or ``ray://host:port``); ``None``
+            (``auto``/``none``) joins the running cluster Ray finds or starts a local one.
         num_threads: LiteRT threads per interpreter.
         resume: parent run id of an earlier sweep to continue (FINISHED variants are kept; the
             settings must be the same).
@@ -65,7 +71,11 @@ class SweepConfig:
     max_latency_ms: float | None = option(None, "Latency p50 budget in ms, or none.",
                                           number(float, 0, low_open=True, optional=True))
     registered_model_name: str | None = None
-    workers: int = option(1, "Worker processes.", number(int, 1))
+    workers: int = option(1, "Worker processes (executor=ray: Ray actors).", number(int, 1))
+    executor: Executor = option(Executor.LOCAL, "local (worker processes) or ray (Ray actors; see ray_address).",
+                                choice(Executor))
+    ray_address: str | None = option(None, "Ray cluster address host:port or ray://host:port; auto joins a running "
+                                           "cluster or starts a local one.", text())
     num_threads: int = 1
     resume: str | None = option(None, "Parent run id of an interrupted sweep: FINISHED variants are kept.", text())
     register: bool = True
@@ -78,9 +88,19 @@ class SweepConfig:
             if getattr(self, name) is not None:
                 check_range(getattr(self, name), name, 0, low_open=True, hint=", or none for no budget")
         check_range(self.workers, "workers", 1)
+        object.__setattr__(self, "executor", parse_enum(Executor, self.executor, "executor"))
+        object.__setattr__(self, "ray_address", given(self.ray_address))
+        if self.ray_address is not None and self.executor != Executor.RAY:
+            raise TFLiteError(f"ray_address={self.ray_address!r} only applies to executor=ray, but executor is "
+                              f"{self.executor}; add executor=ray or leave ray_address out")
 
     def record(self, variants: list[Variant]) -> dict:
-        """Everything that changes a sweep's results, as JSON-able data (checked on resume)."""
+        """Everything that changes a sweep's results, as JSON-able data (checked on resume).
+
+        ``workers``, ``executor`` and ``ray_address`` are not in it: they change where and how fast
+        the variants run, not their results (every task is deterministic and the same code runs
+        either way; latency is always timed in the parent), so a sweep may resume on another one.
+        """
         return {
             "variants": [v.name for v in variants],
             "calibration_samples": sorted({v.calibration_samples for v in variants}),
@@ -123,7 +143,10 @@ def _worker_init(open_args: dict, workdir: str) -> None:
 def _prepared() -> pipeline.Prepared:
     """This worker's shared inputs, opened once (the demo CNN comes from its on-disk cache)."""
     if "prepared" not in _WORKER:
-        _WORKER["prepared"] = pipeline.prepare(**_WORKER["open_args"])
+        prepared = pipeline.prepare(**_WORKER["open_args"])
+        if "source_identity" in _WORKER:  # a copy of the source (Ray): runs record the original's URI and name
+            prepared.source.uri, prepared.source.name = _WORKER["source_identity"]
+        _WORKER["prepared"] = prepared
     return _WORKER["prepared"]
 
 
@@ -268,20 +291,29 @@ def _run_sweep(config: SweepConfig, progress: bool, local: dict) -> SweepResult:
     launched = os.environ.pop("MLFLOW_RUN_ID", None)
     run_id = launched or config.resume
     with tempfile.TemporaryDirectory(prefix="mlflow-tflite-sweep-") as workdir, \
-            closing(Workers(config.workers, _worker_init, (open_args, workdir), _warm_up)) as workers, \
+            closing(_executor(config, open_args, workdir, dataset)) as workers, \
             tracking.tracked_run(run_id=run_id, run_name=None if run_id else "sweep") as parent:
         mlflow.set_tags(PARENT_TAGS)
         return _sweep(parent.info.run_id, config, workers, dataset, progress, local)
 
 
-def _describe(workers: Workers) -> dict:
+def _executor(config: SweepConfig, open_args: dict, workdir: str, dataset) -> SweepExecutor:
+    """The executor ``config`` asks for (Ray is imported only for ``executor=ray``)."""
+    if config.executor == Executor.RAY:
+        from mlflow_tflite.ray_executor import RayExecutor
+
+        return RayExecutor(config.workers, open_args, dataset, config.ray_address)
+    return Workers(config.workers, _worker_init, (open_args, workdir), _warm_up)
+
+
+def _describe(workers: SweepExecutor) -> dict:
     (_, status, meta), = list(workers.run(describe, [None]))
     if status != "ok":
         raise TFLiteError(meta)
     return meta
 
 
-def _sweep(parent_run_id: str, config: SweepConfig, workers: Workers, dataset, progress: bool,
+def _sweep(parent_run_id: str, config: SweepConfig, workers: SweepExecutor, dataset, progress: bool,
            local: dict) -> SweepResult:
     """The phases (module doc); ``local`` collects each variant's result as it arrives, before logging."""
     from tqdm.auto import tqdm
@@ -326,7 +358,7 @@ def _log_phase_totals(outcomes: dict) -> None:
         mlflow.log_metrics({k: v for k, v in totals.items() if v or k == "convert_seconds"})
 
 
-def _convert(workers: Workers, variants: list[Variant], native: int | None):
+def _convert(workers: SweepExecutor, variants: list[Variant], native: int | None):
     """Phases 2 and 3: yield ``(variant, status, Outcome or error message)`` as variants finish."""
     model_errors = _build_variant_models(workers, variants, native)
     for variant in variants:
@@ -336,7 +368,7 @@ def _convert(workers: Workers, variants: list[Variant], native: int | None):
     yield from workers.run(run_variant_task, runnable)
 
 
-def _build_variant_models(workers: Workers, variants: list[Variant], native: int | None) -> dict:
+def _build_variant_models(workers: SweepExecutor, variants: list[Variant], native: int | None) -> dict:
     """Phase 2: build each resized/pruned model once, then each QAT model from it (QAT always
     needs a build); return {model_key: error message} (a QAT key inherits its base's error)."""
     plain: dict[tuple, Variant] = {}
@@ -393,6 +425,7 @@ def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str)
         "max_size_bytes": config.max_size_bytes,
         "max_latency_ms": config.max_latency_ms,
         "workers": config.workers,
+        "executor": config.executor,
         "variants": len(variants),
     }
 

@@ -1,14 +1,34 @@
-"""A pool of spawned worker processes that survives a worker crash (used by ``sweep.py``)."""
+"""Sweep executors: the :class:`SweepExecutor` protocol and the local one, a pool of spawned worker
+processes that survives a worker crash (the Ray one is ``ray_executor.RayExecutor``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
+from typing import Any, Protocol
+
+
+class SweepExecutor(Protocol):
+    """Runs the sweep's worker tasks (``sweep.describe``, ``build_variant_model``, ``run_variant_task``).
+
+    A task is a picklable function of one item returning ``("ok", value)`` or ``("error", message)``;
+    it runs in a worker whose state ``sweep._worker_init`` set up. Files a task writes into the
+    worker directory (``sweep._WORKER["workdir"]``: the pruned/resized models of phase 2) are
+    seen by every later task, on any worker.
+    """
+
+    def run(self, task: Callable, items: list) -> Iterator[tuple[Any, str, Any]]:
+        """Yield ``(item, status, value)`` as tasks finish (any order); a task whose worker dies
+        yields ``(item, "error", message)`` and the others go on."""
+
+    def close(self) -> None:
+        """Stop the workers (the sweep times latency with the machine quiet afterwards)."""
 
 
 class Workers:
-    """A pool of worker processes that survives a worker crash.
+    """The local executor: a pool of worker processes that survives a worker crash.
 
     ``run`` yields ``(item, status, value)`` as tasks finish. If a worker dies (the pool breaks),
     the unfinished tasks are rerun one at a time in a fresh pool, so the one that crashes again

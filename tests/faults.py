@@ -2,7 +2,9 @@
 
 ``crash_on_variant`` is a sweep worker task (picklable: this module is importable in the
 spawned workers, whose ``sys.path`` is the test process's) that aborts the worker process, as
-a native crash in a converter would, when it starts the variant named by ``CRASH_VARIANT_ENV``.
+a native crash in a converter would, when it starts the variant named by ``CRASH_VARIANT_ENV``;
+``CrashOn`` does the same for variants it is given (for Ray workers, which do not see the test's
+environment variables).
 
 Run as a script, ``python faults.py exit-after-register <mlflow-tflite args>`` runs the CLI and
 kills the process (``os._exit``) right after the registry call returns, as a machine that dies
@@ -23,6 +25,28 @@ def crash_on_variant(variant):
     if os.environ.get(CRASH_VARIANT_ENV) == variant.name:
         os.abort()
     return sweep.run_variant_task(variant)
+
+
+class CrashOn:
+    """A sweep worker task for any executor (picklable; Ray workers import this module through
+    ``PYTHONPATH``): the worker process exits at once (``os._exit``, as a native crash or an OOM
+    kill would end it) when it starts a variant named in ``always``, or one named in ``once``
+    the first time (a marker file in ``marker_dir`` remembers it across processes and nodes of
+    this machine). Other variants run normally."""
+
+    def __init__(self, always=(), once=(), marker_dir=None):
+        self.always, self.once, self.marker_dir = tuple(always), tuple(once), str(marker_dir)
+
+    def __call__(self, variant):
+        from pathlib import Path
+
+        from mlflow_tflite import sweep
+
+        marker = Path(self.marker_dir) / f"crashed-{variant.name}"
+        if variant.name in self.always or (variant.name in self.once and not marker.exists()):
+            marker.touch()
+            os._exit(13)
+        return sweep.run_variant_task(variant)
 
 
 def _exit_after_register() -> None:
