@@ -140,6 +140,21 @@ def postgres():
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def wait_until_answering(url: str, process: subprocess.Popen, seconds: float) -> str | None:
+    """Poll ``url`` until it answers 200; ``None`` then, else why not ("exited with 1", "did not answer ...")."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited with {process.returncode}"
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return None
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    return f"did not answer {url} within {seconds:.0f} s"
+
+
 class TrackingServer:
     """``mlflow server`` on PostgreSQL with proxied artifacts, as a team runs it; restartable.
 
@@ -170,18 +185,10 @@ class TrackingServer:
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        deadline = time.monotonic() + ready_seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop(kill=True)
-        raise RuntimeError(f"mlflow server did not answer /health within {ready_seconds:.0f} s:\n{self.tail()}")
+        problem = wait_until_answering(f"{self.url}/health", self.process, ready_seconds)
+        if problem:
+            self.stop(kill=True)
+            raise RuntimeError(f"mlflow server {problem}:\n{self.tail()}")
 
     def stop(self, kill: bool = False, timeout: float = 30) -> None:
         """Terminate (or with ``kill``, SIGKILL at once, as a crash would) the server and its workers."""

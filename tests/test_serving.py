@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -85,17 +84,11 @@ def _serve(uri: str, workdir: Path, *options: str, ready_seconds: int = 120):
 
 
 def _wait_for_ping(base: str, server: subprocess.Popen, seconds: int, log_path: Path) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"model server exited with {server.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if requests.get(f"{base}/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"model server did not answer /ping within {seconds} s:\n{log_path.read_text()[-4000:]}")
+    from servers import wait_until_answering
+
+    problem = wait_until_answering(f"{base}/ping", server, seconds)
+    if problem:
+        pytest.fail(f"model server {problem}:\n{log_path.read_text()[-4000:]}")
 
 
 def _check_invocations(base: str, digits) -> None:
