@@ -15,8 +15,7 @@ from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.mixed import Layer, MixedPrecision
 from mlflow_tflite.pipeline import convert_and_evaluate, run_variant
 from mlflow_tflite.selection import Tolerance
-from mlflow_tflite.sweep import SweepConfig, run_sweep
-from mlflow_tflite.variants import Variant, expand_grid
+from mlflow_tflite.variants import Variant
 
 # The demo's int8 model has a cosine similarity to the source of about 0.99999 (converter) and
 # 0.998 (LiteRT Quantizer) on the digits test split, so this bound makes full int8 fail on both.

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from mlflow_tflite import pipeline, runtime, tflite_file
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.optimize import QatOptions, prune_model, qat_model, qat_params
+from mlflow_tflite.optimize import QatOptions, qat_model, qat_params
 from mlflow_tflite.sweep import SweepConfig, run_sweep
 from mlflow_tflite.variants import Variant, expand_grid
 
