@@ -102,7 +102,7 @@ def convert(source: Source, variant: Variant, calibration: list[np.ndarray] | No
     configure(converter, variant, calibration, names)
     started = time.perf_counter()
     try:
-        with _debugger_quiet():  # the same C++ line and warning as the debugger's
+        with _quiet_conversion():  # the same C++ line and warning as the debugger's
             tflite_model = converter.convert()
     except Exception as error:  # the converter raises ConverterError, ValueError, RuntimeError...
         raise TFLiteError(_conversion_error_message(variant, error)) from None
@@ -151,14 +151,13 @@ class SelectiveQuantizer:
         converter = source.converter()
         names = None if source.kind == "frozen_graph" else source.input_names
         configure(converter, variant, calibration, names)
-        self.variant, started = variant, time.perf_counter()
+        self.variant = variant
         try:
-            with _debugger_quiet():
+            with _quiet_conversion():
                 self.debugger = tf.lite.experimental.QuantizationDebugger(
                     converter=converter, debug_dataset=representative_dataset(calibration, names))
         except Exception as error:
             raise TFLiteError(_conversion_error_message(variant, error)) from None
-        self.calibrate_seconds = time.perf_counter() - started
 
     def __call__(self, keep_float: tuple[str, ...]) -> bytes:
         """The int8 model with the ops writing the tensors ``keep_float`` (float model names) in float.
@@ -169,7 +168,7 @@ class SelectiveQuantizer:
         import tensorflow as tf
 
         try:
-            with _debugger_quiet():
+            with _quiet_conversion():
                 self.debugger.options = tf.lite.experimental.QuantizationDebugOptions(
                     denylisted_nodes=list(keep_float))
                 return self.debugger.get_nondebug_quantized_model()
@@ -178,7 +177,7 @@ class SelectiveQuantizer:
 
 
 @contextlib.contextmanager
-def _debugger_quiet():
+def _quiet_conversion():
     """Conversion noise: the quantizer's C++ line per model, the warning about input statistics (emitted for
     every int8 model with float I/O, which needs none) and, in the debugger, TensorFlow's interpreter
     deprecation warning."""

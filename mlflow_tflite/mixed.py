@@ -158,6 +158,7 @@ class SearchResult:
         tolerance_met: ``chosen`` is within the tolerance.
         layers: every layer of the float model (``Layer``), for names in the report.
         message: one line on the outcome.
+        max_trials: the bound the search ran under.
     """
 
     trials: list[Trial]
@@ -165,23 +166,26 @@ class SearchResult:
     tolerance_met: bool
     layers: list[Layer]
     message: str
+    max_trials: int
+
+    def _chosen_layers(self) -> list[Layer]:
+        by_tensor = {layer.tensor: layer for layer in self.layers}
+        return [by_tensor[tensor] for tensor in self.chosen.float_layers]
 
     def report(self) -> dict:
         """JSON-able summary: the float layers of the chosen trial (name, path, op, tensor) and every trial."""
-        by_tensor = {layer.tensor: layer for layer in self.layers}
-        describe = lambda t: {"name": by_tensor[t].name, "path": by_tensor[t].path,  # noqa: E731
-                              "op": by_tensor[t].op, "tensor": t}
+        describe = lambda layer: {"name": layer.name, "path": layer.path, "op": layer.op,  # noqa: E731
+                                  "tensor": layer.tensor}
         return {
             "tolerance_met": self.tolerance_met, "message": self.message, "chosen_trial": self.chosen.number,
-            "float_layers": [describe(t) for t in self.chosen.float_layers],
+            "float_layers": [describe(layer) for layer in self._chosen_layers()],
             "trials": [{"trial": t.number, "float_layers": len(t.float_layers), "violation": t.violation,
                         **t.metrics} for t in self.trials],
         }
 
     def short_layer_list(self, limit: int = 250) -> str:
         """The chosen float layers' Keras names, comma-separated, cut to ``limit`` characters (a run param)."""
-        by_tensor = {layer.tensor: layer for layer in self.layers}
-        text = ",".join(by_tensor[t].name for t in self.chosen.float_layers) or "none"
+        text = ",".join(layer.name for layer in self._chosen_layers()) or "none"
         return text if len(text) <= limit else text[: limit - 20].rsplit(",", 1)[0] + f",...({len(self.chosen.float_layers)})"
 
 
@@ -224,10 +228,10 @@ def search(quantize: Callable[[tuple[str, ...]], bytes], measure: Callable[[byte
 
     if options.float_layers is not None:
         attempt(tuple(layer.tensor for layer in resolve_layers(options.float_layers, layers)))
-        return _result(trials, layers, searched=False)
+        return _result(trials, layers, options.max_trials, searched=False)
     first = attempt(())
     if first.violation is None or options.max_trials == 1:
-        return _result(trials, layers)
+        return _result(trials, layers, options.max_trials)
     ranked = [layer.tensor for layer in rank(first.tflite_model)]
     failed, passed = 0, None
     for size in _sizes(len(ranked)):
@@ -243,7 +247,7 @@ def search(quantize: Callable[[tuple[str, ...]], bytes], measure: Callable[[byte
             passed = middle
         else:
             failed = middle
-    return _result(trials, layers)
+    return _result(trials, layers, options.max_trials)
 
 
 def _quality(trial: Trial) -> float:
@@ -251,15 +255,15 @@ def _quality(trial: Trial) -> float:
     return -metrics["accuracy_drop"] if "accuracy_drop" in metrics else metrics.get("cosine_similarity", 0.0)
 
 
-def _result(trials: list[Trial], layers: list[Layer], searched: bool = True) -> SearchResult:
+def _result(trials: list[Trial], layers: list[Layer], max_trials: int, searched: bool = True) -> SearchResult:
     within = [t for t in trials if t.violation is None]
     if within:
         chosen = min(within, key=lambda t: (len(t.float_layers), t.number))
         what = "full int8" if not chosen.float_layers else f"{len(chosen.float_layers)} layer(s) in float"
         return SearchResult(trials, chosen, True, layers,
-                            f"within tolerance with {what} after {len(trials)} trial(s)")
+                            f"within tolerance with {what} after {len(trials)} trial(s)", max_trials)
     chosen = max(trials, key=lambda t: (_quality(t), -t.number))
     how = "with the given float_layers" if not searched else f"after {len(trials)} trial(s)"
     return SearchResult(trials, chosen, False, layers,
                         f"tolerance not met {how} ({chosen.violation}); raise max_trials, name float_layers, "
-                        "or try qat_int8 or float16; this variant is never selected or promoted")
+                        "or try qat_int8 or float16; this variant is never selected or promoted", max_trials)

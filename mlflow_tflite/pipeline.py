@@ -272,7 +272,6 @@ class Outcome:
             or ``None`` with ``tensor_errors_note`` saying why.
         edgetpu: static Edge TPU readiness report (``edgetpu.readiness``) of variants with int8 kernels, else ``None``.
         search: the mixed-precision search (``mixed.SearchResult``) of ``int8_mixed``, else ``None``.
-        max_trials: the search's bound (``int8_mixed``), else ``None``.
         mode_params: run params of the mode's own options (``qat_epochs``, ``qat_learning_rate``).
     """
 
@@ -287,7 +286,6 @@ class Outcome:
     tensor_errors_note: str | None = None
     edgetpu: dict | None = None
     search: object | None = None
-    max_trials: int | None = None
     mode_params: dict = field(default_factory=dict)
 
     @property
@@ -438,8 +436,7 @@ def convert_and_evaluate(prepared: Prepared, variant: Variant) -> Outcome:
     from mlflow_tflite.optimize import qat_params
 
     return Outcome(tflite_model, metrics, calibration, example, inventory, None, produced.recipe_json, rows, note,
-                   edgetpu_report, search, prepared.mixed_precision.max_trials if search else None,
-                   qat_params(prepared.qat) if variant.recipe.trained else {})
+                   edgetpu_report, search, qat_params(prepared.qat) if variant.recipe.trained else {})
 
 
 def example_arrays(example) -> tuple[list[np.ndarray], list[str] | None]:
@@ -485,7 +482,7 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
     """
     tracking.log_params_once(outcome.mode_params)
     if outcome.search is not None:
-        tracking.log_search(outcome.search, outcome.max_trials)
+        tracking.log_search(outcome.search)
     mlflow.log_metrics(outcome.metrics, step=outcome.final_step)
     mlflow.log_dict(outcome.op_inventory, "op_inventory.json")
     if outcome.edgetpu:

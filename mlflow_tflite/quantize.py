@@ -125,9 +125,9 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         if engine.need_calibration and qsvs is None:
             if calibration is None or not len(calibration[0]):
                 raise TFLiteError(f"quant={variant.quant} (recipe {name}) needs a representative dataset; pass data")
-            with _quiet_calibration():
+            with _quiet_quantizer():
                 qsvs = engine.calibrate(signature_samples(float_model, calibration, input_names), num_threads=1)
-        with _quiet_calibration():
+        with _quiet_quantizer():
             result = engine.quantize(qsvs, enable_progress_report=False)
     except TFLiteError:
         raise
@@ -142,8 +142,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
 
 
 @contextlib.contextmanager
-def _quiet_calibration():
-    """Silence calibration's progress bar (tqdm on stderr, it breaks the CLI's lines) and debugging-mode warning."""
+def _quiet_quantizer():
+    """Silence the quantizer's progress bar (tqdm on stderr, it breaks the CLI's lines) and debugging-mode warning."""
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
         yield

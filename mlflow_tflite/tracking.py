@@ -198,7 +198,7 @@ TRIAL_STEP_METRICS = ("accuracy_drop", "cosine_similarity", "float_ops", "size_b
 FLOAT_LAYERS_FILE = "float_layers.json"
 
 
-def log_search(search, max_trials: int) -> None:
+def log_search(search) -> None:
     """An ``int8_mixed`` search on the active run: trial steps, the float layers, the tolerance tag.
 
     Each trial ``t`` logs :data:`TRIAL_STEP_METRICS` at step ``t``; the param ``mixed_float_layers``
@@ -208,9 +208,8 @@ def log_search(search, max_trials: int) -> None:
 
     Args:
         search: ``mixed.SearchResult``.
-        max_trials: the search's bound, logged as a param.
     """
-    log_params_once({"max_trials": max_trials, "mixed_float_layers": search.short_layer_list(),
+    log_params_once({"max_trials": search.max_trials, "mixed_float_layers": search.short_layer_list(),
                      "mixed_trials": len(search.trials)})
     mlflow.set_tag(tags.TOLERANCE_MET_TAG, str(search.tolerance_met).lower())
     mlflow.set_tag("mlflow.note.content", f"int8_mixed: {search.message}")  # the run's description in the UI
