@@ -25,7 +25,8 @@ MODES = ("none", "dynamic", "float16", "int8")
 TIMER = """
 import json, sys
 from pathlib import Path
-from mlflow_tflite import latency, runtime
+from mlflow_tflite.measure import latency
+from mlflow_tflite.flavor import runtime
 folder = Path(sys.argv[1])
 example = __import__("numpy").load(folder / "x.npy")
 models = {p.stem: (runtime.make_interpreter(p.read_bytes()), [example]) for p in sorted(folder.glob("*.tflite"))}
@@ -37,9 +38,9 @@ def convert_demo(folder: Path) -> None:
     """The demo CNN in every mode as ``<mode>.tflite`` files, and one test example as ``x.npy``."""
     import numpy as np
 
-    from mlflow_tflite.convert import convert
-    from mlflow_tflite.data import calibration_sample
-    from mlflow_tflite.pipeline import prepare
+    from mlflow_tflite.build.convert import convert
+    from mlflow_tflite.build.data import calibration_sample
+    from mlflow_tflite.sweep.context import prepare
     from mlflow_tflite.variants import Variant
 
     prepared = prepare()
@@ -50,7 +51,7 @@ def convert_demo(folder: Path) -> None:
 
 
 def main() -> None:
-    from mlflow_tflite.selection import LATENCY_NOISE_FLOOR
+    from mlflow_tflite.track.selection import LATENCY_NOISE_FLOOR
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

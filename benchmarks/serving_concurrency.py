@@ -31,7 +31,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np  # noqa: E402
 
-from mlflow_tflite import flavor, pyfunc, runtime  # noqa: E402
+from mlflow_tflite import flavor
+from mlflow_tflite.flavor import pyfunc
+from mlflow_tflite.flavor import runtime# noqa: E402
 
 THREADS = (1, 2, 4, 8)
 
@@ -51,8 +53,8 @@ class LockedWrapper(pyfunc.TFLiteModelWrapper):
 
 def digits_cnn() -> tuple[bytes, np.ndarray]:
     """The demo CNN converted without quantization, and its test images."""
-    from mlflow_tflite.convert import convert
-    from mlflow_tflite.pipeline import prepare
+    from mlflow_tflite.build.convert import convert
+    from mlflow_tflite.sweep.context import prepare
     from mlflow_tflite.variants import Variant
 
     prepared = prepare()
@@ -63,8 +65,8 @@ def mobilenet_v2(size: int = 128) -> tuple[bytes, np.ndarray]:
     """A MobileNetV2 with random weights (no download) converted without quantization, and random images."""
     import tf_keras
 
-    from mlflow_tflite.convert import convert
-    from mlflow_tflite.sources import from_tf_keras
+    from mlflow_tflite.build.convert import convert
+    from mlflow_tflite.build.sources import from_tf_keras
     from mlflow_tflite.variants import Variant
 
     tf_keras.utils.set_random_seed(0)

@@ -12,7 +12,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 
-from mlflow_tflite.pipeline import prepare, run_variant  # noqa: E402
+from mlflow_tflite.sweep.pipeline import prepare, run_variant  # noqa: E402
 from mlflow_tflite.variants import CONVERTER_MODES, Variant  # noqa: E402
 
 

@@ -20,16 +20,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-from mlflow_tflite.data import Preprocessing  # noqa: E402
-from mlflow_tflite.mixed import MixedPrecision  # noqa: E402
-from mlflow_tflite.optimize import QatOptions  # noqa: E402
+from mlflow_tflite.build.data import Preprocessing  # noqa: E402
+from mlflow_tflite.build.mixed import MixedPrecision  # noqa: E402
+from mlflow_tflite.build.qat import QatOptions  # noqa: E402
 from mlflow_tflite.options import (  # noqa: E402
     IoType, OpsSet, RunSettings, choice, click_options, from_kwargs, given, load_config, number, pop_fields,
 )
 from mlflow_tflite.quant_modes import Backend, QuantMode  # noqa: E402
-from mlflow_tflite.sweep import SweepConfig  # noqa: E402
-from mlflow_tflite.selection import Tolerance  # noqa: E402
-from mlflow_tflite.sources import SourceOptions  # noqa: E402
+from mlflow_tflite.quiet import start_tensorflow  # noqa: E402
+from mlflow_tflite.sweep.config import SweepConfig  # noqa: E402
+from mlflow_tflite.sweep.context import prepare  # noqa: E402
+from mlflow_tflite.sweep.main_job import run_variant  # noqa: E402
+from mlflow_tflite.sweep.orchestrate import run_sweep  # noqa: E402
+from mlflow_tflite.tags import NOT_EVALUATED_TAG  # noqa: E402
+from mlflow_tflite.track.registry import promote_logged_model  # noqa: E402
+from mlflow_tflite.track.runs import check_tracking_store  # noqa: E402
+from mlflow_tflite.variants import Variant, expand_grid, parse_list  # noqa: E402
+from mlflow_tflite.track.selection import Tolerance  # noqa: E402
+from mlflow_tflite.build.sources import SourceOptions  # noqa: E402
 
 # Sections of a --config YAML file and the dataclass each one's keys are fields of.
 CONFIG_SECTIONS = {"source": SourceOptions, "preprocessing": Preprocessing, "tolerance": Tolerance,
@@ -73,7 +81,6 @@ def cli():
 @dataclass(frozen=True)
 class JobOptions:
     """What `convert` and `sweep` share: the source, its data and how to open, judge and record it."""
-
     model: str | None
     data: str | None
     source: SourceOptions
@@ -84,7 +91,7 @@ class JobOptions:
     qat: QatOptions
 
     def open_args(self) -> dict:
-        """``pipeline.prepare`` keyword arguments (besides model and data)."""
+        """``context.prepare`` keyword arguments (besides model and data)."""
         preprocessing = None if self.preprocessing == Preprocessing() else self.preprocessing
         return {"task": self.run.task, "preprocessing": preprocessing, "tensor_errors": not self.run.no_tensor_errors,
                 "tolerance": self.tolerance, "mixed_precision": self.mixed_precision, "qat": self.qat,
@@ -96,7 +103,7 @@ def _job_options(command):
     for cls in (QatOptions, MixedPrecision, RunSettings, Tolerance, Preprocessing, SourceOptions):
         command = click_options(cls)(command)
     command = click.option("--config", default="none", show_default=True,
-                           help="YAML file of expert options: sections " + ", ".join(CONFIG_SECTIONS) + ".")(command)
+                           help="YAML file of expert options: sections " + ", ".join(CONFIG_SECTIONS) + ", sweep.")(command)
     command = click.option("--data", default="demo", show_default=True,
                            help=".npz with x_train/y_train/x_test/y_test (or x/y), .npy, image folder, digits, or demo.")(command)
     return click.option("--model", default="demo", show_default=True,
@@ -116,13 +123,17 @@ def _variant_options(command):
                         help="Representative dataset size.")(command)
 
 
-def _read_job_options(kwargs: dict) -> JobOptions:
-    """Pop the shared options from a command's arguments; a config file fills what was not typed."""
-    config = load_config(kwargs.pop("config"), CONFIG_SECTIONS)
+def _read_job_options(kwargs: dict) -> tuple[JobOptions, dict]:
+    """Pop the shared options from a command's arguments; a config file fills what was not typed.
+
+    Returns:
+        ``(JobOptions, the config file's sweep section)`` (``SweepConfig`` fields, e.g. ``ray_address``).
+    """
+    config = load_config(kwargs.pop("config"), {**CONFIG_SECTIONS, "sweep": SweepConfig})
     return JobOptions(
         given(kwargs.pop("model")), given(kwargs.pop("data")),
         *(from_kwargs(cls, kwargs, config[name]) for name, cls in CONFIG_SECTIONS.items()),
-    )
+    ), config["sweep"]
 
 
 def _check_mode_options(job: JobOptions, quants) -> None:
@@ -152,9 +163,6 @@ def _input_size(value: str | int | None) -> int | None:
 
 def _check_and_start(job: JobOptions) -> None:
     """Before expensive work: the tracking store answers; then TensorFlow starts quietly."""
-    from mlflow_tflite.quiet import start_tensorflow
-    from mlflow_tflite.tracking import check_tracking_store
-
     check_tracking_store()
     start_tensorflow()
 
@@ -168,17 +176,14 @@ def _check_and_start(job: JobOptions) -> None:
 @click.option("--input-size", default="native", show_default=True, help="Square input side in pixels, or native.")
 def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, backend, **kwargs):
     """Convert one variant, evaluate it and log it as an MLflow run (the `main` entry point)."""
-    from mlflow_tflite.pipeline import prepare, run_variant
-    from mlflow_tflite.variants import Variant
-
-    job = _read_job_options(kwargs)
+    job, _ = _read_job_options(kwargs)
     requested_size = _input_size(input_size)
     Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type, backend)  # checked before any work
     _check_mode_options(job, [quant])
     _check_and_start(job)
-    prepared = prepare(job.model, job.data, **job.open_args())
-    variant = Variant(quant, sparsity, requested_size or prepared.native_input_size, calibration_samples, ops, io_type, backend)
-    result = run_variant(prepared, variant, job.run.registered_model_name, job.run.num_threads,
+    context = prepare(job.model, job.data, **job.open_args())
+    variant = Variant(quant, sparsity, requested_size or context.native_input_size, calibration_samples, ops, io_type, backend)
+    result = run_variant(context, variant, job.run.registered_model_name, job.run.num_threads,
                          register=not job.run.no_register, tolerance=job.tolerance)
     _print_result(result)
 
@@ -192,10 +197,7 @@ def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, back
 @click.option("--input-size", default="native", show_default=True, help="Comma-separated input sizes, or native.")
 def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backend, **kwargs):
     """Run a grid of variants as child runs of one parent run; register the best (`sweep` entry point)."""
-    from mlflow_tflite.sweep import run_sweep
-    from mlflow_tflite.variants import expand_grid, parse_list
-
-    job = _read_job_options(kwargs)
+    job, sweep_config = _read_job_options(kwargs)
     sizes = [_input_size(v) for v in parse_list(input_size, "input_size")]
     variants = expand_grid(
         parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float), sizes, calibration_samples, ops, io_type, backend
@@ -204,15 +206,15 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
     config = SweepConfig(
         variants, job.model, job.data, job.open_args(), tolerance=job.tolerance,
         registered_model_name=job.run.registered_model_name, num_threads=job.run.num_threads,
-        register=not job.run.no_register, **pop_fields(SweepConfig, kwargs),
+        register=not job.run.no_register, **pop_fields(SweepConfig, kwargs, sweep_config),
     )
     _check_and_start(job)
     result = run_sweep(config)
     for row in result.rows:
-        shown = ", ".join(f"{k}={row['metrics'][k]:.4g}" for k in ("accuracy_drop", "size_bytes", "latency_ms_p50")
-                          if k in row["metrics"])
-        missed = "" if row.get("tolerance_met", True) else "  (tolerance not met: never selected)"
-        click.echo(f"  {row['variant']:<28} {row['status']:<9} {shown or row['error']}{missed}")
+        shown = ", ".join(f"{k}={row.metrics[k]:.4g}" for k in ("accuracy_drop", "size_bytes", "latency_ms_p50")
+                          if k in row.metrics)
+        missed = "" if row.tolerance_met else "  (tolerance not met: never selected)"
+        click.echo(f"  {row.variant:<28} {row.status:<9} {shown or row.error}{missed}")
     click.echo(f"sweep run {result.parent_run_id}: {result.message}")
     if result.registration:
         _echo_registration(result.registration)
@@ -224,9 +226,6 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
 @click.option("--registered-model-name", required=True, help="Registry name.")
 def promote(model_uri, registered_model_name, **kwargs):
     """Register a logged model; it becomes champion only if within tolerance and it beats the champion."""
-    from mlflow_tflite.registry import promote_logged_model
-    from mlflow_tflite.tracking import check_tracking_store
-
     tolerance = from_kwargs(Tolerance, kwargs)
     check_tracking_store()
     _echo_registration(promote_logged_model(model_uri, registered_model_name, tolerance))
@@ -243,7 +242,6 @@ def _print_result(result) -> None:
     if result.message:
         click.echo(f"int8_mixed: {result.message}")
     if "latency_ms_p50" not in metrics:
-        from mlflow_tflite.tags import NOT_EVALUATED_TAG
 
         click.echo(f"not evaluated or registered: see the run's tag {NOT_EVALUATED_TAG}")
     if result.registration:

@@ -10,6 +10,7 @@ passes on every captured line that is not one of those known notices.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -21,7 +22,6 @@ _NOISE = re.compile(
     r"TF-TRT|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer|"
     r"This TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler flags"
 )
-_started = False
 
 
 @contextlib.contextmanager
@@ -43,17 +43,14 @@ def dropped_lines(noise: re.Pattern):
             sys.stderr.write("".join(kept))
 
 
+@functools.cache  # once per process
 def start_tensorflow() -> None:
     """Import TensorFlow and initialise its devices once, dropping the known start-up notices.
 
     Lines that are not known notices (a real error during import) are written to stderr as
     they were. Idempotent; a no-op after the first call in a process.
     """
-    global _started
-    if _started:
-        return
     with dropped_lines(_NOISE):
         import tensorflow as tf
 
         tf.constant(0.0).numpy()  # the first op initialises the devices (the cuInit line)
-    _started = True

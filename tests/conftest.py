@@ -25,7 +25,7 @@ def tracking(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def digits():
-    from mlflow_tflite.data import load_digits_dataset
+    from mlflow_tflite.build.data import load_digits_dataset
 
     return load_digits_dataset()
 
@@ -33,16 +33,15 @@ def digits():
 @pytest.fixture(scope="session")
 def demo_prepared():
     """The demo source (digits CNN trained with the fixed seed), its data and reference outputs."""
-    from mlflow_tflite.pipeline import prepare
-
+    from mlflow_tflite.sweep.context import prepare
     return prepare()
 
 
 @pytest.fixture(scope="session")
 def converted(demo_prepared):
     """The demo model converted in every quantization mode: {variant name: (Variant, bytes)}."""
-    from mlflow_tflite.convert import convert
-    from mlflow_tflite.data import calibration_sample
+    from mlflow_tflite.build.convert import convert
+    from mlflow_tflite.build.data import calibration_sample
     from mlflow_tflite.variants import CONVERTER_MODES, Variant
 
     calibration = [calibration_sample(demo_prepared.dataset.x_train, 200)]

@@ -1,10 +1,8 @@
 """Faults injected by the tests, never by production code.
 
-``crash_on_variant`` is a sweep worker task (picklable: this module is importable in the
-spawned workers, whose ``sys.path`` is the test process's) that aborts the worker process, as
-a native crash in a converter would, when it starts the variant named by ``CRASH_VARIANT_ENV``;
-``CrashOn`` does the same for variants it is given (for Ray workers, which do not see the test's
-environment variables).
+``crash_on_variant`` and ``CrashOn`` replace ``worker.variant_task``: the tasks they make
+(picklable: this module is importable in the spawned workers, whose ``sys.path`` is the test
+process's) end the worker process, as a native crash in a converter would, for chosen variants.
 
 Run as a script, ``python faults.py exit-after-register <mlflow-tflite args>`` runs the CLI and
 kills the process (``os._exit``) right after the registry call returns, as a machine that dies
@@ -15,42 +13,70 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 CRASH_VARIANT_ENV = "TEST_CRASH_VARIANT"
 
 
-def crash_on_variant(variant):
-    from mlflow_tflite import sweep
+@dataclass(frozen=True)
+class CrashingTask:
+    """A sweep's variant task (``worker.RunVariant``) whose worker process exits at once
+    (``os._exit``, as a native crash or an OOM kill would end it) when it starts a variant named
+    in ``always``, named by ``CRASH_VARIANT_ENV`` (with ``from_env``), or named in ``once`` the
+    first time (a marker file in ``marker_dir`` remembers it across processes and nodes of this
+    machine). Other variants run normally."""
 
-    if os.environ.get(CRASH_VARIANT_ENV) == variant.name:
-        os.abort()
-    return sweep.run_variant_task(variant)
+    variant: object
+    shipped: dict = field(default_factory=dict)
+    always: tuple = ()
+    once: tuple = ()
+    marker_dir: str | None = None
+    from_env: bool = False
+
+    def __call__(self, worker):
+        from mlflow_tflite.sweep.worker import RunVariant
+
+        name = self.variant.name
+        marker = Path(self.marker_dir or ".") / f"crashed-{name}"
+        if (self.from_env and os.environ.get(CRASH_VARIANT_ENV) == name) or name in self.always \
+                or (name in self.once and not marker.exists()):
+            if self.marker_dir:
+                marker.touch()
+            os._exit(13)
+        return RunVariant(self.variant, self.shipped)(worker)
+
+
+def crash_on_variant(variant, shipped):
+    """A ``worker.variant_task`` replacement: the variant named by ``CRASH_VARIANT_ENV`` crashes its worker."""
+    return CrashingTask(variant, shipped, from_env=True)
 
 
 class CrashOn:
-    """A sweep worker task for any executor (picklable; Ray workers import this module through
-    ``PYTHONPATH``): the worker process exits at once (``os._exit``, as a native crash or an OOM
-    kill would end it) when it starts a variant named in ``always``, or one named in ``once``
-    the first time (a marker file in ``marker_dir`` remembers it across processes and nodes of
-    this machine). Other variants run normally."""
+    """A ``worker.variant_task`` replacement for any executor (Ray workers do not see the test's
+    environment variables): see :class:`CrashingTask`."""
 
     def __init__(self, always=(), once=(), marker_dir=None):
         self.always, self.once, self.marker_dir = tuple(always), tuple(once), str(marker_dir)
 
-    def __call__(self, variant):
-        from pathlib import Path
+    def __call__(self, variant, shipped):
+        return CrashingTask(variant, shipped, self.always, self.once, self.marker_dir)
 
-        from mlflow_tflite import sweep
 
-        marker = Path(self.marker_dir) / f"crashed-{variant.name}"
-        if variant.name in self.always or (variant.name in self.once and not marker.exists()):
-            marker.touch()
-            os._exit(13)
-        return sweep.run_variant_task(variant)
+@dataclass(frozen=True)
+class ModuleFile:
+    """A sweep task that answers where the worker imported ``mlflow_tflite`` from."""
+
+    shipped: dict = field(default_factory=dict)
+
+    def __call__(self, worker):
+        import mlflow_tflite
+
+        return mlflow_tflite.__file__
 
 
 def _exit_after_register() -> None:
-    from mlflow_tflite import registry
+    from mlflow_tflite.track import registry
 
     real = registry.register_and_promote
 

@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from mlflow_tflite import edgetpu, tflite_file
+from mlflow_tflite.measure import edgetpu
+from mlflow_tflite.flavor import flatbuffer
 
 # Stated independently of edgetpu_ops.json, from the Coral "Supported operations" table.
 DEMO_OPS = ["CONV_2D", "CONV_2D", "MAX_POOL_2D", "CONV_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX"]
@@ -23,8 +24,8 @@ NOT_IN_TABLE = {"LEAKY_RELU", "DEQUANTIZE", "BATCH_MATMUL"}
 
 def _int8_full(model, shape, n=32, seed=0) -> bytes:
     """A tf_keras model converted int8_full through the project's converter (real calibration)."""
-    from mlflow_tflite.convert import convert
-    from mlflow_tflite.sources import from_tf_keras
+    from mlflow_tflite.build.convert import convert
+    from mlflow_tflite.build.sources import from_tf_keras
     from mlflow_tflite.variants import Variant
 
     x = np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
@@ -81,7 +82,7 @@ def test_demo_with_a_static_batch_of_1_maps_fully(demo_prepared):
 
 
 def test_dynamic_range_model_has_float_ops_and_its_first_op_does_not_map(demo_prepared):
-    from mlflow_tflite.pipeline import convert_and_evaluate
+    from mlflow_tflite.sweep.work import convert_and_evaluate
     from mlflow_tflite.variants import Variant
 
     outcome = convert_and_evaluate(demo_prepared, Variant("dynamic", input_size=8))
@@ -114,7 +115,7 @@ def test_op_outside_the_table_stops_the_mapping_there():
     assert all(op["mapped"] for op in report["ops"][:leaky])
     assert report["ops"][leaky]["reason"] == "LEAKY_RELU is not in the Edge TPU supported-op table"
     assert all(op["mapped"] for op in report["ops"][leaky + 1:])  # later ops are fine, but on the CPU
-    assert report["float_ops"] == 0 == tflite_file.float_ops(tflite_model)
+    assert report["float_ops"] == 0 == flatbuffer.float_ops(tflite_model)
 
 
 def test_four_non_1_dimensions_break_the_rank_rule():
@@ -145,7 +146,8 @@ def test_not_a_flatbuffer_is_a_clear_error():
 def test_log_outcome_logs_the_readiness_report(tracking, demo_prepared):
     import mlflow
 
-    from mlflow_tflite.pipeline import convert_and_evaluate, log_outcome
+    from mlflow_tflite.sweep.work import convert_and_evaluate
+    from mlflow_tflite.sweep.record import log_outcome
     from mlflow_tflite.variants import Variant
 
     variant = Variant("int8_full", input_size=8)
@@ -161,15 +163,15 @@ def test_log_outcome_logs_the_readiness_report(tracking, demo_prepared):
 
 
 def test_int8_full_ships_a_static_batch_of_1_with_the_same_outputs(demo_prepared, converted):
-    from mlflow_tflite.pipeline import convert_and_evaluate
-    from mlflow_tflite.runtime import make_interpreter
+    from mlflow_tflite.sweep.work import convert_and_evaluate
+    from mlflow_tflite.flavor.runtime import make_interpreter
     from mlflow_tflite.variants import Variant
 
     dynamic = converted["int8_full-s0-i8"][1]  # the converter's own output: batch open (-1)
     static = convert_and_evaluate(demo_prepared, Variant("int8_full", input_size=8)).tflite_model
     assert list(make_interpreter(dynamic).get_input_details()[0]["shape_signature"]) == [-1, 8, 8, 1]
     assert list(make_interpreter(static).get_input_details()[0]["shape_signature"]) == [1, 8, 8, 1]
-    assert tflite_file.with_batch_one(static) is static  # nothing left to fix
+    assert flatbuffer.with_batch_one(static) is static  # nothing left to fix
     x = demo_prepared.dataset.x_test[:5]
     outputs = []
     for model in (dynamic, static):
@@ -198,7 +200,7 @@ def static_source(demo_prepared):
     """The trained demo CNN with a fixed batch of 1, and calibration data."""
     import tf_keras
 
-    from mlflow_tflite.sources import from_tf_keras
+    from mlflow_tflite.build.sources import from_tf_keras
 
     inputs = tf_keras.Input((8, 8, 1), batch_size=1)
     source = from_tf_keras(tf_keras.Model(inputs, demo_prepared.source.keras_model(inputs)))
@@ -227,7 +229,7 @@ def test_float_io_int8_edges_are_cpu_ops_and_only_the_dynamic_batch_blocks(conve
 
 
 def test_float_io_int8_with_a_static_batch_maps_every_op_between_the_edges(static_source):
-    from mlflow_tflite.convert import convert
+    from mlflow_tflite.build.convert import convert
     from mlflow_tflite.variants import Variant
 
     source, calibration = static_source
@@ -242,11 +244,11 @@ def test_float_io_int8_with_a_static_batch_maps_every_op_between_the_edges(stati
 
 def test_float_layer_in_the_middle_is_where_the_mapping_stops(static_source):
     """conv2d_1 kept in float by selective quantization: the DEQUANTIZE feeding it is the first unmapped op."""
-    from mlflow_tflite.convert import SelectiveQuantizer, convert
+    from mlflow_tflite.build.convert import SelectiveQuantizer, convert
     from mlflow_tflite.variants import Variant
 
     source, calibration = static_source
-    float_model = tflite_file.read_flatbuffer(convert(source, Variant("none", input_size=8), calibration).tflite_model)
+    float_model = flatbuffer.read_flatbuffer(convert(source, Variant("none", input_size=8), calibration).tflite_model)
     graph = float_model.subgraphs[0]
     conv2d_1 = graph.tensors[graph.operators[1].outputs[0]].name.decode()
     assert "conv2d_1" in conv2d_1
@@ -271,7 +273,7 @@ def test_float_layer_in_the_middle_is_where_the_mapping_stops(static_source):
 
 def test_uint8_io_requantize_quantize_ops_map(static_source):
     """uint8 I/O int8_full: the QUANTIZE uint8->int8 / int8->uint8 are integer ops in the table (runtime >= 13)."""
-    from mlflow_tflite.convert import convert
+    from mlflow_tflite.build.convert import convert
     from mlflow_tflite.variants import Variant
 
     source, calibration = static_source

@@ -15,7 +15,7 @@ import yaml
 
 import mlflow
 import mlflow_tflite
-from mlflow_tflite import runtime
+from mlflow_tflite.flavor import runtime
 from mlflow_tflite.errors import TFLiteError
 
 

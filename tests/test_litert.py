@@ -13,13 +13,15 @@ from click.testing import CliRunner
 import mlflow
 import mlflow_tflite
 from mlflow import MlflowClient
-from mlflow_tflite import quantize
+from mlflow_tflite.build import quantize
 from mlflow_tflite.cli import cli
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.evaluate import run_in_source_order
-from mlflow_tflite.pipeline import convert_and_evaluate, prepare
-from mlflow_tflite.runtime import make_interpreter
-from mlflow_tflite.sweep import SweepConfig, run_sweep
+from mlflow_tflite.measure.evaluate import run_in_source_order
+from mlflow_tflite.sweep.work import convert_and_evaluate
+from mlflow_tflite.sweep.context import prepare
+from mlflow_tflite.flavor.runtime import make_interpreter
+from mlflow_tflite.sweep.config import SweepConfig
+from mlflow_tflite.sweep.orchestrate import run_sweep
 from mlflow_tflite.variants import Variant, expand_grid
 
 from mtcnn_nets import build_mtcnn_net
@@ -98,12 +100,12 @@ def test_litert_sweep_shares_one_float_conversion_per_key(digits_files, tracking
     variants = expand_grid(["none", "dynamic", "int8", "weight_only_int8", "dynamic_int4"], [0.0], [None],
                            backend="litert")
     result = run_sweep(SweepConfig(variants, model, data, register=False), progress=False)
-    rows = {r["variant"]: r for r in result.rows}
-    assert all(r["status"] == "FINISHED" for r in rows.values()), rows
-    float_times = [r["metrics"]["float_convert_seconds"] for r in rows.values()]
+    rows = {r.variant: r for r in result.rows}
+    assert all(r.status == "FINISHED" for r in rows.values()), rows
+    float_times = [r.metrics["float_convert_seconds"] for r in rows.values()]
     assert sum(t > 0 for t in float_times) == 1  # converted once, reused by the other four modes
     client = MlflowClient()
-    run = client.get_run(rows["int8-s0-i8-litert"]["run_id"])
+    run = client.get_run(rows["int8-s0-i8-litert"].run_id)
     assert run.data.params["backend"] == "litert" and run.data.metrics["min_tensor_snr_db"] > 10
     assert "mlflow_tflite.worst_tensor" in run.data.tags
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -115,7 +117,7 @@ def test_litert_sweep_shares_one_float_conversion_per_key(digits_files, tracking
     flavor = mlmodel["flavors"]["tflite"]
     assert flavor["quantization_backend"] == "litert" and flavor["quantization"] == "int8"
     assert json.loads(flavor["quantization_recipe"])  # the recipe that made it, as JSON
-    sizes = {name: r["metrics"]["size_bytes"] for name, r in rows.items()}
+    sizes = {name: r.metrics["size_bytes"] for name, r in rows.items()}
     assert sizes["dynamic_int4-s0-i8-litert"] < 0.6 * sizes["dynamic-s0-i8-litert"] < 0.6 * sizes["none-s0-i8-litert"]
     parent = client.get_run(result.parent_run_id).data.metrics
     assert parent["quantize_seconds"] > 0 and parent["float_convert_seconds"] > 0
@@ -146,7 +148,7 @@ def test_a_recipe_that_changes_nothing_is_an_error(tmp_path):
 
 
 def test_calibration_inputs_must_match_the_signature(demo_prepared):
-    from mlflow_tflite.backends import float_model
+    from mlflow_tflite.build.produce import float_model
 
     float_bytes, _ = float_model(demo_prepared, Variant("none", input_size=8), demo_prepared.source)
     x = demo_prepared.dataset.x_train[:4]

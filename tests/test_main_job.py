@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow_tflite import runtime
+from mlflow_tflite.flavor import runtime
 from mlflow_tflite.cli import cli
-from mlflow_tflite.pipeline import run_variant
+from mlflow_tflite.sweep.main_job import run_variant
 from mlflow_tflite.variants import Variant
 
 CONTRACT_METRICS = {

@@ -9,12 +9,15 @@ import pytest
 from click.testing import CliRunner
 
 from mlflow import MlflowClient
-from mlflow_tflite import mixed, tags, tflite_file
+from mlflow_tflite import tags
+from mlflow_tflite.build import mixed
+from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.cli import cli
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.mixed import Layer, MixedPrecision
-from mlflow_tflite.pipeline import convert_and_evaluate, run_variant
-from mlflow_tflite.selection import Tolerance
+from mlflow_tflite.build.mixed import Layer, MixedPrecision
+from mlflow_tflite.sweep.work import convert_and_evaluate
+from mlflow_tflite.sweep.main_job import run_variant
+from mlflow_tflite.track.selection import Tolerance
 from mlflow_tflite.variants import Variant
 
 # The demo's int8 model has a cosine similarity to the source of about 0.99999 (converter) and
@@ -62,7 +65,7 @@ def test_int8_mixed_keeps_layers_in_float_until_the_tolerance_is_met(demo_prepar
     assert search.trials[0].float_layers == () and search.chosen.float_layers
     assert outcome.metrics["float_ops"] > full.metrics["float_ops"]  # the kept layers run float kernels
     # The chosen layers are float in the model: every op writing one of them has float outputs.
-    float_outputs = {outs[0] for op, ins, outs in tflite_file.op_tensors(outcome.tflite_model)}
+    float_outputs = {outs[0] for op, ins, outs in flatbuffer.op_tensors(outcome.tflite_model)}
     assert set(search.chosen.float_layers) <= float_outputs
     assert outcome.metrics["size_bytes"] > full.metrics["size_bytes"]
 

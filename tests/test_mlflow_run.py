@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow_tflite import tags
-from mlflow_tflite.sweep_runs import children
+from mlflow_tflite.track.sweep_runs import children
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,11 @@ import os
 import numpy as np
 import pytest
 
-from mlflow_tflite.data import resize_images
+from mlflow_tflite.build.data import resize_images
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.optimize import prune_model, pruning_schedule_steps, resize_model
-from mlflow_tflite.tflite_file import tflite_sparsity, tflite_tensor_sparsity
+from mlflow_tflite.build.prune import prune_model, pruning_schedule_steps
+from mlflow_tflite.build.resize import resize_model
+from mlflow_tflite.measure.sparsity import tflite_sparsity, tflite_tensor_sparsity
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ LEGACY_KERAS_AT_IMPORT = os.environ.get("TF_USE_LEGACY_KERAS")
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    from mlflow_tflite.demo import train_digits_cnn
+    from mlflow_tflite.build.demo import train_digits_cnn
 
     return train_digits_cnn(digits, epochs=10)
 
@@ -212,7 +213,8 @@ def test_pruning_a_multi_input_classifier(digits, tmp_path, tracking):
     """Two inputs, one class-score output: pruned through the pipeline like a single-input model."""
     import tf_keras
 
-    from mlflow_tflite.pipeline import prepare, run_variant
+    from mlflow_tflite.sweep.context import prepare
+    from mlflow_tflite.sweep.main_job import run_variant
     from mlflow_tflite.variants import Variant
 
     layers = tf_keras.layers
@@ -294,7 +296,7 @@ def test_resize_to_16_keeps_weights_and_runs(trained, digits):
     # The same architecture built at 16x16 from scratch with the trained weights is the reference:
     # the resized model must compute exactly what it computes (accuracy at 16x16 means little for a
     # CNN trained at 8x8, so it is printed, not asserted).
-    from mlflow_tflite.demo import build_digits_cnn
+    from mlflow_tflite.build.demo import build_digits_cnn
 
     reference = build_digits_cnn((16, 16, 1))
     reference.set_weights(trained.get_weights())

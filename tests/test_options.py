@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlflow_tflite.data import Preprocessing
+from mlflow_tflite.build.data import Preprocessing
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.options import RunSettings, Task, floats_list, given, load_config, number, shapes_map
 from mlflow_tflite.quant_modes import QUANT_RECIPES, ModelTraits, QuantMode, recognise
-from mlflow_tflite.report import pareto_front
-from mlflow_tflite.runtime import TensorInfo, dequantize, quantize
-from mlflow_tflite.selection import Tolerance
-from mlflow_tflite.sources import SourceOptions
+from mlflow_tflite.track.report import pareto_front
+from mlflow_tflite.flavor.runtime import TensorInfo, dequantize, quantize
+from mlflow_tflite.track.selection import Tolerance
+from mlflow_tflite.build.sources import SourceOptions
 from mlflow_tflite.variants import Variant, expand_grid, parse_list
 
 SECTIONS = {"source": SourceOptions, "preprocessing": Preprocessing, "tolerance": Tolerance, "run": RunSettings}
@@ -105,7 +105,7 @@ def test_pareto_front_keeps_the_undominated():
 
     rows = [row("a", 0.99, 2.0, 100), row("b", 0.98, 1.0, 50), row("c", 0.97, 1.5, 60), row("d", 0.99, 2.0, 100)]
     # c is beaten by b on all three; a and d are equal, so neither dominates the other.
-    assert [r["variant"] for r in pareto_front(rows)] == ["a", "b", "d"]
+    assert [r.variant for r in pareto_front(rows)] == ["a", "b", "d"]
 
 
 def test_quantize_and_dequantize_follow_the_tflite_affine_scheme():

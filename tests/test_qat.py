@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_tflite import pipeline, runtime, tflite_file
+from mlflow_tflite.sweep import pipeline
+from mlflow_tflite.flavor import runtime
+from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.optimize import QatOptions, qat_model, qat_params
-from mlflow_tflite.sweep import SweepConfig, run_sweep
+from mlflow_tflite.build.qat import QatOptions, qat_model, qat_params
+from mlflow_tflite.sweep.config import SweepConfig
+from mlflow_tflite.sweep.orchestrate import run_sweep
 from mlflow_tflite.variants import Variant, expand_grid
 
 pytestmark = pytest.mark.slow
@@ -103,7 +106,7 @@ def test_pqat_keeps_the_sparsity_of_the_pruned_model(prepared):
     assert prepared.variant_models[(None, 0.5, False)] is pruned
 
     assert runtime.quantization_mode(runtime.make_interpreter(qat.tflite_model)) == "int8"
-    sparsity = tflite_file.tflite_sparsity(qat.tflite_model)
+    sparsity = tflite_sparsity(qat.tflite_model)
     print(f"\nPQAT s0.5: sparsity_achieved {sparsity:.4f} (int8 PTQ of the same pruned model "
           f"{plain.metrics['sparsity_achieved']:.4f}), accuracy {qat.metrics['accuracy']:.4f} "
           f"(drop {qat.metrics['accuracy_drop']:+.4f}; int8 PTQ {plain.metrics['accuracy']:.4f}), "
@@ -218,8 +221,8 @@ def test_sweep_over_qat_and_int8_finishes_every_child(digits_files, tracking):
 
 
 def test_the_qat_model_file_does_not_collide_with_the_pruned_one(tmp_path, monkeypatch):
-    from mlflow_tflite import sweep
+    from mlflow_tflite.sweep import orchestrate
 
-    monkeypatch.setitem(sweep._WORKER, "workdir", tmp_path)
-    qat, plain = sweep._model_file(Variant("qat_int8", 0.5, 8)), sweep._model_file(Variant("int8", 0.5, 8))
+    monkeypatch.setitem(orchestrate._WORKER, "workdir", tmp_path)
+    qat, plain = orchestrate._model_file(Variant("qat_int8", 0.5, 8)), orchestrate._model_file(Variant("int8", 0.5, 8))
     assert qat != plain and qat.suffix == plain.suffix == ".h5" and "qat" in qat.name

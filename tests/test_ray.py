@@ -18,10 +18,11 @@ from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 
 import faults
-from mlflow_tflite import sweep
+from mlflow_tflite.sweep import orchestrate
 from mlflow_tflite.cli import cli
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.sweep import SweepConfig, run_sweep
+from mlflow_tflite.sweep.config import SweepConfig
+from mlflow_tflite.sweep.orchestrate import run_sweep
 from mlflow_tflite.variants import expand_grid
 
 TESTS = Path(__file__).resolve().parent
@@ -97,7 +98,7 @@ def test_a_killed_ray_worker_is_retried_once_then_its_variant_fails(ray_cluster,
     error = runs["float16-s0-i8"].data.tags["mlflow_tflite.error"]
     assert error.startswith("Ray worker died while running float16-s0-i8 (2 attempts)") and "\n" not in error
     assert "accuracy" in runs["dynamic-s0-i8"].data.metrics
-    assert result.best["variant"] in ("none-s0-i8", "dynamic-s0-i8")
+    assert result.best.variant in ("none-s0-i8", "dynamic-s0-i8")
 
 
 @pytest.mark.parametrize("address, message", [

@@ -15,10 +15,11 @@ import pytest
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow_tflite import runtime
-from mlflow_tflite.data import Preprocessing
+from mlflow_tflite.flavor import runtime
+from mlflow_tflite.build.data import Preprocessing
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.pipeline import prepare, run_variant
+from mlflow_tflite.sweep.context import prepare
+from mlflow_tflite.sweep.main_job import run_variant
 from mlflow_tflite.variants import Variant
 
 from mtcnn_nets import build_mtcnn_net

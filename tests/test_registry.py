@@ -8,9 +8,10 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow_tflite.cli import cli
-from mlflow_tflite.pipeline import prepare, run_variant
-from mlflow_tflite.registry import _current_champion
-from mlflow_tflite.selection import Tolerance
+from mlflow_tflite.sweep.context import prepare
+from mlflow_tflite.sweep.main_job import run_variant
+from mlflow_tflite.track.registry import _current_champion
+from mlflow_tflite.track.selection import Tolerance
 from mlflow_tflite.variants import Variant
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.evaluate import class_score_outputs, fidelity_metrics, is_class_scores
-from mlflow_tflite.latency import _median_ci95
-from mlflow_tflite.selection import Tolerance, latency_tied, quality, qualifies, rank_best, select_best
+from mlflow_tflite.measure.evaluate import class_score_outputs, fidelity_metrics, is_class_scores
+from mlflow_tflite.measure.latency import _median_ci95
+from mlflow_tflite.track.selection import Tolerance, latency_tied, quality, qualifies, rank_best, select_best
 
 
 def test_a_variant_with_no_accuracy_or_agreement_is_held_to_the_fidelity_tolerance():

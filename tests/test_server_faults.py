@@ -9,7 +9,7 @@ import time
 
 from mlflow import MlflowClient
 from mlflow_tflite import tags
-from mlflow_tflite.sweep_runs import children
+from mlflow_tflite.track.sweep_runs import children
 from servers import subprocess_env
 from servers import mlflow_server, postgres, team_server, tracking_server  # noqa: F401  (fixtures)
 

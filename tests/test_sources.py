@@ -10,9 +10,10 @@ from click.testing import CliRunner
 import mlflow
 from mlflow import MlflowClient
 from mlflow_tflite.cli import cli
-from mlflow_tflite.data import Preprocessing, load_image_folder
+from mlflow_tflite.build.data import Preprocessing, load_image_folder
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.pipeline import prepare, run_variant
+from mlflow_tflite.sweep.context import prepare
+from mlflow_tflite.sweep.main_job import run_variant
 from mlflow_tflite.variants import Variant
 
 
@@ -201,7 +202,7 @@ def test_flex_model_is_logged_with_its_ops_but_not_run_here(flex_saved_model, tr
 
 
 def test_npz_missing_keys_lists_what_it_has(tmp_path):
-    from mlflow_tflite.data import load_npz
+    from mlflow_tflite.build.data import load_npz
 
     np.savez(tmp_path / "odd.npz", images=np.zeros((4, 8, 8, 1)), labels=np.zeros(4))
     with pytest.raises(TFLiteError, match=r"has keys \['images', 'labels'\]; it needs x_train, x_test"):

@@ -17,11 +17,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 import faults
-from mlflow_tflite import selection, sweep
+from mlflow_tflite.track import selection
+from mlflow_tflite.sweep import orchestrate
 from mlflow_tflite.cli import cli
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.selection import Tolerance
-from mlflow_tflite.sweep import SweepConfig, run_sweep
+from mlflow_tflite.track.selection import Tolerance
+from mlflow_tflite.sweep.config import SweepConfig
+from mlflow_tflite.sweep.orchestrate import run_sweep
 from mlflow_tflite.variants import expand_grid
 
 
@@ -111,7 +113,7 @@ def test_promote_command_uses_the_runs_metrics(digits_files, tracking):
     model, data = digits_files
     result = run_sweep(SweepConfig(expand_grid(["dynamic", "int8"], [0.0], [None]), model, data, register=False),
                        progress=False)
-    uris = [row["model_uri"] for row in result.rows]
+    uris = [row.model_uri for row in result.rows]
     first = CliRunner().invoke(cli, ["promote", "--model-uri", uris[0], "--registered-model-name", "m"])
     assert first.exit_code == 0 and "champion" in first.output
     second = CliRunner().invoke(cli, ["promote", "--model-uri", uris[1], "--registered-model-name", "m"])
@@ -130,7 +132,7 @@ def test_pruning_a_keras3_source_fails_only_the_sparsity_variants(tmp_path, digi
              x_test=digits.x_test[:100], y_test=digits.y_test[:100])
     result = run_sweep(SweepConfig(expand_grid(["none"], [0.0, 0.5], [None]), str(tmp_path / "k3.keras"),
                                    str(tmp_path / "d.npz"), tolerance=Tolerance(1.0), register=False), progress=False)
-    status = {row["variant"]: (row["status"], row["error"]) for row in result.rows}
+    status = {row.variant: (row.status, row.error) for row in result.rows}
     assert status["none-s0-i8"][0] == "FINISHED"
     assert status["none-s0.5-i8"][0] == "FAILED" and "needs a tf_keras model" in status["none-s0.5-i8"][1]
 
@@ -141,10 +143,10 @@ def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking,
             "--quant", "none,dynamic,float16,int8", "--sparsity", "0", "--no-register"]
     client = MlflowClient()
     client.search_experiments()  # create the store's tables first: two processes must not race at it
-    log = open(tmp_path / "sweep.log", "w")  # a file, not a pipe: a full pipe would block the sweep
+    log = open(tmp_path / "orchestrate.log", "w")  # a file, not a pipe: a full pipe would block the sweep
     process = subprocess.Popen(args, start_new_session=True, stdout=log, stderr=log)
     try:
-        parent_id = _wait_for_a_finished_child(client, process, tmp_path / "sweep.log")
+        parent_id = _wait_for_a_finished_child(client, process, tmp_path / "orchestrate.log")
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -207,7 +209,7 @@ def test_resume_needs_a_sweep_parent_and_native_is_one_size(digits_files, tracki
     assert "mlflow_tflite.role" not in MlflowClient().get_run(other.info.run_id).data.tags
     result = run_sweep(SweepConfig(expand_grid(["int8"], [0.0], [None, 8]), model, data, register=False),
                        progress=False)  # native is 8 here: one variant, one child
-    assert [r["variant"] for r in result.rows] == ["int8-s0-i8"] and len(children(result.parent_run_id)) == 1
+    assert [r.variant for r in result.rows] == ["int8-s0-i8"] and len(children(result.parent_run_id)) == 1
 
 
 def test_resume_runs_a_failed_variant_again_and_keeps_one_child(digits_files, tracking, monkeypatch):
@@ -253,22 +255,22 @@ def test_kill_after_registration_then_resume_registers_once(digits_files, tracki
 
 def test_ctrl_c_marks_the_sweep_killed_and_prints_one_line(digits_files, tracking, tmp_path):
     model, data = digits_files
-    # Pruned variants keep the sweep busy well after its first child, so Ctrl-C lands mid-sweep.
+    # Pruned variants keep the sweep busy well after its first child, so Ctrl-C lands mid-orchestrate.
     args = [sys.executable, "-m", "mlflow_tflite.cli", "sweep", "--model", model, "--data", data,
             "--quant", "none,dynamic,float16,int8,int16x8", "--sparsity", "0,0.5,0.8", "--no-register"]
     client = MlflowClient()
     client.search_experiments()
-    log = open(tmp_path / "sweep.log", "w")
+    log = open(tmp_path / "orchestrate.log", "w")
     # A child inherits an ignored SIGINT: pytest run as a background job of a non-interactive shell
     # (`.ci/run &`) has SIGINT ignored (POSIX), and Python then never raises KeyboardInterrupt. The
     # sweep gets the default disposition, as in a terminal.
     process = subprocess.Popen(args, start_new_session=True, stdout=log, stderr=log,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    parent_id = _wait_for_a_finished_child(client, process, tmp_path / "sweep.log")
+    parent_id = _wait_for_a_finished_child(client, process, tmp_path / "orchestrate.log")
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=120) == 130
     log.close()
-    output = (tmp_path / "sweep.log").read_text()
+    output = (tmp_path / "orchestrate.log").read_text()
     assert "Traceback" not in output and "Error: interrupted" in output, output[-3000:]
     assert "cuInit" not in output and "cuda drivers" not in output  # TensorFlow's start-up notices are dropped
     assert client.get_run(parent_id).info.status == "KILLED"
@@ -296,6 +298,6 @@ def test_identical_reruns_choose_the_same_variant(digits_files, tracking):
     """Latency is timed in a quiet phase and noise-level differences are ties: the choice is stable."""
     model, data = digits_files
     variants = expand_grid(["none", "dynamic", "float16", "int8"], [0.0], [None])
-    chosen = [run_sweep(SweepConfig(variants, model, data, workers=2, register=False), progress=False).best["variant"]
+    chosen = [run_sweep(SweepConfig(variants, model, data, workers=2, register=False), progress=False).best.variant
               for _ in range(3)]
     assert len(set(chosen)) == 1, chosen

@@ -173,8 +173,8 @@ def test_models_serve_answers_the_champions_predictions(team, team_server, digit
 PROMOTER = r"""
 import json, os, sys, time
 from pathlib import Path
-from mlflow_tflite.registry import promote_logged_model
-from mlflow_tflite.selection import Tolerance
+from mlflow_tflite.track.registry import promote_logged_model
+from mlflow_tflite.track.selection import Tolerance
 folder, me, rounds = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 for round_, (model_uri, name) in enumerate(rounds):
     (folder / f"ready-{me}-{round_}").touch()

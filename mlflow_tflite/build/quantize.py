@@ -1,0 +1,118 @@
+"""The LiteRT Quantizer backend: float .tflite + named recipe -> quantized .tflite; per-tensor error.
+
+``quantize`` applies a named recipe of the LiteRT Quantizer (``ai_edge_quantizer.recipe``,
+table in ``quant_modes.QUANT_RECIPES``) to a float flatbuffer, calibrating with the same
+representative dataset the converter path uses. ``tensor_errors`` runs a quantized model (from
+either backend) beside its float flatbuffer on a few evaluation examples and compares every
+tensor the two share by name (the LiteRT Quantizer's ``model_validator.compare_model``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlflow_tflite.flavor import flatbuffer
+from mlflow_tflite.errors import TFLiteError, first_line
+from mlflow_tflite.flavor.runtime import signature_samples
+from mlflow_tflite.variants import Variant
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """A quantized model: flatbuffer bytes, the recipe (JSON text) and the wall time in seconds.
+
+    ``calibration_result`` holds the quantizer's calibration (tensor name -> min/max), to
+    quantize the same float model again with another recipe without calibrating again.
+    """
+
+    tflite_model: bytes
+    recipe_json: str
+    quantize_seconds: float
+    calibration_result: dict | None = None
+
+
+def skip_rule(tensor: str) -> str:
+    """The recipe scope regex that matches the op whose (first) output tensor is ``tensor``.
+
+    The LiteRT Quantizer names an op's scope by its output tensor names joined by ``;`` with a
+    trailing ``;`` (``ai_edge_quantizer.utils.tfl_flatbuffer_utils.get_op_scope``).
+    """
+    import re
+
+    return "^" + re.escape(tensor) + ";"
+
+
+def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray] | None,
+             input_names: list[str] | None = None, keep_float: tuple[str, ...] = (),
+             calibration_result: dict | None = None) -> Quantization:
+    """Quantize a float flatbuffer with the LiteRT Quantizer recipe of ``variant.quant``.
+
+    Args:
+        float_model: float32 .tflite bytes (the ``none`` conversion of the same source).
+        variant: a variant with ``backend=litert``; its mode names the recipe.
+        calibration: representative dataset (one float32 ``(N, ...)`` array per input), needed
+            by the static recipes (int8, int16x8).
+        input_names: the source's input names, to match the signature's.
+        keep_float: output tensor names of ops to leave in float (mixed precision): each gets a
+            ``NO_QUANTIZE`` rule after the recipe's own, and the latest matching rule wins.
+        calibration_result: an earlier :class:`Quantization`'s ``calibration_result`` of the
+            same float model, reused instead of calibrating again.
+
+    Returns:
+        :class:`Quantization`.
+
+    Raises:
+        TFLiteError: a Flex model, missing calibration data, a recipe that changed nothing, or
+            the quantizer failed (the message keeps its first line and suggests backend=converter).
+    """
+    from ai_edge_quantizer import quantizer, recipe
+
+    if flatbuffer.flex_ops(float_model):
+        raise TFLiteError(f"the LiteRT Quantizer cannot quantize a model with Flex ops {flatbuffer.flex_ops(float_model)}; "
+                          "use backend=converter")
+    name = variant.recipe.litert_recipe
+    started = time.perf_counter()
+    try:
+        engine = quantizer.Quantizer(bytearray(float_model), getattr(recipe, name)())
+        for tensor in keep_float:
+            engine.update_quantization_recipe(skip_rule(tensor), "*", algorithm_key="no_quantize")
+        qsvs = calibration_result
+        if engine.need_calibration and qsvs is None:
+            if calibration is None or not len(calibration[0]):
+                raise TFLiteError(f"quant={variant.quant} (recipe {name}) needs a representative dataset; pass data")
+            with _quiet_quantizer():
+                qsvs = engine.calibrate(signature_samples(float_model, calibration, input_names), num_threads=1)
+        with _quiet_quantizer():
+            result = engine.quantize(qsvs, enable_progress_report=False)
+    except TFLiteError:
+        raise
+    except Exception as error:
+        raise TFLiteError(f"the LiteRT Quantizer failed on recipe {name} ({first_line(error, 300)}); "
+                          "try backend=converter") from None
+    quantized = bytes(result.quantized_model)
+    if quantized == bytes(float_model) or not _has_quantized_tensors(quantized):
+        raise TFLiteError(f"recipe {name} left the model unchanged (no op it quantizes); use backend=converter "
+                          "or another quant")
+    return Quantization(quantized, json.dumps(result.recipe, default=str), time.perf_counter() - started, qsvs)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """Silence the quantizer's progress bar (tqdm on stderr, it breaks the CLI's lines) and debugging-mode warning."""
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        yield
+
+
+def _has_quantized_tensors(tflite_model: bytes) -> bool:
+    """True when some tensor of the model is stored as an integer with quantization parameters."""
+    model = flatbuffer.read_flatbuffer(tflite_model)
+    return any(t.quantization is not None and t.quantization.scale is not None and len(t.quantization.scale)
+               for sg in model.subgraphs for t in sg.tensors)

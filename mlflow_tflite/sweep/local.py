@@ -1,0 +1,111 @@
+"""Sweep executors: the :class:`SweepExecutor` protocol and the local one, spawned worker processes
+that each hold one ``worker.Worker`` and talk to the driver through a pipe (the Ray one is
+``ray_executor.RayExecutor``)."""
+
+from __future__ import annotations
+
+import signal
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing import get_context
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
+
+from mlflow_tflite.sweep.worker import Job, Worker, task_name
+
+
+class SweepExecutor(Protocol):
+    """Runs the sweep's tasks (``worker.Describe``, ``BuildModel``, ``BuildFloat``, ``RunVariant``).
+
+    A task is a picklable value; a worker holding a ``worker.Worker`` of the executor's
+    ``Job`` answers ``("ok", value)`` or ``("error", message)``.
+    """
+
+    def run(self, tasks: list) -> Iterator[tuple[Any, str, Any]]:
+        """Yield ``(task, status, value)`` as tasks finish (any order); a task whose worker dies
+        yields ``(task, "error", message)`` and the others go on."""
+
+    def close(self) -> None:
+        """Stop the workers (the sweep times latency with the machine quiet afterwards)."""
+
+
+def serve(connection: Connection, job: Job) -> None:
+    """A worker process's loop: open the job, then answer each task until ``None`` or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it ends the runs and stops us
+    worker = Worker(job)
+    worker.warm_up()
+    while True:
+        try:
+            task = connection.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        connection.send(worker.run(task))
+
+
+@dataclass
+class _Process:
+    process: Any
+    connection: Connection
+
+
+class LocalExecutor:
+    """``count`` spawned worker processes, started together (each opens the job once).
+
+    A worker that dies (a native crash in a converter, an OOM kill) fails the task it was
+    running, ``"worker process crashed while running <variant> (exit code N)"``, and is replaced
+    by a fresh one; the other workers go on.
+    """
+
+    def __init__(self, count: int, job: Job):
+        """Start no process yet: the first :meth:`run` starts ``count`` of them at once."""
+        self.count, self.job, self.idle, self.started = count, job, [], []
+        self._context = get_context("spawn")
+
+    def _start(self) -> _Process:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=serve, args=(child, self.job), daemon=True)
+        process.start()
+        child.close()
+        self.started.append(_Process(process, parent))
+        return self.started[-1]
+
+    def run(self, tasks: list) -> Iterator[tuple[Any, str, Any]]:
+        """Yield ``(task, status, value)`` as tasks finish (see :class:`SweepExecutor`)."""
+        if not self.idle:
+            self.idle = [self._start() for _ in range(self.count)]
+        pending, busy = deque(tasks), {}
+        while pending or busy:
+            while pending and self.idle:
+                worker, task = self.idle.pop(), pending.popleft()
+                worker.connection.send(task)
+                busy[worker.connection] = (worker, task)
+            for connection in wait(list(busy)):
+                worker, task = busy.pop(connection)
+                try:
+                    status, value = connection.recv()
+                except (EOFError, OSError):
+                    worker.process.join()
+                    self.idle.append(self._start())
+                    yield task, "error", (f"worker process crashed while running {task_name(task)} "
+                                          f"(exit code {worker.process.exitcode})")
+                    continue
+                self.idle.append(worker)
+                yield task, status, value
+
+    def close(self) -> None:
+        """Stop the workers and wait for them (a busy one, after Ctrl-C, is terminated)."""
+        for worker in self.idle:
+            try:
+                worker.connection.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for worker in self.idle:
+            worker.process.join(timeout=30)
+        for worker in self.started:
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join()
+        self.idle, self.started = [], []

@@ -1,0 +1,160 @@
+"""The Ray sweep executor (``executor=ray``): the sweep's tasks on Ray actors.
+
+``workers`` actors (one CPU each) on the cluster at ``ray_address`` (``None``: the running
+cluster Ray finds, else a local one it starts) each hold one ``worker.Worker``, as a local
+worker process does. The package reaches the actors through a Ray ``runtime_env``
+(``py_modules``): a worker machine needs Ray and TensorFlow, not mlflow-tflite.
+
+Values move through the object store, once each: the job (data set arrays, and a local model
+file or SavedModel directory as bytes) is put by the driver and given to every actor; each
+model or float flatbuffer a task needs is put once by the driver (the first time a task carries
+it) and fetched by an actor with the task. Only the driver writes to MLflow.
+
+Failures use Ray's own actor fault tolerance: a task whose actor process dies (a native crash,
+an OOM kill, a lost node) is retried once on the restarted actor (``max_restarts=-1``,
+``max_task_retries=1``); if it dies again, its variant is reported as an error and the sweep
+goes on.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from urllib.parse import urlparse
+
+import mlflow_tflite
+from mlflow_tflite.errors import TFLiteError, first_line
+from mlflow_tflite.sweep.worker import Job, Worker, task_name, with_shipped
+
+ATTEMPTS = 2  # a task whose worker dies runs at most this often (max_task_retries = ATTEMPTS - 1)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise TFLiteError("executor=ray needs Ray; pip install 'mlflow-tflite[ray]', or use executor=local") from None
+    return ray
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` / ``ray://host:port`` that does not answer (``ray.init`` would
+    retry for minutes).
+
+    Raises:
+        TFLiteError: the address has no port or nothing listens there.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise TFLiteError(f"ray_address {address!r} is not host:port or ray://host:port; e.g. 127.0.0.1:6379, "
+                          "or auto to join a running cluster or start a local one")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise TFLiteError(f"ray_address {address!r} does not answer ({first_line(error)}); start the cluster "
+                          "(ray start --head) or pass its address, or auto") from None
+
+
+class RayWorker:
+    """A Ray actor holding one ``worker.Worker``; object references in a task are fetched here."""
+
+    def __init__(self, job: Job):
+        self.worker = Worker(job)
+        self.worker.warm_up()
+
+    def run(self, task, shipped_refs: dict):
+        """``Worker.run`` of ``task`` with its shipped values fetched from the object store."""
+        import ray
+
+        keys = list(shipped_refs)
+        values = ray.get([shipped_refs[key] for key in keys]) if keys else []
+        return self.worker.run(with_shipped(task, dict(zip(keys, values))))
+
+
+class RayExecutor:
+    """``workers`` Ray actors (one CPU each) running the sweep's tasks; see the module docstring."""
+
+    def __init__(self, count: int, job: Job, address: str | None = None):
+        """Join (or start) the cluster, put the job into the object store, start the actors.
+
+        Raises:
+            TFLiteError: Ray is not installed, or ``address`` does not answer.
+        """
+        ray = _import_ray()
+        self.ray, self.owns_ray, self.refs, self.actors = ray, False, {}, []
+        if not ray.is_initialized():
+            check_address(address)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                         configure_logging=True)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise TFLiteError(f"Ray could not start or join a cluster at ray_address={address or 'auto'} "
+                                  f"({first_line(error, 300)})") from None
+            self.owns_ray = True
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus < 1:
+            raise TFLiteError(f"the Ray cluster at {address or 'auto'} has no CPUs for workers; add a node")
+        actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=ATTEMPTS - 1)(RayWorker)
+        runtime_env = {"py_modules": [mlflow_tflite]}  # the workers import this package from Ray, not their disk
+        job_ref = ray.put(job)
+        self.actors = [actor_class.options(runtime_env=runtime_env).remote(job_ref)
+                       for _ in range(min(count, cpus))]  # more actors than CPUs would wait forever for one
+
+    def _shipped_refs(self, task) -> dict:
+        """The task's shipped values as object references, each put once (by key)."""
+        for key, value in task.shipped.items():
+            if key not in self.refs:
+                self.refs[key] = self.ray.put(value)
+        return {key: self.refs[key] for key in task.shipped}
+
+    def run(self, tasks: list):
+        """Yield ``(task, status, value)`` as tasks finish; a task whose actor died twice is an error."""
+        from ray.exceptions import RayActorError, RayError
+
+        ray = self.ray
+        pending, idle, running = deque(tasks), list(self.actors), {}
+        while pending or running:
+            while pending and idle:
+                actor, task = idle.pop(), pending.popleft()
+                running[actor.run.remote(with_shipped(task, {}), self._shipped_refs(task))] = (actor, task)
+            (done,), _ = ray.wait(list(running), num_returns=1)
+            actor, task = running.pop(done)
+            idle.append(actor)
+            try:
+                status, value = ray.get(done)
+            except RayActorError as error:
+                yield task, "error", (f"Ray worker died while running {task_name(task)} ({ATTEMPTS} attempts): "
+                                      f"{_death_reason(error)}")
+                continue
+            except RayError as error:
+                yield task, "error", f"Ray task for {task_name(task)} failed: {type(error).__name__}: {first_line(error, 300)}"
+                continue
+            yield task, status, value
+
+    def close(self) -> None:
+        """Kill the actors and free the objects; leave the cluster (stop it if this executor started it)."""
+        ray = self.ray
+        if not ray.is_initialized():  # closed already (any Ray call now would start a new local Ray)
+            return
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors, self.refs = [], {}
+        if self.owns_ray:
+            ray.shutdown()
+            self.owns_ray = False
+
+
+def _death_reason(error) -> str:
+    """One line on why an actor died (Ray's message is many lines)."""
+    text = str(error)
+    for marker in ("The actor died unexpectedly", "The actor is dead because", "exit_detail", "Worker exit"):
+        line = next((line.strip() for line in text.splitlines() if marker in line), None)
+        if line:
+            return line[:300]
+    return first_line(error, 300)

@@ -1,0 +1,250 @@
+"""One variant -> one MLflow run: params, tags, metrics, dataset inputs and the ``tflite`` model."""
+
+from __future__ import annotations
+
+import contextlib
+
+import mlflow
+import numpy as np
+from mlflow.entities import RunStatus
+
+from mlflow_tflite import tags
+from mlflow_tflite import flavor
+from mlflow_tflite.build.data import DIGITS_SOURCE, Dataset
+from mlflow_tflite.errors import TFLiteError, first_line
+from mlflow_tflite.tags import ERROR_TAG, ROLE_TAG, ROLE_VARIANT, VARIANT_TAG
+from mlflow_tflite.track.report import tensor_error_figure
+from mlflow_tflite.variants import Variant
+
+MODEL_NAME = "model"
+
+
+def variant_params(variant: Variant, source_uri: str, num_threads: int) -> dict[str, object]:
+    """Run params of a variant (DESIGN.md contract names, plus ``io_type`` and ``num_threads``)."""
+    return {
+        "quant": variant.quant,
+        "sparsity": variant.sparsity,
+        "input_size": variant.input_size,
+        "calibration_samples": variant.calibration_samples,
+        "ops": variant.ops,
+        "source": source_uri,
+        "io_type": variant.io_type,
+        "backend": variant.backend,
+        "num_threads": num_threads,
+    }
+
+
+def log_source(source_uri: str, variant: Variant, num_threads: int, task: str = "classification",
+               lineage: dict[str, str] | None = None, preprocessing=None,
+               source_params: dict[str, str] | None = None) -> None:
+    """Params of a variant run (contract names, ``task``, preprocessing) and lineage tags.
+
+    ``lineage`` (``Source.lineage``: tag name -> value) links a model converted from an MLflow
+    model to it: tags ``tags.SOURCE_MODEL_URI_TAG`` / ``tags.SOURCE_RUN_ID_TAG``
+    (``mlflow_tflite.source_model_uri`` / ``mlflow_tflite.source_run_id``). ``source_params``
+    are the source options that differ from their defaults (``Prepared.source_params``).
+    """
+    params = {**variant_params(variant, source_uri, num_threads), "task": task, **(source_params or {})}
+    if preprocessing is not None:
+        params.update(preprocessing.as_params())
+    log_params_once(params)
+    if lineage:
+        mlflow.set_tags(lineage)
+
+
+def log_params_once(params: dict[str, object]) -> None:
+    """Log params the active run does not have yet.
+
+    Under ``mlflow run`` the entry point's parameters are already logged as the user typed them
+    (``sparsity=0``, ``input_size=native``); MLflow forbids changing a param, so those stay and
+    the resolved values show in the variant tag (``int8-s0-i8``).
+    """
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    missing = {key: value for key, value in params.items() if key not in logged}
+    if missing:
+        mlflow.log_params(missing)
+
+
+def _mlflow_dataset(features, targets: np.ndarray | None, dataset: Dataset, split: str):
+    """An ``mlflow.data`` NumPy dataset; several inputs become a dict of arrays ``input_0``, ..."""
+    if isinstance(features, (list, tuple)):
+        features = features[0] if len(features) == 1 else {f"input_{i}": x for i, x in enumerate(features)}
+    if dataset.source == DIGITS_SOURCE:
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        source = CodeDatasetSource(tags={"loader": DIGITS_SOURCE})
+    else:
+        source = dataset.source
+    return mlflow.data.from_numpy(features, targets=targets, source=source, name=f"{dataset.name}-{split}")
+
+
+def log_dataset_inputs(dataset: Dataset, calibration) -> str:
+    """Record the evaluation (and calibration) data as run inputs; return the evaluation digest."""
+    evaluation = _mlflow_dataset(dataset.x_test, dataset.y_test, dataset, "test")
+    mlflow.log_input(evaluation, context="evaluation")
+    if calibration is not None:
+        mlflow.log_input(_mlflow_dataset(calibration, None, dataset, "calibration"), context="calibration")
+    return evaluation.digest
+
+
+def evaluation_digest(run) -> str | None:
+    """Digest of the data set a run logged as its ``evaluation`` input, or ``None``."""
+    for dataset_input in run.inputs.dataset_inputs:
+        if any(tag.value == "evaluation" for tag in dataset_input.tags):
+            return dataset_input.dataset.digest
+    return None
+
+
+@contextlib.contextmanager
+def tracked_run(**start_run_args):
+    """``mlflow.start_run(**start_run_args)`` that records how it ended.
+
+    An exception inside the block tags the run with the one-line error message
+    (``mlflow_tflite.error``), ends it FAILED (KILLED for Ctrl-C) and propagates.
+
+    Yields:
+        The active ``mlflow.ActiveRun``.
+    """
+    with mlflow.start_run(**start_run_args) as run:
+        try:
+            yield run
+        except BaseException as error:
+            end_with_error(error)
+            raise
+
+
+@contextlib.contextmanager
+def variant_run(variant: Variant, nested: bool = False):
+    """Start (or resume, under ``mlflow run``) a run for one variant, tagged with its name and role.
+
+    Ends like :func:`tracked_run` on an exception.
+
+    Yields:
+        The active ``mlflow.ActiveRun``.
+    """
+    with tracked_run(nested=nested, run_name=variant.name) as run:
+        mlflow.set_tags({VARIANT_TAG: variant.name, ROLE_TAG: ROLE_VARIANT})
+        yield run
+
+
+def end_with_error(error: BaseException) -> None:
+    """Tag the active run with the one-line error and end it: KILLED for Ctrl-C, else FAILED."""
+    from mlflow.exceptions import MlflowException
+
+    interrupted = isinstance(error, KeyboardInterrupt)
+    message = error.message if isinstance(error, TFLiteError) else f"{type(error).__name__}: {error}"
+    try:
+        mlflow.set_tag(ERROR_TAG, "interrupted (Ctrl-C)" if interrupted else message[:5000])
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED))
+    except MlflowException:
+        # The tracking store itself failed (a server that went away): the run stays RUNNING there,
+        # a resumed sweep ends it; the original error is what the caller reports.
+        pass
+
+
+def log_variant_model(
+    tflite_model: bytes,
+    variant: Variant,
+    input_example: np.ndarray | None,
+    num_threads: int,
+    recipe_json: str | None = None,
+):
+    """Log the .tflite as an MLflow model of flavor ``tflite`` named ``model`` in the active run.
+
+    The flavor records the quantization mode, the backend and (LiteRT Quantizer) the recipe.
+
+    Returns:
+        ``mlflow.models.model.ModelInfo`` (its ``model_uri`` is what gets registered).
+    """
+    return flavor.log_model(
+        tflite_model,
+        name=MODEL_NAME,
+        input_example=input_example,
+        quantization=variant.quant,
+        num_threads=num_threads,
+        metadata={"variant": variant.name},
+        quantization_backend=str(variant.backend),
+        quantization_recipe=recipe_json,
+    )
+
+
+TENSOR_ERRORS_FILE = "tensor_errors.json"
+TENSOR_ERRORS_PLOT = "tensor_errors.png"
+
+
+def log_tensor_errors(rows: list[dict] | None, note: str | None) -> None:
+    """Per-tensor error on the active run: a table, a bar chart of the 20 worst, the worst tensor.
+
+    ``rows`` as from ``quantize.tensor_errors`` (worst SNR first); ``note`` (tag
+    ``mlflow_tflite.tensor_errors``) says why there are none, or qualifies them (QAT: how many
+    tensors share a name with the float model).
+    """
+    if note:
+        mlflow.set_tag(tags.TENSOR_ERRORS_NOTE_TAG, note[:5000])
+    if not rows:
+        return
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    mlflow.log_table(data=pd.DataFrame.from_records(rows), artifact_file=TENSOR_ERRORS_FILE)
+    mlflow.set_tag(tags.WORST_TENSOR_TAG, f"{rows[0]['tensor']} ({rows[0]['op']})"[:5000])
+    figure = tensor_error_figure(rows)
+    mlflow.log_figure(figure, TENSOR_ERRORS_PLOT)
+    plt.close(figure)
+
+
+# Metrics logged at each mixed-precision trial's step (the run's final values follow at the next step).
+TRIAL_STEP_METRICS = ("accuracy_drop", "cosine_similarity", "float_ops", "size_bytes", "gzip_size_bytes")
+FLOAT_LAYERS_FILE = "float_layers.json"
+
+
+def log_search(search) -> None:
+    """An ``int8_mixed`` search on the active run: trial steps, the float layers, the tolerance tag.
+
+    Each trial ``t`` logs :data:`TRIAL_STEP_METRICS` at step ``t``; the param ``mixed_float_layers``
+    holds the chosen Keras layer names (short; ``float_layers.json`` has them in full with every
+    trial), tag ``mlflow_tflite.tolerance_met`` is ``true`` or ``false`` and the run's description
+    gives the search's one-line outcome.
+
+    Args:
+        search: ``mixed.SearchResult``.
+    """
+    log_params_once({"max_trials": search.max_trials, "mixed_float_layers": search.short_layer_list(),
+                     "mixed_trials": len(search.trials)})
+    mlflow.set_tag(tags.TOLERANCE_MET_TAG, str(search.tolerance_met).lower())
+    mlflow.set_tag("mlflow.note.content", f"int8_mixed: {search.message}")  # the run's description in the UI
+    mlflow.log_dict(search.report(), FLOAT_LAYERS_FILE)
+    for trial in search.trials:
+        mlflow.log_metrics({k: trial.metrics[k] for k in TRIAL_STEP_METRICS if k in trial.metrics}, step=trial.number)
+
+
+def check_tracking_store(timeout_seconds: int = 10) -> None:
+    """Fail fast when the tracking store cannot be reached, before any conversion work.
+
+    One request, no retries (MLflow's default retry schedule waits minutes on a dead server).
+
+    Raises:
+        TFLiteError: the store at ``mlflow.get_tracking_uri()`` does not answer; the message
+            names the URI.
+    """
+    import os
+
+    from mlflow import MlflowClient
+
+    uri = mlflow.get_tracking_uri()
+    overrides = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:
+        raise TFLiteError(
+            f"the MLflow tracking store {uri} cannot be reached ({first_line(error, 200)}); start the server or set "
+            "MLFLOW_TRACKING_URI to one that answers"
+        ) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
