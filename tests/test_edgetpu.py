@@ -35,7 +35,7 @@ def _int8_full(model, shape, n=32, seed=0) -> bytes:
 def test_table_is_package_data_with_its_source():
     from importlib import resources
 
-    raw = json.loads(resources.files("mlflow_tflite").joinpath("edgetpu_ops.json").read_text())
+    raw = json.loads(resources.files("mlflow_tflite.measure").joinpath("edgetpu_ops.json").read_text())
     assert raw["source"]["url"] == "https://coral.ai/docs/edgetpu/models-intro/#supported-operations"
     assert "Supported operations" in raw["source"]["title"]
     assert IN_TABLE | ADDED_FROM_NEWER_TABLE <= set(raw["ops"])

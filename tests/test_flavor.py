@@ -87,8 +87,8 @@ def test_flavor_configuration_records_model_and_tensors(converted, tmp_path):
     names = {r.split("==")[0] for r in requirements}
     assert {"mlflow", "ai-edge-litert", "numpy", "pandas"} <= names and "tensorflow" not in names, requirements
     code = tmp_path / "m" / "code" / "mlflow_tflite"
-    assert (code / "flavor.py").read_text() == Path(mlflow_tflite.flavor.__file__).read_text()
-    assert (code / "runtime.py").is_file() and (code / "errors.py").is_file()
+    assert (code / "flavor" / "__init__.py").read_text() == Path(mlflow_tflite.flavor.__file__).read_text()
+    assert (code / "flavor" / "runtime.py").is_file() and (code / "errors.py").is_file()
     assert not list(code.rglob("__pycache__"))
 
 
@@ -186,7 +186,7 @@ def test_user_code_paths_are_merged_with_the_package(converted, tmp_path):
     helper.write_text("VALUE = 42\n")
     mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m", code_paths=[str(helper)])
     assert (tmp_path / "m" / "code" / "my_helpers.py").read_text() == "VALUE = 42\n"
-    assert (tmp_path / "m" / "code" / "mlflow_tflite" / "flavor.py").is_file()
+    assert (tmp_path / "m" / "code" / "mlflow_tflite" / "flavor" / "__init__.py").is_file()
     with pytest.raises(TypeError, match="code_paths should be a list"):
         mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m2", code_paths=str(helper))
 

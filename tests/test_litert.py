@@ -148,9 +148,9 @@ def test_a_recipe_that_changes_nothing_is_an_error(tmp_path):
 
 
 def test_calibration_inputs_must_match_the_signature(demo_prepared):
-    from mlflow_tflite.build.produce import float_model
+    from mlflow_tflite.build.graph import Builds, ModelKey
 
-    float_bytes, _ = float_model(demo_prepared, Variant("none", input_size=8), demo_prepared.source)
+    float_bytes = Builds(demo_prepared.build_inputs()).float_model(ModelKey(None, 0.0), "builtins").tflite_model
     x = demo_prepared.dataset.x_train[:4]
     samples = quantize.signature_samples(float_bytes, [x], ["anything"])  # one input: matched by position
     assert list(samples) == ["serving_default"] and len(samples["serving_default"]) == 4

@@ -55,8 +55,8 @@ def test_the_float_set_grows_geometrically_then_bisects_to_the_fewest_layers():
 
 @pytest.mark.parametrize("backend", ["converter", "litert"])
 def test_int8_mixed_keeps_layers_in_float_until_the_tolerance_is_met(demo_prepared, backend):
-    prepared = dataclasses.replace(demo_prepared, task="fidelity", tolerance=STRICT, variant_models={},
-                                   float_models={})
+    prepared = dataclasses.replace(demo_prepared, task="fidelity",
+                                   settings=dataclasses.replace(demo_prepared.settings, tolerance=STRICT))
     full = convert_and_evaluate(prepared, Variant("int8", input_size=8, backend=backend))
     assert full.metrics["cosine_similarity"] < STRICT.min_cosine_similarity  # plain int8 misses the bound
     outcome = convert_and_evaluate(prepared, Variant("int8_mixed", input_size=8, backend=backend))
@@ -71,22 +71,22 @@ def test_int8_mixed_keeps_layers_in_float_until_the_tolerance_is_met(demo_prepar
 
 
 def test_given_float_layers_and_unknown_names(demo_prepared):
-    prepared = dataclasses.replace(demo_prepared, variant_models={}, float_models={},
-                                   mixed_precision=MixedPrecision(float_layers=("probabilities",)))
+    prepared = dataclasses.replace(demo_prepared, settings=dataclasses.replace(
+        demo_prepared.settings, mixed_precision=MixedPrecision(float_layers=("probabilities",))))
     outcome = convert_and_evaluate(prepared, Variant("int8_mixed", input_size=8))
     assert len(outcome.search.trials) == 1
     (kept,) = outcome.search.report()["float_layers"]
     assert kept["name"] == "probabilities" and kept["op"] == "FULLY_CONNECTED"
-    wrong = dataclasses.replace(prepared, mixed_precision=MixedPrecision(float_layers=("probabilites",)))
+    wrong = dataclasses.replace(prepared, settings=dataclasses.replace(
+        prepared.settings, mixed_precision=MixedPrecision(float_layers=("probabilites",))))
     with pytest.raises(TFLiteError, match="float_layers names 'probabilites'.*nearest: probabilities"):
         convert_and_evaluate(wrong, Variant("int8_mixed", input_size=8))
 
 
 def test_an_unmeetable_tolerance_finishes_tagged_false_and_is_never_registered(demo_prepared, tracking):
-    prepared = dataclasses.replace(demo_prepared, task="fidelity", variant_models={}, float_models={},
-                                   tolerance=Tolerance(min_cosine_similarity=1.0),
-                                   mixed_precision=MixedPrecision(max_trials=3))
-    result = run_variant(prepared, Variant("int8_mixed", input_size=8), "mixed", tolerance=prepared.tolerance)
+    prepared = dataclasses.replace(demo_prepared, task="fidelity", settings=dataclasses.replace(
+        demo_prepared.settings, tolerance=Tolerance(min_cosine_similarity=1.0), mixed_precision=MixedPrecision(max_trials=3)))
+    result = run_variant(prepared, Variant("int8_mixed", input_size=8), "mixed", tolerance=prepared.settings.tolerance)
     assert result.registration is None and "tolerance not met" in result.message
     client = MlflowClient()
     run = client.get_run(result.run_id)

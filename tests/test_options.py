@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mlflow_tflite.track.rows import Row
 from mlflow_tflite.build.data import Preprocessing
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.options import RunSettings, Task, floats_list, given, load_config, number, shapes_map
@@ -101,7 +102,7 @@ def test_bad_config_files_are_one_line_errors(tmp_path, text, message):
 
 def test_pareto_front_keeps_the_undominated():
     def row(name, accuracy, latency, size):
-        return {"variant": name, "metrics": {"accuracy": accuracy, "latency_ms_p50": latency, "size_bytes": size}}
+        return Row(name, metrics={"accuracy": accuracy, "latency_ms_p50": latency, "size_bytes": size})
 
     rows = [row("a", 0.99, 2.0, 100), row("b", 0.98, 1.0, 50), row("c", 0.97, 1.5, 60), row("d", 0.99, 2.0, 100)]
     # c is beaten by b on all three; a and d are equal, so neither dominates the other.

@@ -7,15 +7,16 @@ Measured numbers are printed (run with ``-s`` to see them).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_tflite.sweep import pipeline
+from mlflow_tflite.build.graph import Builds, ModelKey
+from mlflow_tflite.measure.sparsity import tflite_sparsity
+from mlflow_tflite.sweep.context import prepare
+from mlflow_tflite.sweep.work import convert_and_evaluate
 from mlflow_tflite.flavor import runtime
-from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.build.qat import QatOptions, qat_model, qat_params
 from mlflow_tflite.sweep.config import SweepConfig
@@ -27,8 +28,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def prepared(demo_prepared):
-    """The session's demo source and data with empty model caches (QAT models stay in this test)."""
-    return replace(demo_prepared, variant_models={}, float_models={})
+    """The session's demo source and data."""
+    return demo_prepared
+
+
+@pytest.fixture
+def builds(demo_prepared):
+    """A build graph of the demo of this test's own (QAT models stay in this test)."""
+    return Builds(demo_prepared.build_inputs())
 
 
 def _tflite_accuracy(tflite_model: bytes, x: np.ndarray, y: np.ndarray) -> float:
@@ -56,10 +63,10 @@ def _int8_kernels(tflite_model: bytes) -> dict[str, str]:
     return kernels
 
 
-def test_qat_on_the_demo_gives_an_int8_model_close_to_the_float_source(prepared):
+def test_qat_on_the_demo_gives_an_int8_model_close_to_the_float_source(prepared, builds):
     variant = Variant("qat_int8")
     started = time.perf_counter()
-    outcome = pipeline.convert_and_evaluate(prepared, variant)
+    outcome = convert_and_evaluate(prepared, variant, builds)
     seconds = time.perf_counter() - started
     model = outcome.tflite_model
 
@@ -71,7 +78,7 @@ def test_qat_on_the_demo_gives_an_int8_model_close_to_the_float_source(prepared)
     assert int8_tensors >= 10
 
     # The trained model is TFMOT's quantize wrappers around the source's layers.
-    trained = prepared.variant_models[variant.model_key].source.keras_model
+    trained = builds.model(ModelKey.of(variant, prepared.native_input_size)).keras_model
     assert trained.layers[0].name == "quantize_layer"
     assert all(layer.name.startswith("quant") for layer in trained.layers)
     assert prepared.source.keras_model.layers[0].name == "conv2d"  # the source is untouched
@@ -95,15 +102,15 @@ def test_qat_on_the_demo_gives_an_int8_model_close_to_the_float_source(prepared)
             else "no tensor" in outcome.tensor_errors_note)
 
 
-def test_pqat_keeps_the_sparsity_of_the_pruned_model(prepared):
+def test_pqat_keeps_the_sparsity_of_the_pruned_model(prepared, builds):
     started = time.perf_counter()
-    qat = pipeline.convert_and_evaluate(prepared, Variant("qat_int8", sparsity=0.5))
+    qat = convert_and_evaluate(prepared, Variant("qat_int8", sparsity=0.5), builds)
     seconds = time.perf_counter() - started
     # The plain pruned model of the same key is built once and shared with int8.
-    assert {(None, 0.5, False), (None, 0.5, True)} <= prepared.variant_models.keys()
-    pruned = prepared.variant_models[(None, 0.5, False)]
-    plain = pipeline.convert_and_evaluate(prepared, Variant("int8", sparsity=0.5))
-    assert prepared.variant_models[(None, 0.5, False)] is pruned
+    assert {ModelKey(None, 0.5, False), ModelKey(None, 0.5, True)} <= builds.built()
+    pruned = builds.model(ModelKey(None, 0.5, False))
+    plain = convert_and_evaluate(prepared, Variant("int8", sparsity=0.5), builds)
+    assert builds.model(ModelKey(None, 0.5, False)) is pruned
 
     assert runtime.quantization_mode(runtime.make_interpreter(qat.tflite_model)) == "int8"
     sparsity = tflite_sparsity(qat.tflite_model)
@@ -137,15 +144,15 @@ def test_a_saved_model_source_cannot_be_quantization_aware_trained(demo_prepared
 
     saved_model = tmp_path / "saved_model"
     tf.saved_model.save(demo_prepared.source.keras_model, str(saved_model))
-    prepared = pipeline.prepare(str(saved_model), digits_files[1])
+    prepared = prepare(str(saved_model), digits_files[1])
     assert prepared.source.kind == "saved_model" and prepared.source.keras_model is None
     with pytest.raises(TFLiteError) as raised:
-        pipeline.convert_and_evaluate(prepared, Variant("qat_int8"))
+        convert_and_evaluate(prepared, Variant("qat_int8"))
     message = _one_line(raised)
     assert "quant=qat_int8 needs a tf_keras model" in message and "saved_model" in message
     assert "use quant=int8" in message
     # The post-training int8 of the same source still works.
-    assert pipeline.convert_and_evaluate(prepared, Variant("int8")).metrics["accuracy_drop"] <= 0.02
+    assert convert_and_evaluate(prepared, Variant("int8")).metrics["accuracy_drop"] <= 0.02
 
 
 def test_a_keras3_model_or_none_is_refused_by_qat_model(digits):
@@ -164,10 +171,10 @@ def test_unlabelled_data_is_one_line(digits_files, tmp_path):
     model, npz = digits_files
     npy = tmp_path / "images.npy"
     np.save(npy, np.load(npz)["x_train"])
-    prepared = pipeline.prepare(model, str(npy))
+    prepared = prepare(model, str(npy))
     assert prepared.dataset.y_train is None
     with pytest.raises(TFLiteError) as raised:
-        pipeline.convert_and_evaluate(prepared, Variant("qat_int8"))
+        convert_and_evaluate(prepared, Variant("qat_int8"))
     message = _one_line(raised)
     assert message.startswith("quant=qat_int8 needs labels") and "add y_train or use quant=int8" in message
 
@@ -220,9 +227,7 @@ def test_sweep_over_qat_and_int8_finishes_every_child(digits_files, tracking):
     assert all(m["accuracy_drop"] <= 0.03 for m in metrics.values())
 
 
-def test_the_qat_model_file_does_not_collide_with_the_pruned_one(tmp_path, monkeypatch):
-    from mlflow_tflite.sweep import orchestrate
-
-    monkeypatch.setitem(orchestrate._WORKER, "workdir", tmp_path)
-    qat, plain = orchestrate._model_file(Variant("qat_int8", 0.5, 8)), orchestrate._model_file(Variant("int8", 0.5, 8))
-    assert qat != plain and qat.suffix == plain.suffix == ".h5" and "qat" in qat.name
+def test_the_qat_model_key_does_not_collide_with_the_pruned_one():
+    qat, plain = ModelKey.of(Variant("qat_int8", 0.5, 8), 8), ModelKey.of(Variant("int8", 0.5, 8), 8)
+    assert qat != plain and qat.qat and not plain.qat
+    assert qat.base == plain and plain.base == ModelKey(None, 0.0)  # QAT starts from the pruned model

@@ -18,11 +18,13 @@ from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 
 import faults
-from mlflow_tflite.sweep import orchestrate
+from mlflow_tflite.sweep import worker
 from mlflow_tflite.cli import cli
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.sweep.config import SweepConfig
 from mlflow_tflite.sweep.orchestrate import run_sweep
+from mlflow_tflite.sweep.ray_executor import RayExecutor
+from mlflow_tflite.sweep.worker import Job
 from mlflow_tflite.variants import expand_grid
 
 TESTS = Path(__file__).resolve().parent
@@ -33,11 +35,11 @@ OBJECT_STORE = 150 * 2**20
 def ray_cluster():
     """A head node and a second worker node (separate raylets and object stores) on 127.0.0.1.
 
-    The nodes' workers import this checkout (and ``faults``) through ``PYTHONPATH``, as they
-    would import an installed mlflow-tflite on a real cluster.
+    The nodes' workers import ``faults`` through ``PYTHONPATH``; mlflow-tflite reaches them through
+    the executor's ``runtime_env`` (``test_workers_import_the_package_ray_shipped``).
     """
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(TESTS.parent), *([old] if old else [])])
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), *([old] if old else [])])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE,
                                                              "include_dashboard": False})
     try:
@@ -86,7 +88,7 @@ def test_ray_sweep_matches_the_local_executor(ray_cluster, digits_files, trackin
 def test_a_killed_ray_worker_is_retried_once_then_its_variant_fails(ray_cluster, digits_files, tracking,
                                                                     monkeypatch, tmp_path):
     model, data = digits_files
-    monkeypatch.setattr(sweep, "run_variant_task",
+    monkeypatch.setattr(worker, "variant_task",
                         faults.CrashOn(always=["float16-s0-i8"], once=["dynamic-s0-i8"], marker_dir=tmp_path))
     variants = expand_grid(["none", "dynamic", "float16"], [0.0], [None])
     result = run_sweep(SweepConfig(variants, model, data, workers=2, executor="ray", ray_address=ray_cluster.address,
@@ -99,6 +101,18 @@ def test_a_killed_ray_worker_is_retried_once_then_its_variant_fails(ray_cluster,
     assert error.startswith("Ray worker died while running float16-s0-i8 (2 attempts)") and "\n" not in error
     assert "accuracy" in runs["dynamic-s0-i8"].data.metrics
     assert result.best.variant in ("none-s0-i8", "dynamic-s0-i8")
+
+
+def test_workers_import_the_package_ray_shipped(ray_cluster):
+    executor = RayExecutor(1, Job({"model": "not-opened-by-this-task"}), ray_cluster.address)
+    try:
+        ((_, status, module_file),) = list(executor.run([faults.ModuleFile()]))
+    finally:
+        executor.close()
+    assert status == "ok", module_file
+    # Ray's runtime-env cache (py_modules), not this checkout nor the driver's site-packages.
+    assert "runtime_resources" in module_file and not module_file.startswith(str(TESTS.parent)), module_file
+    print(f"\nRay worker imported mlflow_tflite from {module_file}")
 
 
 @pytest.mark.parametrize("address, message", [

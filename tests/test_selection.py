@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mlflow_tflite.track.rows import Row
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.measure.evaluate import class_score_outputs, fidelity_metrics, is_class_scores
 from mlflow_tflite.measure.latency import _median_ci95
@@ -53,38 +54,38 @@ def _candidate(name, p50, low=None, high=None, accuracy=0.9, size=100):
     metrics = {"latency_ms_p50": p50, "accuracy": accuracy, "accuracy_drop": 0.0, "size_bytes": size}
     if low is not None:
         metrics.update(latency_ms_ci95_low=low, latency_ms_ci95_high=high)
-    return {"variant": name, "metrics": metrics}
+    return Row(name, metrics=metrics)
 
 
 def test_latency_within_noise_is_a_tie_broken_by_accuracy_then_size():
     # 1.00 vs 1.03 ms: 3% apart, inside the 5% floor: a tie; the more accurate one wins.
     fast, close = _candidate("a-fast", 1.00, accuracy=0.90), _candidate("b-close", 1.03, accuracy=0.92)
     assert latency_tied(fast["metrics"], close["metrics"])
-    assert rank_best([fast, close], "latency")["variant"] == "b-close"
+    assert rank_best([fast, close], "latency").variant == "b-close"
     # 1.00 vs 1.30 ms with tight intervals: a real difference; the faster one wins.
     nine_percent = _candidate("f", 1.09, 1.08, 1.10, accuracy=0.99)  # 9% slower is a real difference
     assert not latency_tied(fast["metrics"], nine_percent["metrics"])
     slow = _candidate("c-slow", 1.30, 1.28, 1.32, accuracy=0.95)
     assert not latency_tied(fast["metrics"], slow["metrics"])
-    assert rank_best([fast, slow], "latency")["variant"] == "a-fast"
+    assert rank_best([fast, slow], "latency").variant == "a-fast"
     # Wide measured intervals that overlap are a tie even 20% apart; then the smaller model wins.
     noisy_a = _candidate("d", 1.0, 0.8, 1.3, size=200)
     noisy_b = _candidate("e", 1.2, 1.1, 1.5, size=100)
-    assert rank_best([noisy_a, noisy_b], "latency")["variant"] == "e"
+    assert rank_best([noisy_a, noisy_b], "latency").variant == "e"
 
 
 def test_ties_on_every_criterion_go_to_the_name():
     a, b = _candidate("int8-s0.5-i8", 1.0), _candidate("int8-s0-i8", 1.01)
     for objective in ("latency", "size", "accuracy"):
-        assert rank_best([a, b], objective)["variant"] == "int8-s0-i8"
+        assert rank_best([a, b], objective).variant == "int8-s0-i8"
 
 
 def test_size_objective_uses_latency_only_after_size_and_accuracy():
     small_slow = _candidate("small", 5.0, 4.9, 5.1, size=50)
     big_fast = _candidate("big", 1.0, 0.9, 1.1, size=60)
-    assert select_best([small_slow, big_fast], "size", Tolerance())["variant"] == "small"
+    assert select_best([small_slow, big_fast], "size", Tolerance()).variant == "small"
     same_size_fast = _candidate("z-fast", 1.0, 0.9, 1.1, size=50)
-    assert select_best([small_slow, same_size_fast], "size", Tolerance())["variant"] == "z-fast"
+    assert select_best([small_slow, same_size_fast], "size", Tolerance()).variant == "z-fast"
 
 
 def test_softmax_rows_are_class_scores_boxes_embeddings_and_logits_are_not():

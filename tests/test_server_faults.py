@@ -36,7 +36,9 @@ def _wait_for_a_logged_child(client: MlflowClient, process: subprocess.Popen, ti
 def test_server_killed_mid_sweep_fails_cleanly_and_resume_logs_each_variant_once(
         digits_files, team_server, tracking_server, tmp_path):
     model, data = digits_files
-    env = {**subprocess_env(team_server), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    cache = tmp_path / "cache"
+    env = {**subprocess_env(team_server), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+           "MLFLOW_TFLITE_CACHE_DIR": str(cache)}
     client = MlflowClient()
     process = subprocess.Popen(_sweep_command(model, data), cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -54,7 +56,10 @@ def test_server_killed_mid_sweep_fails_cleanly_and_resume_logs_each_variant_once
     error_lines = [line for line in stderr.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1, stderr[-3000:]
     assert "stopped answering" in error_lines[0] and f"--resume {parent_id}" in error_lines[0]
-    saved = json.loads((tmp_path / f"mlflow-tflite-sweep-{parent_id}.json").read_text())
+    saved_file = cache / "sweeps" / f"mlflow-tflite-sweep-{parent_id}.json"
+    assert f"results saved to {saved_file};" in error_lines[0]  # the cache directory, named in the message
+    assert not list(tmp_path.glob("mlflow-tflite-sweep-*.json"))  # nothing written where the sweep ran
+    saved = json.loads(saved_file.read_text())
     assert saved["parent_run_id"] == parent_id and set(saved["variants"]) <= VARIANTS and saved["variants"]
 
     resumed = subprocess.run(_sweep_command(model, data, "--resume", parent_id), cwd=tmp_path, env=env,

@@ -17,8 +17,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 import faults
+from mlflow_tflite.track.rows import Row
 from mlflow_tflite.track import selection
-from mlflow_tflite.sweep import orchestrate
+from mlflow_tflite.sweep import worker
 from mlflow_tflite.cli import cli
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.track.selection import Tolerance
@@ -35,23 +36,23 @@ def children(parent_run_id):
 
 def test_select_best_respects_tolerance_budgets_and_objective():
     def cand(name, accuracy, drop, size, latency):
-        return {"variant": name, "metrics": {"accuracy": accuracy, "accuracy_drop": drop,
-                                             "size_bytes": size, "latency_ms_p50": latency}}
+        return Row(name, metrics={"accuracy": accuracy, "accuracy_drop": drop,
+                                             "size_bytes": size, "latency_ms_p50": latency})
 
     rows = [cand("a", 0.99, 0.0, 200, 0.05), cand("b", 0.985, 0.005, 60, 0.02),
             cand("c", 0.96, 0.03, 20, 0.01), cand("d", 0.985, 0.005, 60, 0.02)]
     tight, loose = Tolerance(0.01), Tolerance(0.05)
-    assert selection.select_best(rows, "latency", tight)["variant"] == "b"  # c is over tolerance; b<d by name
-    assert selection.select_best(rows, "size", tight)["variant"] == "b"
-    assert selection.select_best(rows, "accuracy", tight)["variant"] == "a"
-    assert selection.select_best(rows, "latency", loose)["variant"] == "c"
-    assert selection.select_best(rows, "latency", tight, max_size_bytes=100)["variant"] == "b"
+    assert selection.select_best(rows, "latency", tight).variant == "b"  # c is over tolerance; b<d by name
+    assert selection.select_best(rows, "size", tight).variant == "b"
+    assert selection.select_best(rows, "accuracy", tight).variant == "a"
+    assert selection.select_best(rows, "latency", loose).variant == "c"
+    assert selection.select_best(rows, "latency", tight, max_size_bytes=100).variant == "b"
     assert selection.select_best(rows, "latency", tight, max_latency_ms=0.001) is None
 
 
 def test_sweep_logs_children_selects_and_registers(digits_files, tracking, monkeypatch):
     model, data = digits_files
-    monkeypatch.setattr(sweep, "run_variant_task", faults.crash_on_variant)
+    monkeypatch.setattr(worker, "variant_task", faults.crash_on_variant)
     monkeypatch.setenv(faults.CRASH_VARIANT_ENV, "float16-s0-i8")  # this variant's worker aborts
     variants = expand_grid(["none", "float16", "int8"], [0.0, 0.5], [None])
     result = run_sweep(SweepConfig(variants, model, data, objective="size", registered_model_name="digits"),
@@ -143,10 +144,10 @@ def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking,
             "--quant", "none,dynamic,float16,int8", "--sparsity", "0", "--no-register"]
     client = MlflowClient()
     client.search_experiments()  # create the store's tables first: two processes must not race at it
-    log = open(tmp_path / "orchestrate.log", "w")  # a file, not a pipe: a full pipe would block the sweep
+    log = open(tmp_path / "sweep.log", "w")  # a file, not a pipe: a full pipe would block the sweep
     process = subprocess.Popen(args, start_new_session=True, stdout=log, stderr=log)
     try:
-        parent_id = _wait_for_a_finished_child(client, process, tmp_path / "orchestrate.log")
+        parent_id = _wait_for_a_finished_child(client, process, tmp_path / "sweep.log")
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -214,7 +215,7 @@ def test_resume_needs_a_sweep_parent_and_native_is_one_size(digits_files, tracki
 
 def test_resume_runs_a_failed_variant_again_and_keeps_one_child(digits_files, tracking, monkeypatch):
     model, data = digits_files
-    monkeypatch.setattr(sweep, "run_variant_task", faults.crash_on_variant)
+    monkeypatch.setattr(worker, "variant_task", faults.crash_on_variant)
     monkeypatch.setenv(faults.CRASH_VARIANT_ENV, "float16-s0-i8")
     variants = expand_grid(["none", "float16"], [0.0], [None])
     first = run_sweep(SweepConfig(variants, model, data, register=False), progress=False)
@@ -255,22 +256,22 @@ def test_kill_after_registration_then_resume_registers_once(digits_files, tracki
 
 def test_ctrl_c_marks_the_sweep_killed_and_prints_one_line(digits_files, tracking, tmp_path):
     model, data = digits_files
-    # Pruned variants keep the sweep busy well after its first child, so Ctrl-C lands mid-orchestrate.
+    # Pruned variants keep the sweep busy well after its first child, so Ctrl-C lands mid-sweep.
     args = [sys.executable, "-m", "mlflow_tflite.cli", "sweep", "--model", model, "--data", data,
             "--quant", "none,dynamic,float16,int8,int16x8", "--sparsity", "0,0.5,0.8", "--no-register"]
     client = MlflowClient()
     client.search_experiments()
-    log = open(tmp_path / "orchestrate.log", "w")
+    log = open(tmp_path / "sweep.log", "w")
     # A child inherits an ignored SIGINT: pytest run as a background job of a non-interactive shell
     # (`.ci/run &`) has SIGINT ignored (POSIX), and Python then never raises KeyboardInterrupt. The
     # sweep gets the default disposition, as in a terminal.
     process = subprocess.Popen(args, start_new_session=True, stdout=log, stderr=log,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    parent_id = _wait_for_a_finished_child(client, process, tmp_path / "orchestrate.log")
+    parent_id = _wait_for_a_finished_child(client, process, tmp_path / "sweep.log")
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=120) == 130
     log.close()
-    output = (tmp_path / "orchestrate.log").read_text()
+    output = (tmp_path / "sweep.log").read_text()
     assert "Traceback" not in output and "Error: interrupted" in output, output[-3000:]
     assert "cuInit" not in output and "cuda drivers" not in output  # TensorFlow's start-up notices are dropped
     assert client.get_run(parent_id).info.status == "KILLED"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-from pathlib import Path
 
 from mlflow_tflite.build.data import Dataset
 from mlflow_tflite.cache import cache_dir

@@ -7,7 +7,7 @@ Supported here: tf_keras models and ``.h5`` files, Keras 3 models and ``.keras``
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
