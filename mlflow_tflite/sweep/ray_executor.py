@@ -2,8 +2,9 @@
 
 ``workers`` actors (one CPU each) on the cluster at ``ray_address`` (``None``: the running
 cluster Ray finds, else a local one it starts) each hold one ``worker.Worker``, as a local
-worker process does. The package reaches the actors through a Ray ``runtime_env``
-(``py_modules``): a worker machine needs Ray and TensorFlow, not mlflow-tflite.
+worker process does. The package reaches the actors through the job's Ray ``runtime_env``
+(``py_modules``, set when this executor joins the cluster): a worker machine needs Ray and
+TensorFlow, not mlflow-tflite (a Ray session the caller started already keeps its own runtime_env).
 
 Values move through the object store, once each: the job (data set arrays, and a local model
 file or SavedModel directory as bytes) is put by the driver and given to every actor; each
@@ -19,6 +20,7 @@ goes on.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from collections import deque
 from urllib.parse import urlparse
 
@@ -91,8 +93,10 @@ class RayExecutor:
         if not ray.is_initialized():
             check_address(address)
             try:
+                # The workers import this package from Ray (its runtime-env cache), not from their own disk;
+                # a local directory can be uploaded only at the job level, here.
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                         configure_logging=True)
+                         configure_logging=True, runtime_env={"py_modules": [str(Path(mlflow_tflite.__file__).parent)]})
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise TFLiteError(f"Ray could not start or join a cluster at ray_address={address or 'auto'} "
                                   f"({first_line(error, 300)})") from None
@@ -101,9 +105,8 @@ class RayExecutor:
         if cpus < 1:
             raise TFLiteError(f"the Ray cluster at {address or 'auto'} has no CPUs for workers; add a node")
         actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=ATTEMPTS - 1)(RayWorker)
-        runtime_env = {"py_modules": [mlflow_tflite]}  # the workers import this package from Ray, not their disk
         job_ref = ray.put(job)
-        self.actors = [actor_class.options(runtime_env=runtime_env).remote(job_ref)
+        self.actors = [actor_class.remote(job_ref)
                        for _ in range(min(count, cpus))]  # more actors than CPUs would wait forever for one
 
     def _shipped_refs(self, task) -> dict:
