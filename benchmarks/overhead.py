@@ -1,6 +1,6 @@
 """Benchmark: what mlflow-tflite costs over doing the same conversions by hand (issue 15).
 
-    python benchmarks/overhead.py                       # all four cases, ~20-30 minutes on 2 cores
+    python benchmarks/overhead.py                       # all four cases, ~13 minutes on 2 busy cores
     python benchmarks/overhead.py --cases 1,3 --repeat 3
 
 What is measured. Whole wall time of fresh processes, so importing TensorFlow, MLflow and the
@@ -38,7 +38,9 @@ the target; with ``--repeat N`` the seconds are medians over N back-to-back pair
 within a pair alternates) and the ratio is the median of the per-pair ratios. The demo CNN is
 trained once, untimed, into a temporary cache (``MLFLOW_TFLITE_CACHE_DIR``) before any case, so
 neither side of case 4 pays for training; that warm-up also loads the libraries into the OS
-file cache. The machine should be quiet: other load inflates both sides, not always alike.
+file cache. A fresh sqlite store costs the project side ~5 s of table creation and migrations
+(once per store: a user's existing ``mlflow.db`` does not pay it; the 12 runs of case 4 share
+one store). The machine should be quiet: other load inflates both sides, not always alike.
 """
 
 from __future__ import annotations
