@@ -8,8 +8,11 @@ import warnings
 import numpy as np
 import pytest
 
-from mlflow_tflite import calibrated, quantize, runtime, tflite_file
-from mlflow_tflite.convert import configure
+from mlflow_tflite.build import calibrated
+from mlflow_tflite.build.convert import SelectiveQuantizer, configure
+from mlflow_tflite.build.sources import from_tf_keras
+from mlflow_tflite.flavor import flatbuffer, runtime
+from mlflow_tflite.measure.tensors import tensor_errors
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.variants import Variant
 
@@ -104,7 +107,7 @@ def _compared_tensors(float_model: bytes, quantized_model: bytes, x: list[np.nda
     from ai_edge_quantizer.utils import validation_utils
 
     metric = validation_utils.ValidationErrorMetric("mse")
-    data = quantize.signature_samples(float_model, x, None)
+    data = runtime.signature_samples(float_model, x, None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
         result = model_validator.compare_model(float_model, quantized_model, data, [metric],
@@ -119,7 +122,7 @@ def test_quantized_model_is_convert_s_but_for_the_model_hash(conversions, tiny, 
     theirs, their_metadata = _without_metadata(converted)
     # Every tensor, buffer, operator, quantization parameter and signature, byte for byte.
     assert ours == theirs
-    assert tflite_file.op_inventory(quantized) == tflite_file.op_inventory(converted)
+    assert flatbuffer.op_inventory(quantized) == flatbuffer.op_inventory(converted)
     np.testing.assert_array_equal(_outputs(quantized, tiny[2]), _outputs(converted, tiny[2]))
     # The metadata: the same entries; the conversion metadata may differ in modelHash only (ours is
     # the calibrated model's: convert() hashes the quantized model's structure).
@@ -152,7 +155,7 @@ def test_per_tensor_comparison_is_the_same_as_with_a_plain_float_conversion(conv
     assert with_calibrated == with_plain and len(with_plain) == 14  # all 14 tensors of the float model
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-        assert quantize.tensor_errors(float_model, quantized, x) == quantize.tensor_errors(plain_float, converted, x)
+        assert tensor_errors(float_model, quantized, x) == tensor_errors(plain_float, converted, x)
 
 
 def test_converter_is_left_as_given(tiny, conversions):
@@ -196,9 +199,6 @@ def test_converter_failure_is_one_line(tiny):
 
 def test_selective_quantizer_s_calibrated_model_is_a_float_reference(tiny, plain_float):
     """int8_mixed: the QuantizationDebugger behind SelectiveQuantizer keeps the same calibrated model."""
-    from mlflow_tflite.convert import SelectiveQuantizer
-    from mlflow_tflite.sources import from_tf_keras
-
     model, calibration, x = tiny
     selective = SelectiveQuantizer(from_tf_keras(model), Variant("int8_mixed"), calibration)
     float_model = bytes(selective.debugger.calibrated_model)

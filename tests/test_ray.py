@@ -95,7 +95,8 @@ def test_a_killed_ray_worker_is_retried_once_then_its_variant_fails(ray_cluster,
                                    register=False), progress=False)
     runs = _runs(result.parent_run_id)
     assert {n: r.info.status for n, r in runs.items()} == {
-        "none-s0-i8": "FINISHED", "dynamic-s0-i8": "FINISHED", "float16-s0-i8": "FAILED"}
+        "none-s0-i8": "FINISHED", "dynamic-s0-i8": "FINISHED", "float16-s0-i8": "FAILED"}, \
+        {n: r.data.tags.get("mlflow_tflite.error") for n, r in runs.items()}
     assert (tmp_path / "crashed-dynamic-s0-i8").exists()  # it did die once, and its retry finished
     error = runs["float16-s0-i8"].data.tags["mlflow_tflite.error"]
     assert error.startswith("Ray worker died while running float16-s0-i8 (2 attempts)") and "\n" not in error

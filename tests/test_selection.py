@@ -60,13 +60,13 @@ def _candidate(name, p50, low=None, high=None, accuracy=0.9, size=100):
 def test_latency_within_noise_is_a_tie_broken_by_accuracy_then_size():
     # 1.00 vs 1.03 ms: 3% apart, inside the 5% floor: a tie; the more accurate one wins.
     fast, close = _candidate("a-fast", 1.00, accuracy=0.90), _candidate("b-close", 1.03, accuracy=0.92)
-    assert latency_tied(fast["metrics"], close["metrics"])
+    assert latency_tied(fast.metrics, close.metrics)
     assert rank_best([fast, close], "latency").variant == "b-close"
     # 1.00 vs 1.30 ms with tight intervals: a real difference; the faster one wins.
     nine_percent = _candidate("f", 1.09, 1.08, 1.10, accuracy=0.99)  # 9% slower is a real difference
-    assert not latency_tied(fast["metrics"], nine_percent["metrics"])
+    assert not latency_tied(fast.metrics, nine_percent.metrics)
     slow = _candidate("c-slow", 1.30, 1.28, 1.32, accuracy=0.95)
-    assert not latency_tied(fast["metrics"], slow["metrics"])
+    assert not latency_tied(fast.metrics, slow.metrics)
     assert rank_best([fast, slow], "latency").variant == "a-fast"
     # Wide measured intervals that overlap are a tie even 20% apart; then the smaller model wins.
     noisy_a = _candidate("d", 1.0, 0.8, 1.3, size=200)

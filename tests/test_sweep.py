@@ -182,6 +182,26 @@ def test_sweep_bad_input_is_one_line(args, message, tracking):
     assert MlflowClient().search_runs(["0"]) == []
 
 
+def test_sweep_input_errors_are_input_errors_before_any_run(tracking, tmp_path):
+    """Not "the tracking store stopped answering": the whole one-line message, no run, no results file."""
+    missing = str(tmp_path / "missing.h5")
+    cases = [
+        (["--model", missing, "--quant", "int8", "--sparsity", "0"],
+         f"Error: model {missing!r} does not exist; pass a .keras/.h5/.pb file, a SavedModel directory or an MLflow "
+         "model URI (or omit model for the digits demo)"),
+        (["--quant", "int8", "--sparsity", "0", "--resume", "0123456789abcdef0123456789abcdef"],
+         "Error: resume '0123456789abcdef0123456789abcdef' is not a run in this tracking store; pass a sweep's "
+         "parent run id"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, ["sweep", *args])
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines()[-1] == message
+        assert "stopped answering" not in result.output and "Traceback" not in result.output
+    assert MlflowClient().search_runs(["0"]) == []
+    assert not list(tmp_path.glob("mlflow-tflite-sweep-*.json"))  # the working directory (tracking's tmp_path)
+
+
 def _sweep_args(model, data, *extra):
     return ["sweep", "--model", model, "--data", data, "--sparsity", "0", *extra]
 
@@ -189,6 +209,7 @@ def _sweep_args(model, data, *extra):
 def test_resume_refuses_other_settings(digits_files, tracking):
     model, data = digits_files
     first = run_sweep(SweepConfig(expand_grid(["int8"], [0.0], [None]), model, data, register=False), progress=False)
+    before = MlflowClient().get_run(first.parent_run_id)
     changed = SweepConfig(expand_grid(["int8"], [0.0], [None], calibration_samples=50), model, data, register=False,
                           resume=first.parent_run_id)
     with pytest.raises(TFLiteError, match=r"other settings \(calibration_samples: \[200\] -> \[50\]\)"):
@@ -198,6 +219,9 @@ def test_resume_refuses_other_settings(digits_files, tracking):
     assert result.exit_code == 1 and result.output.count("Error:") == 1, result.output
     assert "objective: 'latency' -> 'size'" in result.output
     assert [r.info.status for r in children(first.parent_run_id)] == ["FINISHED"]  # nothing ran again
+    after = MlflowClient().get_run(first.parent_run_id)  # a refused resume leaves the old parent as it was
+    assert (after.info.status, after.info.end_time, after.data.tags) == (before.info.status, before.info.end_time,
+                                                                         before.data.tags)
 
 
 def test_resume_needs_a_sweep_parent_and_native_is_one_size(digits_files, tracking):

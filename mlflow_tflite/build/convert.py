@@ -8,6 +8,7 @@ float16, full integer with a representative dataset (float or integer I/O) and 1
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
 import warnings
@@ -15,10 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlflow_tflite.build import calibrated
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.options import IoType, OpsSet
+from mlflow_tflite.quiet import dropped_lines
 from mlflow_tflite.build.sources import Source
 from mlflow_tflite.variants import Variant
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,9 @@ def convert(source: Source, variant: Variant, calibration: list[np.ndarray] | No
         calibration: representative dataset, one float32 ``(N, ...)`` array per input;
             required for int8, int8_full and int16x8.
         keep_float: also return the float model of the same conversion where there is one
-            (``Conversion.float_model``), to compare the variant with tensor by tensor.
+            (``Conversion.float_model``), to compare the variant with tensor by tensor: a
+            calibrated mode then converts once, calibrate-only, and quantizes that model
+            (``calibrated.convert_with_float``) instead of converting a float model again.
 
     Returns:
         :class:`Conversion` with the bytes and the wall time in seconds.
@@ -109,6 +116,12 @@ def convert(source: Source, variant: Variant, calibration: list[np.ndarray] | No
     names = None if source.kind == "frozen_graph" else source.input_names
     configure(converter, variant, calibration, names)
     started = time.perf_counter()
+    if keep_float and variant.recipe.calibrated and not variant.recipe.trained:
+        try:
+            tflite_model, float_model = calibrated.convert_with_float(converter)
+            return Conversion(tflite_model, time.perf_counter() - started, float_model)
+        except TFLiteError as error:  # converter.convert() below fails with the usual message, or succeeds
+            logger.info("calibrate-only conversion of %s failed (%s); converting as usual", variant.name, error.message)
     try:
         with _quiet_conversion():  # the same C++ line and warning as the debugger's
             tflite_model = converter.convert()
@@ -119,8 +132,6 @@ def convert(source: Source, variant: Variant, calibration: list[np.ndarray] | No
 
 def unsupported_ops(message: str) -> list[str]:
     """TensorFlow op names the converter could not lower to TFLite builtins, from its error text."""
-    import re
-
     names = re.findall(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op", message)
     return sorted(set(names))
 
@@ -189,8 +200,6 @@ def _quiet_conversion():
     """Conversion noise: the quantizer's C++ line per model, the warning about input statistics (emitted for
     every int8 model with float I/O, which needs none) and, in the debugger, TensorFlow's interpreter
     deprecation warning."""
-    from mlflow_tflite.quiet import dropped_lines
-
     with warnings.catch_warnings(), dropped_lines(re.compile(r"fully_quantize: \d|Created TensorFlow Lite XNNPACK delegate")):
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from mlflow_tflite.build import convert, mixed, quantize
-from mlflow_tflite.build.graph import Builds, ModelKey
+from mlflow_tflite.build.graph import Builds, FloatModel, ModelKey
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.quant_modes import Backend, QuantMode
@@ -108,7 +108,7 @@ def mixed_search(builds: Builds, variant: Variant, key: ModelKey, calibration: l
     The converter calibrates once and re-quantizes with denylisted nodes
     (``convert.SelectiveQuantizer``); the LiteRT Quantizer calibrates once and re-quantizes with
     ``NO_QUANTIZE`` rules (``quantize.quantize(keep_float=...)``). Layers are ranked against the
-    float model of the same key.
+    float model: the debugger's calibrated model (converter), the key's float flatbuffer (LiteRT).
 
     Returns:
         ``(Produced, SearchResult)``: the chosen trial's model; ``quantize_seconds`` sums the
@@ -120,10 +120,9 @@ def mixed_search(builds: Builds, variant: Variant, key: ModelKey, calibration: l
     if calibration is None:
         raise TFLiteError("quant=int8_mixed measures each trial against the source; pass data with training "
                           "(calibration) and test examples")
-    float_model = builds.float_model(key, variant.ops)
     spent = [0.0]
     started = time.perf_counter()
-    make, recipes = _trial_quantizer(builds, variant, key, calibration, float_model.tflite_model)
+    make, recipes, float_model = _trial_quantizer(builds, variant, key, calibration)
     spent[0] += time.perf_counter() - started
 
     def timed(keep_float: tuple[str, ...]) -> bytes:
@@ -136,14 +135,19 @@ def mixed_search(builds: Builds, variant: Variant, key: ModelKey, calibration: l
     result = mixed.search(timed, how.measure, how.violation, lambda full: how.rank(float_model.tflite_model, full),
                           mixed.model_layers(float_model.tflite_model), how.options)
     return (Produced(result.chosen.tflite_model, _split(float_model.seconds, spent[0]),
-                     recipes.get(result.chosen.float_layers)), result)
+                     recipes.get(result.chosen.float_layers), float_model.tflite_model), result)
 
 
-def _trial_quantizer(builds: Builds, variant: Variant, key: ModelKey, calibration, float_bytes: bytes):
-    """(float layers -> flatbuffer, recipes by float layers): the backend's calibrate-once quantizer."""
+def _trial_quantizer(builds: Builds, variant: Variant, key: ModelKey, calibration):
+    """(float layers -> flatbuffer, recipes by float layers, the float model the layers are named in):
+    the backend's calibrate-once quantizer. The converter's float model is the debugger's calibrated
+    model (the same conversion: no second float conversion); the LiteRT Quantizer's is the key's."""
     recipes: dict[tuple[str, ...], str] = {}
     if variant.backend == Backend.CONVERTER:
-        return convert.SelectiveQuantizer(builds.model(key), variant, calibration), recipes
+        selective = convert.SelectiveQuantizer(builds.model(key), variant, calibration)
+        return selective, recipes, FloatModel(bytes(selective.debugger.calibrated_model), 0.0)
+    float_model = builds.float_model(key, variant.ops)
+    float_bytes = float_model.tflite_model
     calibrated: dict = {}
     input_names = builds.model(key).input_names
 
@@ -152,4 +156,4 @@ def _trial_quantizer(builds: Builds, variant: Variant, key: ModelKey, calibratio
         calibrated["qsvs"], recipes[keep_float] = result.calibration_result, result.recipe_json
         return result.tflite_model
 
-    return make, recipes
+    return make, recipes, float_model

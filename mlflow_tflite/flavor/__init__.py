@@ -13,6 +13,7 @@ requirements are only the LiteRT interpreter, numpy and pandas (and tensorflow f
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -296,12 +297,10 @@ def log_model(
     Raises:
         TFLiteError: the model is not a loadable TFLite flatbuffer (nothing is logged).
     """
-    import mlflow_tflite.flavor as this_flavor
-
     return Model.log(
         artifact_path=artifact_path,
         name=name,
-        flavor=this_flavor,
+        flavor=sys.modules[__name__],  # this module is the flavor (save_model, load_model)
         tflite_model=read_tflite_bytes(tflite_model),
         conda_env=conda_env,
         code_paths=code_paths,

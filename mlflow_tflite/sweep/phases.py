@@ -25,7 +25,7 @@ from mlflow_tflite.variants import Variant
 
 def _charges_float(variant: Variant) -> bool:
     """The variant is made from its key's float flatbuffer (its conversion time is part of it)."""
-    return variant.quant == QuantMode.NONE or variant.backend == Backend.LITERT or variant.recipe.mixed
+    return variant.quant == QuantMode.NONE or variant.backend == Backend.LITERT
 
 
 def float_needs(variant: Variant, key: ModelKey, tensor_table: bool) -> list[tuple[ModelKey, OpsSet]]:
@@ -37,9 +37,11 @@ def float_needs(variant: Variant, key: ModelKey, tensor_table: bool) -> list[tup
     """
     if _charges_float(variant):
         return [(key, variant.ops)]
-    if not tensor_table or variant.recipe.integer_io:
+    if variant.recipe.trained:
+        return [(key.base, variant.ops)] if tensor_table else []
+    if variant.recipe.calibrated:  # the converter's calibrate-only conversion is the float model
         return []
-    return [(key.base if variant.recipe.trained else key, variant.ops)]
+    return [(key, variant.ops)] if tensor_table else []
 
 
 def _ancestors(key: ModelKey) -> list[ModelKey]:

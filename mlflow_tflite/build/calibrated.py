@@ -21,7 +21,7 @@ parameter and signature. The bytes differ: ``convert()`` then re-serializes the 
 ``CONVERSION_METADATA`` entry with a hash of the model's structure), while here the quantizer's
 output keeps the calibrated model's entry, hash included. Replaying those two steps with
 TensorFlow's helpers gives ``convert()``'s bytes exactly; they are private APIs
-``QuantizationDebugger`` does not use, so they are left out. Settings ``mlflow_tflite.convert.configure``
+``QuantizationDebugger`` does not use, so they are left out. Settings ``mlflow_tflite.build.convert.configure``
 never changes keep their defaults here (variable quantization, per-channel dense layers, the bias
 type, debug options); a converter that changes those private settings is not reproduced.
 
@@ -40,6 +40,7 @@ import warnings
 from dataclasses import dataclass
 
 from mlflow_tflite.errors import TFLiteError, first_line
+from mlflow_tflite.quiet import dropped_lines
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def quantize_settings(converter) -> QuantizeSettings:
     Args:
         converter: a ``tf.lite.TFLiteConverter`` set up for post-training full-integer
             quantization (``optimizations=[tf.lite.Optimize.DEFAULT]``, a representative dataset),
-            e.g. by ``mlflow_tflite.convert.configure`` for int8, int8_full or int16x8.
+            e.g. by ``mlflow_tflite.build.convert.configure`` for int8, int8_full or int16x8.
 
     Returns:
         :class:`QuantizeSettings`.
@@ -188,7 +189,7 @@ def convert_with_float(converter) -> tuple[bytes, bytes]:
     """The quantized model and its float reference from one calibrate-only conversion.
 
     Args:
-        converter: a ``tf.lite.TFLiteConverter`` configured by ``mlflow_tflite.convert.configure``
+        converter: a ``tf.lite.TFLiteConverter`` configured by ``mlflow_tflite.build.convert.configure``
             for int8 (float I/O), int8_full (int8/uint8 I/O) or int16x8. It is left as given.
 
     Returns:
@@ -196,7 +197,7 @@ def convert_with_float(converter) -> tuple[bytes, bytes]:
         ``converter.convert()`` returns (same tensors, buffers, ops and quantization; see the
         module doc for the metadata difference); ``float_model`` is the calibrated float32 model
         (float32 I/O), which runs like the plain float conversion (quant none) and whose tensor
-        names the quantized model keeps, for ``quantize.tensor_errors(float_model, quantized, ...)``
+        names the quantized model keeps, for ``measure.tensors.tensor_errors(float_model, quantized, ...)``
         (with float I/O only: an integer-I/O model takes quantized inputs).
 
     Raises:
@@ -250,8 +251,6 @@ def _error_line(error: Exception) -> str:
 def _quiet():
     """The quantizer's C++ line per model and the converter's warning about input statistics
     (emitted for every int8 model with float I/O, which needs none)."""
-    from mlflow_tflite.quiet import dropped_lines
-
     with warnings.catch_warnings(), dropped_lines(re.compile(r"fully_quantize: \d")):
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
         yield
