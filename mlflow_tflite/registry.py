@@ -196,6 +196,22 @@ def _holders(client: MlflowClient, name: str) -> dict[str, int | None]:
     return {alias: int(v.version) if v is not None else None for alias, v in holders.items()}
 
 
+def _set_alias(client: MlflowClient, name: str, alias: str, version: int, absent: bool) -> None:
+    """Point ``alias`` at ``version``. Creating an alias that was ``absent`` fails when another
+    promoter created it at the same moment (the store's insert hits the unique key); that is
+    no error: the next round reads who holds it.
+
+    Raises:
+        MlflowException: any other failure (the alias still does not exist after it).
+    """
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException:
+        if not absent or _alias_holder(client, name, alias) is None:
+            raise
+        _logger.info("%s: another promoter created %s at the same moment; reading again", name, alias)
+
+
 def converge(client: MlflowClient, name: str, max_rounds: int = MAX_ROUNDS) -> Outcome:
     """Set ``champion`` and ``challenger`` of ``name`` to :func:`fold_champion` of its ready versions.
 
@@ -225,7 +241,7 @@ def converge(client: MlflowClient, name: str, max_rounds: int = MAX_ROUNDS) -> O
             return outcome
         for alias, version in moves.items():
             _logger.debug("%s: setting %s to version %s (was %s)", name, alias, version, holders[alias])
-            client.set_registered_model_alias(name, alias, str(version))
+            _set_alias(client, name, alias, version, holders[alias] is None)
     raise TFLiteError(f"the aliases of model {name!r} did not settle after {max_rounds} rounds: another writer "
                       "keeps moving champion or challenger; retry with promote")
 
