@@ -325,7 +325,7 @@ def register_and_promote(
     tags = _version_tags(metrics, eval_digest, variant_name, tolerance.violation(metrics))
     version = _register(client, model_uri, name, tags)
     outcome = converge(client, name)
-    reason = outcome.reasons[int(version)]
+    reason = outcome.reasons.get(int(version), "not among the ready versions read (its ready tag was removed)")
     client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
     return Registration(name, version, outcome.champion == int(version), reason)
 
