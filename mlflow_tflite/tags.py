@@ -33,6 +33,11 @@ REGISTERED_VERSION_TAG = "mlflow_tflite.registered_version"
 
 # --- registered model versions ---------------------------------------------------------------
 EVAL_DIGEST_TAG = "mlflow_tflite.eval_digest"  # MLflow dataset digest of the evaluation data
+# The tolerance verdict a version was registered with: the violation text, or TOLERANCE_MET.
+TOLERANCE_TAG = "mlflow_tflite.tolerance_violation"
+TOLERANCE_MET = "none"
+# Written last, after the metrics, digest and verdict: only ready versions enter the champion rule.
+READY_TAG = "mlflow_tflite.ready"
 # Metrics copied onto each version as tags (the champion guard compares them), plus VARIANT_TAG.
 VERSION_METRIC_TAGS = ("accuracy", "accuracy_drop", "agreement", "cosine_similarity", "relative_error",
                        "max_abs_error", "size_bytes", "latency_ms_p50")

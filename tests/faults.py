@@ -7,6 +7,11 @@ process's) end the worker process, as a native crash in a converter would, for c
 Run as a script, ``python faults.py exit-after-register <mlflow-tflite args>`` runs the CLI and
 kills the process (``os._exit``) right after the registry call returns, as a machine that dies
 after registering would.
+
+``hold_promotion_from_env`` makes a promoter process stop mid-promotion, at the stage named by
+``HOLD_PROMOTION_ENV`` (``before-ready``: its version registered with its tags but not ready;
+``after-ready``: ready, before any alias is read or set), write its version number into the file
+named by ``HOLD_MARKER_ENV`` and sleep until the test kills it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CRASH_VARIANT_ENV = "TEST_CRASH_VARIANT"
+HOLD_PROMOTION_ENV = "TEST_HOLD_PROMOTION"
+HOLD_MARKER_ENV = "TEST_HOLD_MARKER"
+HOLD_STAGES = ("before-ready", "after-ready")
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,29 @@ def _exit_after_register() -> None:
         return registration
 
     registry.register_and_promote = register_then_die
+
+
+def hold_promotion_from_env() -> None:
+    """In a promoter process: hold at ``$TEST_HOLD_PROMOTION`` (see module doc); nothing when unset."""
+    import time
+    from pathlib import Path
+
+    from mlflow_tflite.track import registry
+
+    stage = os.environ.get(HOLD_PROMOTION_ENV)
+    if not stage:
+        return
+    assert stage in HOLD_STAGES, stage
+    real, marker = registry._mark_ready, Path(os.environ[HOLD_MARKER_ENV])
+
+    def mark_ready_and_hold(client, name, version):
+        if stage == "after-ready":
+            real(client, name, version)
+        marker.write_text(str(version))
+        while True:
+            time.sleep(60)
+
+    registry._mark_ready = mark_ready_and_hold
 
 
 if __name__ == "__main__":

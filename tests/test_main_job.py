@@ -72,7 +72,8 @@ def test_champion_moves_only_for_a_better_score_on_the_same_data(demo_prepared, 
     # A worse champion on the same data is beaten.
     client.set_model_version_tag("digits-cnn", first.registration.version, "mlflow_tflite.eval_digest",
                                  client.get_model_version("digits-cnn", third.registration.version).tags["mlflow_tflite.eval_digest"])
-    client.set_model_version_tag("digits-cnn", first.registration.version, "accuracy", "0.5")
+    for version in (first.registration.version, second.registration.version, third.registration.version):
+        client.set_model_version_tag("digits-cnn", version, "accuracy", "0.5")  # every version below: worse
     fourth = run_variant(demo_prepared, Variant("dynamic", input_size=8))
     assert fourth.registration.champion
     assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == fourth.registration.version

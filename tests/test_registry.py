@@ -1,4 +1,5 @@
-"""The champion guard: tolerance for unlabelled (fidelity) variants and honest registry errors."""
+"""The champion rule: the fold over ready versions, tolerance for unlabelled (fidelity) variants and
+honest registry errors."""
 
 from __future__ import annotations
 
@@ -10,9 +11,38 @@ from mlflow.exceptions import MlflowException
 from mlflow_tflite.cli import cli
 from mlflow_tflite.sweep.context import prepare
 from mlflow_tflite.sweep.main_job import run_variant
-from mlflow_tflite.track.registry import _current_champion
+from mlflow_tflite.track.registry import VersionRecord, _current_champion, fold_champion
 from mlflow_tflite.track.selection import Tolerance
 from mlflow_tflite.variants import Variant
+
+
+def _v(version, accuracy, digest="d", violation=None):
+    return VersionRecord(version, violation, digest, {"accuracy": accuracy})
+
+
+def test_the_fold_applies_the_rule_in_version_order_whatever_order_it_is_given():
+    records = [_v(5, 0.97), _v(3, 0.99, violation="accuracy_drop 0.0500 > max_accuracy_drop 0.01"),
+               _v(1, 0.90), _v(4, 0.99, digest="other"), _v(2, 0.95), _v(6, 0.97)]
+    outcome = fold_champion(records)
+    assert (outcome.champion, outcome.challenger) == (5, 6)
+    assert outcome.reasons == {
+        1: "version 2 beat it (0.9000 -> 0.9500) on the same data; version 5 is champion",
+        2: "version 5 beat it (0.9500 -> 0.9700) on the same data",
+        3: "outside the tolerance (accuracy_drop 0.0500 > max_accuracy_drop 0.01); champion not moved",
+        4: "version 2 stays champion: it was evaluated on other data; version 5 is champion",
+        5: "beats version 2 (0.9500 -> 0.9700) on the same data",
+        6: "version 5 stays champion: score 0.9700 >= 0.9700",
+    }
+    assert fold_champion(list(reversed(records))) == outcome
+
+
+def test_the_first_version_within_the_tolerance_sets_the_data_later_ones_are_compared_on():
+    outcome = fold_champion([_v(1, 0.99, violation="not evaluated on data"), _v(2, 0.80, digest="a"),
+                             _v(3, 0.99, digest="b"), _v(4, 0.99, digest=None)])
+    assert (outcome.champion, outcome.challenger) == (2, 4)
+    assert outcome.reasons[4] == "version 2 stays champion: the new version was not evaluated on data"
+    nobody = fold_champion([_v(1, 0.99, violation="not evaluated on data")])
+    assert (nobody.champion, nobody.challenger) == (None, 1)
 
 
 def test_fidelity_variant_outside_tolerance_never_takes_champion(tracking):

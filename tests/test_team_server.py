@@ -2,14 +2,17 @@
 
 `mlflow-tflite convert` (main), `sweep` and `promote` run as subprocesses with
 ``MLFLOW_TRACKING_URI`` pointing at ``mlflow server``; the champion is loaded through the pyfunc
-and served by `mlflow models serve`; and two real processes race their promotions into one
-registered model, 10 rounds. See ``servers.py`` for the server fixtures.
+and served by `mlflow models serve`; and real promoter processes race their promotions into one
+registered model: two for 10 rounds, four for 4 rounds, and three of which one is SIGKILLed
+mid-promotion. See ``servers.py`` for the server fixtures.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +26,7 @@ from sklearn.metrics import accuracy_score
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from faults import HOLD_MARKER_ENV, HOLD_PROMOTION_ENV, HOLD_STAGES
 from servers import MLFLOW, free_port, subprocess_env
 from servers import mlflow_server, postgres, team_server, tracking_server  # noqa: F401  (fixtures)
 from test_serving import _wait_for_ping
@@ -31,9 +35,14 @@ pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "mlflow_tflite.cli"]
 MODEL = "team-digits"
-PROMOTION_TAG = "mlflow_tflite.promotion"  # the registry's turn-taking tag (registry.PROMOTION_TAG)
+# The registry's version tags (registry.READY_TAG, registry.TOLERANCE_TAG, tags.EVAL_DIGEST_TAG).
+READY_TAG = "mlflow_tflite.ready"
+TOLERANCE_TAG = "mlflow_tflite.tolerance_violation"
+EVAL_DIGEST_TAG = "mlflow_tflite.eval_digest"
 MODEL_URI_TAG = "mlflow_tflite.model_uri"
 RACE_ROUNDS = 10
+RACE4_ROUNDS = 4
+TESTS = Path(__file__).parent
 
 
 def _start(uri: str, cwd: Path, *args: str) -> subprocess.Popen:
@@ -96,7 +105,7 @@ def test_main_registers_the_first_champion_on_the_server(team, team_server):
     assert run.data.params["quant"] == "int8" and run.data.metrics["accuracy_drop"] <= 0.01
     first = _versions(client, MODEL)[0]
     assert first.version == "1" and first.run_id == team["main_run_id"]
-    assert first.tags[PROMOTION_TAG] == "done"
+    assert first.tags[READY_TAG] == "true"
     assert f"registered {MODEL} version 1 (champion" in team["main_output"]
 
 
@@ -110,7 +119,7 @@ def test_sweep_logs_its_variants_and_registers_the_best(team, team_server):
     best = parent.data.tags["mlflow_tflite.best_run_id"]
     registered = [v for v in _versions(client, MODEL) if v.run_id == best]
     assert len(registered) == 1, team["sweep_output"]
-    assert registered[0].tags[PROMOTION_TAG] == "done"
+    assert registered[0].tags[READY_TAG] == "true"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"comparison.json", "pareto.png"}
 
 
@@ -119,13 +128,13 @@ def test_promote_registers_a_logged_model_and_the_alias_follows_the_rule(team, t
     line = re.search(rf"registered {MODEL} version (\d+) \((champion|challenger): ", team["promote_output"])
     assert line, team["promote_output"]
     version = client.get_model_version(MODEL, line.group(1))
-    assert version.run_id == team["pruned_run_id"] and version.tags[PROMOTION_TAG] == "done"
+    assert version.run_id == team["pruned_run_id"] and version.tags[READY_TAG] == "true"
     alias = client.get_model_version_by_alias(MODEL, line.group(2))
     assert alias.version == version.version
-    # Every version's promotion finished; three commands, three versions, none lost.
+    # Every version was marked ready; three commands, three versions, none lost.
     versions = _versions(client, MODEL)
     assert [v.version for v in versions] == ["1", "2", "3"]
-    assert all(v.tags.get(PROMOTION_TAG) == "done" for v in versions)
+    assert all(v.tags.get(READY_TAG) == "true" for v in versions)
 
 
 def test_artifacts_went_through_the_proxy(team, team_server, tracking_server):
@@ -166,19 +175,23 @@ def test_models_serve_answers_the_champions_predictions(team, team_server, digit
         server.wait(timeout=60)
 
 
-# --- two promoters racing --------------------------------------------------------------------
+# --- promoters racing ------------------------------------------------------------------------
 
-# A promoter process, started once for all the rounds (its imports take seconds): per round, say
-# ready, wait for the round's go file, promote, print one RESULT line (JSON) with its timestamps.
+# A promoter process, started once for all its rounds (its imports take seconds): per round, say
+# ready, wait for its go file, promote, print one RESULT line (JSON) with its timestamps. With
+# faults.HOLD_PROMOTION_ENV set it stops mid-promotion instead (faults.hold_promotion_from_env).
 PROMOTER = r"""
-import json, os, sys, time
+import json, sys, time
 from pathlib import Path
+folder, me, rounds = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+import faults
 from mlflow_tflite.track.registry import promote_logged_model
 from mlflow_tflite.track.selection import Tolerance
-folder, me, rounds = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+faults.hold_promotion_from_env()
 for round_, (model_uri, name) in enumerate(rounds):
     (folder / f"ready-{me}-{round_}").touch()
-    while not (folder / f"go-{round_}").exists():
+    while not (folder / f"go-{me}-{round_}").exists():
         time.sleep(0.0005)
     start = time.time()
     registration = promote_logged_model(model_uri, name, Tolerance(max_accuracy_drop=1.0))
@@ -188,35 +201,48 @@ for round_, (model_uri, name) in enumerate(rounds):
 
 
 class Promoters:
-    """Two promoter processes (two sweeps' promotions), released together round by round."""
+    """Promoter processes (sweeps' promotions) released round by round; ``rounds[r][i]`` is the
+    (model URI, registered model name) process ``i`` promotes in round ``r``; ``env[i]`` adds to
+    process ``i``'s environment."""
 
-    def __init__(self, uri: str, folder: Path, rounds: list[tuple[tuple[str, str], tuple[str, str]]]):
-        self.folder = folder
+    def __init__(self, uri: str, folder: Path, rounds: list[list[tuple[str, str]]],
+                 env: dict[int, dict[str, str]] | None = None):
+        self.folder, self.count = folder, len(rounds[0])
         self.processes = [
-            subprocess.Popen([sys.executable, "-c", PROMOTER, str(folder), str(i), json.dumps([r[i] for r in rounds])],
-                             env=subprocess_env(uri), stdout=subprocess.PIPE, text=True,
+            subprocess.Popen([sys.executable, "-c", PROMOTER, str(folder), str(i), json.dumps([r[i] for r in rounds]),
+                              str(TESTS)],
+                             env={**subprocess_env(uri), **(env or {}).get(i, {})}, stdout=subprocess.PIPE, text=True,
                              stderr=open(folder / f"promoter-{i}.log", "w"))
-            for i in range(2)
+            for i in range(self.count)
         ]
 
-    def race(self, round_: int) -> list[dict]:
-        """Release both promoters for ``round_`` once both are ready; their outcomes, in process order."""
+    def wait_ready(self, round_: int) -> None:
+        """Until every process waits for its go file of ``round_``."""
         deadline = time.monotonic() + 180
-        while not all((self.folder / f"ready-{i}-{round_}").exists() for i in range(2)):
+        while not all((self.folder / f"ready-{i}-{round_}").exists() for i in range(self.count)):
             assert all(p.poll() is None for p in self.processes) and time.monotonic() < deadline, self.logs()
             time.sleep(0.005)
-        (self.folder / f"go-{round_}").touch()
-        outcomes = []
-        for process in self.processes:
-            line = process.stdout.readline()
-            while line and not line.startswith("RESULT "):
-                line = process.stdout.readline()
-            assert line, f"a promoter ended without a result in round {round_}:\n{self.logs()}"
-            outcomes.append(json.loads(line.removeprefix("RESULT ")))
-        return outcomes
+
+    def go(self, round_: int, which: list[int] | None = None) -> None:
+        for i in range(self.count) if which is None else which:
+            (self.folder / f"go-{i}-{round_}").touch()
+
+    def result(self, i: int, round_: int) -> dict:
+        """Process ``i``'s RESULT of ``round_`` (blocks until it prints it)."""
+        line = self.processes[i].stdout.readline()
+        while line and not line.startswith("RESULT "):
+            line = self.processes[i].stdout.readline()
+        assert line, f"promoter {i} ended without a result in round {round_}:\n{self.logs()}"
+        return json.loads(line.removeprefix("RESULT "))
+
+    def race(self, round_: int) -> list[dict]:
+        """Release every process for ``round_`` once all are ready; their outcomes, in process order."""
+        self.wait_ready(round_)
+        self.go(round_)
+        return [self.result(i, round_) for i in range(self.count)]
 
     def logs(self) -> str:
-        return "\n".join((self.folder / f"promoter-{i}.log").read_text()[-3000:] for i in range(2))
+        return "\n".join((self.folder / f"promoter-{i}.log").read_text()[-3000:] for i in range(self.count))
 
     def close(self) -> None:
         for process in self.processes:
@@ -226,34 +252,110 @@ class Promoters:
             process.stdout.close()
 
 
+def _expected(facts: dict[int, tuple[str | None, float]]) -> tuple[int | None, int | None, dict[int, str]]:
+    """The champion rule stated independently of the registry code, for ready versions that all met
+    the tolerance, ``facts`` = {version: (eval digest, accuracy)}: going up in version order, a
+    version takes champion when there is none yet, or when it has the champion's digest and a
+    strictly higher accuracy. Returns (champion, challenger: the latest version that did not take
+    champion, the one-line reason per version the registry is expected to give)."""
+    champion, challenger, reasons, named = None, None, {}, {}
+    for version in sorted(facts):
+        digest, accuracy = facts[version]
+        if champion is None:
+            champion, reasons[version] = version, "no champion yet"
+            continue
+        best_digest, best = facts[champion]
+        if digest == best_digest and accuracy > best:
+            reasons[champion] = f"version {version} beat it ({best:.4f} -> {accuracy:.4f}) on the same data"
+            reasons[version] = f"beats version {champion} ({best:.4f} -> {accuracy:.4f}) on the same data"
+            named[champion], champion = version, version
+            continue
+        challenger, named[version] = version, champion
+        reasons[version] = (f"version {champion} stays champion: it was evaluated on other data" if digest != best_digest
+                            else f"version {champion} stays champion: score {best:.4f} >= {accuracy:.4f}")
+    for version, holder in named.items():
+        if holder != champion:
+            reasons[version] += f"; version {champion} is champion"
+    return champion, challenger, reasons
+
+
+def _possible(version: int, facts: dict, always: tuple[int, ...] = ()) -> set[tuple[bool, str]]:
+    """(champion?, reason) a promoter of ``version`` may return: what it last read holds its own
+    version, ``always`` (ready before it started) and any of the others (ready by then or not)."""
+    others = [v for v in facts if v != version and v not in always]
+    outcomes = set()
+    for k in range(len(others) + 1):
+        for seen in itertools.combinations(others, k):
+            champion, _, reasons = _expected({v: facts[v] for v in (version, *always, *seen)})
+            outcomes.add((champion == version, reasons[version]))
+    return outcomes
+
+
+def _facts(client: MlflowClient, name: str, accuracy: dict[str, float]) -> dict[int, tuple[str | None, float]]:
+    """{version: (eval digest, the run's logged accuracy)} of the ready versions of ``name``."""
+    return {int(v.version): (v.tags.get(EVAL_DIGEST_TAG), accuracy[v.run_id])
+            for v in _versions(client, name) if v.tags.get(READY_TAG) == "true"}
+
+
+def _assert_aliases(client: MlflowClient, name: str, champion: int | None, challenger: int | None) -> None:
+    """Exactly ``champion`` and ``challenger`` hold their aliases (``None``: nobody holds it)."""
+    held = {int(v.version): set(client.get_model_version(name, v.version).aliases) for v in _versions(client, name)}
+    wanted = {v: {a for a, holder in (("champion", champion), ("challenger", challenger)) if holder == v} for v in held}
+    assert held == wanted, f"aliases {held}, expected {wanted}"
+
+
+def _check_round(client: MlflowClient, name: str, outcomes: list[dict], accuracy: dict[str, float]) -> int:
+    """Assert a round's end: one ready version per promoter, each within the (opened) tolerance;
+    the aliases are the rule's outcome over all of them; each promoter's result is the rule's
+    outcome over some of them (see ``_possible``). Returns how many results equal the end state's."""
+    versions = _versions(client, name)
+    assert sorted(int(v.version) for v in versions) == sorted(int(o["version"]) for o in outcomes), outcomes
+    assert all((v.tags.get(READY_TAG), v.tags.get(TOLERANCE_TAG)) == ("true", "none") for v in versions), \
+        [v.tags for v in versions]
+    facts = _facts(client, name, accuracy)
+    champion, challenger, reasons = _expected(facts)
+    _assert_aliases(client, name, champion, challenger)
+    agreeing = 0
+    for outcome in outcomes:
+        version, got = int(outcome["version"]), (outcome["champion"], outcome["reason"])
+        assert got in _possible(version, facts), (version, got, sorted(_possible(version, facts)))
+        agreeing += got == (version == champion, reasons[version])
+    return agreeing
+
+
+def _file_runs(client: MlflowClient, team: dict) -> list:
+    """The pruned int8 run and the sweep's two children: logged models evaluated on the digits files."""
+    sweep = client.get_run(team["sweep_run_id"])
+    children = client.search_runs([sweep.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep.info.run_id}'")
+    return [client.get_run(team["pruned_run_id"]), *children]
+
+
 def test_two_sweeps_racing_end_with_champion_on_the_better_version(team, team_server, tmp_path, capsys):
     """Two real processes register two different models into one fresh name at the same moment,
     10 rounds. Each round must end as if the promotions had run one after the other in version
     order: ``champion`` on the better model (by the runs' logged ``accuracy``), both versions
-    present with their promotion ``done``, and the worse one ``challenger`` when it came second
-    (when it came first it held ``champion`` until the better one beat it, and now holds no
-    alias); the second version's decision names the first (it read the first's outcome).
+    ready, and the worse one ``challenger`` when it came second (when it came first it held
+    ``champion`` until the better one beat it, and now holds no alias). Each promoter's result
+    is the rule over its own version and, when it had become ready by then, the other one.
 
     The tolerance is opened (``max_accuracy_drop=1``) so both models may take ``champion``: the
-    outcome depends only on the order the promoters read and set the alias. The same two
-    processes serve every round (started once: Python + MLflow imports take seconds).
+    outcome depends only on the version order. The same two processes serve every round
+    (started once: Python + MLflow imports take seconds).
     """
     client = MlflowClient()
-    sweep = client.get_run(team["sweep_run_id"])
-    children = client.search_runs([sweep.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep.info.run_id}'")
     # Same evaluation data (the digits files), so both are comparable; pick the best and the worst.
-    candidates = [client.get_run(team["pruned_run_id"]), *children]
-    candidates.sort(key=lambda run: run.data.metrics["accuracy"])
+    candidates = sorted(_file_runs(client, team), key=lambda run: run.data.metrics["accuracy"])
     worse, better = candidates[0], candidates[-1]
     assert better.data.metrics["accuracy"] > worse.data.metrics["accuracy"], \
         [(r.data.tags["mlflow_tflite.variant"], r.data.metrics["accuracy"]) for r in candidates]
+    accuracy = {run.info.run_id: run.data.metrics["accuracy"] for run in (better, worse)}
     uri = {run.info.run_id: run.data.tags[MODEL_URI_TAG] for run in (better, worse)}
     # Alternate which process promotes the better model.
     pairs = [(better, worse) if r % 2 == 0 else (worse, better) for r in range(RACE_ROUNDS)]
-    rounds = [tuple((uri[run.info.run_id], f"team-race-{r}") for run in pair) for r, pair in enumerate(pairs)]
+    rounds = [[(uri[run.info.run_id], f"team-race-{r}") for run in pair] for r, pair in enumerate(pairs)]
 
     promoters = Promoters(team_server, tmp_path, rounds)
-    overlapping, better_first, problems = 0, 0, []
+    overlapping, better_first, agreeing, problems = 0, 0, 0, []
     try:
         for round_ in range(RACE_ROUNDS):
             name = f"team-race-{round_}"
@@ -261,25 +363,110 @@ def test_two_sweeps_racing_end_with_champion_on_the_better_version(team, team_se
             a, b = outcomes
             overlapping += a["start"] < b["end"] and b["start"] < a["end"]
             try:
-                versions = _versions(client, name)
-                assert len(versions) == 2, [v.version for v in versions]
-                by_run = {v.run_id: client.get_model_version(name, v.version) for v in versions}
+                by_run = {v.run_id: v for v in _versions(client, name)}
                 assert set(by_run) == {better.info.run_id, worse.info.run_id}, by_run
                 good, bad = by_run[better.info.run_id], by_run[worse.info.run_id]
                 better_first += int(good.version) < int(bad.version)
                 assert client.get_model_version_by_alias(name, "champion").version == good.version
-                assert set(good.aliases) == {"champion"}, good.aliases
-                assert set(bad.aliases) == ({"challenger"} if int(bad.version) > int(good.version) else set()), \
-                    bad.aliases
-                assert all(v.tags.get(PROMOTION_TAG) == "done" for v in by_run.values())
-                second = max(outcomes, key=lambda o: int(o["version"]))
-                assert "no champion yet" not in second["reason"], second  # it read the first one's outcome
+                agreeing += _check_round(client, name, outcomes, accuracy)
             except (AssertionError, MlflowException) as error:  # every round is run and reported
                 problems.append(f"round {round_}: {error!r}; outcomes {outcomes}")
     finally:
         promoters.close()
     with capsys.disabled():  # the summary shows without -s
         print(f"\nrace: {RACE_ROUNDS} rounds, {RACE_ROUNDS - len(problems)} correct (champion on the better version, "
-              f"2 versions, aliases as in version order, promotions done); {overlapping} with overlapping "
-              f"promotions; better model registered first in {better_first}")
+              f"2 ready versions, aliases as in version order, results the rule's); {overlapping} with overlapping "
+              f"promotions; better model registered first in {better_first}; {agreeing} of {2 * RACE_ROUNDS} "
+              "results saw both versions' outcome")
     assert not problems, "\n".join(problems)
+
+
+def test_four_promoters_racing_end_with_the_rules_champion(team, team_server, tmp_path, capsys):
+    """Four real processes register four different models (main's, the pruned one, the sweep's
+    two) into one fresh name at the same moment, 4 rounds, each process taking the next model
+    every round. The aliases must end as the rule over the four versions in version order
+    (computed here from the runs' accuracy and the versions' eval digests), each promoter's
+    result the rule over the versions it saw.
+    """
+    client = MlflowClient()
+    runs = [client.get_run(team["main_run_id"]), *_file_runs(client, team)]
+    accuracy = {run.info.run_id: run.data.metrics["accuracy"] for run in runs}
+    uris = [run.data.tags[MODEL_URI_TAG] for run in runs]
+    rounds = [[(uris[(i + r) % 4], f"team-race4-{r}") for i in range(4)] for r in range(RACE4_ROUNDS)]
+
+    promoters = Promoters(team_server, tmp_path, rounds)
+    agreeing, champions, problems = 0, [], []
+    try:
+        for round_ in range(RACE4_ROUNDS):
+            name = f"team-race4-{round_}"
+            outcomes = promoters.race(round_)
+            try:
+                agreeing += _check_round(client, name, outcomes, accuracy)
+                champions.append(client.get_model_version_by_alias(name, "champion").version)
+            except (AssertionError, MlflowException) as error:
+                problems.append(f"round {round_}: {error!r}; outcomes {outcomes}")
+    finally:
+        promoters.close()
+    with capsys.disabled():
+        print(f"\nrace of 4: {RACE4_ROUNDS} rounds, {RACE4_ROUNDS - len(problems)} correct; champion versions "
+              f"{champions}; {agreeing} of {4 * RACE4_ROUNDS} results saw the end state")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("stage", HOLD_STAGES)
+def test_a_promoter_killed_mid_promotion_holds_nobody_up(stage, team, team_server, tmp_path, capsys):
+    """Three promoters; the one with the most accurate model registers first (the lowest version)
+    and stops mid-promotion (``before-ready``: registered with its tags, not marked ready;
+    ``after-ready``: marked ready, no alias read or set). The other two are released together
+    and it is SIGKILLed at once. They finish within seconds (nothing waits for a dead promoter).
+    Before ready, its version is no candidate; after ready, they set the aliases for it. Then
+    the killed promotion is resumed with ``promote`` on the same logged model: it reuses its
+    version, and every alias and the printed line are the rule's over the three versions.
+    """
+    client = MlflowClient()
+    runs = sorted(_file_runs(client, team), key=lambda run: -run.data.metrics["accuracy"])
+    accuracy = {run.info.run_id: run.data.metrics["accuracy"] for run in runs}
+    name, marker = f"team-kill-{stage}", tmp_path / "held"
+    promoters = Promoters(team_server, tmp_path, [[(run.data.tags[MODEL_URI_TAG], name) for run in runs]],
+                          env={0: {HOLD_PROMOTION_ENV: stage, HOLD_MARKER_ENV: str(marker)}})
+    try:
+        promoters.wait_ready(0)
+        promoters.go(0, [0])
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert promoters.processes[0].poll() is None and time.monotonic() < deadline, promoters.logs()
+            time.sleep(0.01)
+        killed = int(marker.read_text())
+        started = time.monotonic()
+        promoters.go(0, [1, 2])
+        promoters.processes[0].send_signal(signal.SIGKILL)
+        assert promoters.processes[0].wait(timeout=60) == -signal.SIGKILL
+        outcomes = [promoters.result(i, 0) for i in (1, 2)]
+        seconds = time.monotonic() - started
+    finally:
+        promoters.close()
+    with capsys.disabled():
+        print(f"\nkilled {stage}: the two other promoters finished {seconds:.2f} s after their start")
+    assert seconds < 60, outcomes
+
+    victim = client.get_model_version(name, str(killed))
+    assert victim.run_id == runs[0].info.run_id and victim.tags[TOLERANCE_TAG] == "none"
+    assert victim.tags.get(READY_TAG) == ("true" if stage == "after-ready" else None), victim.tags
+    facts = _facts(client, name, accuracy)
+    assert sorted(facts) == sorted([int(o["version"]) for o in outcomes] + ([killed] if stage == "after-ready" else []))
+    champion, challenger, _ = _expected(facts)
+    _assert_aliases(client, name, champion, challenger)
+    always = (killed,) if stage == "after-ready" else ()
+    for outcome in outcomes:
+        version, got = int(outcome["version"]), (outcome["champion"], outcome["reason"])
+        assert got in _possible(version, facts, always), (version, got, sorted(_possible(version, facts, always)))
+
+    resumed = _finish(_start(team_server, tmp_path, "promote", "--model-uri", runs[0].data.tags[MODEL_URI_TAG],
+                             "--registered-model-name", name, "--max-accuracy-drop", "1"))
+    facts = _facts(client, name, accuracy)
+    assert sorted(facts) == [killed, *sorted(int(o["version"]) for o in outcomes)]
+    champion, challenger, reasons = _expected(facts)
+    _assert_aliases(client, name, champion, challenger)
+    line = [line for line in resumed.splitlines() if line.startswith("registered ")]
+    alias = "champion" if champion == killed else "challenger"
+    assert line == [f"registered {name} version {killed} ({alias}: {reasons[killed]})"], resumed[-3000:]

@@ -1,28 +1,36 @@
-"""Registering a variant and guarding the ``champion`` alias, safe for concurrent promoters.
+"""Registering a variant and setting the ``champion`` alias, safe for concurrent promoters.
 
-A new version takes ``champion`` only when it is within the tolerance and there is no champion
-yet, or it beats the current champion's quality (``selection.quality``) on the same evaluation
-data (same MLflow dataset digest). A model is registered once: registering the same logged
-model again (a resumed sweep) reuses its version.
+The champion rule (:func:`beats`): a version outside the tolerance never takes ``champion``; the
+first version within it does ("no champion yet"); a later one takes it from the champion only
+when it was evaluated on the same data (same MLflow dataset digest) with a strictly better
+quality (``selection.quality``). A model is registered once: registering the same logged model
+again (a resumed sweep) reuses its version.
 
-MLflow has no compare-and-set on aliases, so two sweeps promoting into one model at the same
-time could both read the old champion and the worse one set the alias last. The registry's
-version numbers are the one atomic, ordered thing it gives (the store assigns them), so
-promotions take turns in version order: a new version is tagged
-``mlflow_tflite.promotion=pending`` as soon as it is registered, waits until every lower
-version of the model is ``done`` (or was registered by something else, or its promoter has
-been gone for ``PROMOTION_EXPIRY_SECONDS``), then reads the champion, decides, sets the alias
-and tags itself ``done``. Only one promoter is ever between reading and setting, without any
-timing assumption beyond the expiry of a crashed promoter's turn. Ages are measured on the
-tracking server's clock (version timestamps) plus the time waited here, so a promoter whose
-clock is off does not cut another's turn short. A champion that is beaten keeps no alias;
-``challenger`` names the latest version that did not take ``champion``.
+MLflow has no compare-and-set on aliases, so promoters do not read the champion and then move
+it. Instead each version records everything the rule needs as version tags: its metrics
+(``VERSION_METRIC_TAGS``), its evaluation data digest (``EVAL_DIGEST_TAG``) and whether it met
+the tolerance its promoter judged it with (``TOLERANCE_TAG``: the violation, or ``none``), and
+then, last, ``READY_TAG``. The champion is a function of the ready versions alone
+(:func:`fold_champion`): the rule applied in version order from the lowest up. Every promoter
+marks its version ready, computes that function, sets the aliases to it, and reads the ready
+versions and the aliases again, until what it reads agrees with what it computed. Promoters
+that read the same versions write the same aliases, and each one's last read follows its last
+write, so the aliases end on the function of all ready versions, whatever the interleaving.
+Nobody waits for anybody: a promoter that dies before marking its version ready leaves a
+version that is never a candidate; one that dies after leaves its version to the next
+promoter of the model, which sets the aliases for it.
+
+A promoter's :class:`Registration` describes the ready versions it last read: a lower version
+whose promoter is still writing its tags may become ready afterwards, and its own promoter then
+moves the aliases. ``challenger`` names the latest ready version that did not take ``champion``
+in the fold (a beaten champion keeps no alias). Aliases the fold does not name (no version
+within the tolerance yet, or none that failed to take ``champion``) are left as they are.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import mlflow
 from mlflow import MlflowClient
@@ -31,16 +39,21 @@ from mlflow.exceptions import MlflowException
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.flavor import FLAVOR_NAME
 from mlflow_tflite.track.selection import Tolerance, quality
-from mlflow_tflite.tags import EVAL_DIGEST_TAG, VARIANT_TAG, VERSION_METRIC_TAGS
+from mlflow_tflite.tags import (
+    EVAL_DIGEST_TAG, READY_TAG, TOLERANCE_MET, TOLERANCE_TAG, VARIANT_TAG, VERSION_METRIC_TAGS,
+)
 from mlflow_tflite.track.runs import evaluation_digest
+
+_logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-PROMOTION_TAG = "mlflow_tflite.promotion"  # on a model version: "pending" while its promoter decides, then "done"
-# A pending turn older than this belongs to a promoter that died (a sweep's promotion takes seconds).
-PROMOTION_EXPIRY_SECONDS = 600.0
-# A version without the tag this long after its creation was registered by something else.
-UNTAGGED_GRACE_SECONDS = 60.0
+# Version tags (to move into tags.py). TOLERANCE_TAG: why the version is outside the tolerance
+# its promoter judged it with, or TOLERANCE_MET when within. READY_TAG: "true", written after
+# every other tag the rule reads; only ready versions are candidates.
+# Rounds of (read, set aliases) before a promoter gives up: each round that does not settle
+# means another version became ready or another writer moved an alias meanwhile.
+MAX_ROUNDS = 50
 
 
 @dataclass(frozen=True)
@@ -53,15 +66,34 @@ class Registration:
     reason: str
 
 
-def _current_champion(client: MlflowClient, name: str):
-    """The version holding ``champion``, or ``None`` when the model or the alias does not exist.
+@dataclass(frozen=True)
+class VersionRecord:
+    """What the champion rule reads from a ready model version's tags."""
+
+    version: int
+    violation: str | None  # outside the tolerance: why; within: None
+    eval_digest: str | None
+    metrics: dict[str, float]
+
+
+@dataclass
+class Outcome:
+    """The aliases :func:`fold_champion` computes and a one-line reason per version."""
+
+    champion: int | None = None
+    challenger: int | None = None
+    reasons: dict[int, str] = field(default_factory=dict)
+
+
+def _alias_holder(client: MlflowClient, name: str, alias: str):
+    """The version holding ``alias``, or ``None`` when the model or the alias does not exist.
 
     Raises:
         MlflowException: any other registry error (an unreachable server, no permission): it
             must not be mistaken for "no champion yet", which would move the alias.
     """
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as error:
         missing_model = error.error_code == "RESOURCE_DOES_NOT_EXIST"
         missing_alias = error.error_code == "INVALID_PARAMETER_VALUE" and "not found" in error.message
@@ -70,34 +102,147 @@ def _current_champion(client: MlflowClient, name: str):
         raise
 
 
-def _version_metrics(version) -> dict[str, float]:
-    return {k: float(version.tags[k]) for k in VERSION_METRIC_TAGS if k in version.tags}
+def _current_champion(client: MlflowClient, name: str):
+    """The version holding ``champion``, or ``None`` (see :func:`_alias_holder`, which raises)."""
+    return _alias_holder(client, name, CHAMPION)
 
 
-def champion_decision(client: MlflowClient, name: str, metrics: dict[str, float], eval_digest: str | None,
-                      tolerance: Tolerance, version: str | None = None) -> tuple[bool, str]:
-    """(take ``champion``?, one-line reason) for a version with ``metrics`` on data ``eval_digest``.
+def _record(version) -> VersionRecord:
+    """The rule's inputs from a model version's tags (a missing tolerance verdict counts as outside)."""
+    violation = version.tags.get(TOLERANCE_TAG, "no tolerance verdict recorded")
+    metrics = {k: float(version.tags[k]) for k in VERSION_METRIC_TAGS if k in version.tags}
+    return VersionRecord(int(version.version), None if violation == TOLERANCE_MET else violation,
+                         version.tags.get(EVAL_DIGEST_TAG), metrics)
+
+
+def _score(value: float | None) -> str:
+    return "no score" if value is None else f"{value:.4f}"
+
+
+def beats(candidate: VersionRecord, champion: VersionRecord | None) -> tuple[bool, str]:
+    """The champion rule for one step: does ``candidate`` take ``champion`` from ``champion``?
 
     Args:
-        version: the version being decided, when it already exists (it may hold the alias).
+        candidate: the next version in version order.
+        champion: the champion of the lower versions, or ``None``.
+
+    Returns:
+        (takes ``champion``, one-line reason naming the champion it was compared with).
     """
-    violation = tolerance.violation(metrics)
-    current = _current_champion(client, name)
-    if current is not None and version is not None and str(current.version) == str(version):
-        return True, "already champion"
-    if violation:
-        return False, f"outside the tolerance ({violation}); champion not moved"
-    if current is None:
+    if candidate.violation:
+        return False, f"outside the tolerance ({candidate.violation}); champion not moved"
+    if champion is None:
         return True, "no champion yet"
-    score = quality(metrics)
-    if score is None or eval_digest is None:
-        return False, f"version {current.version} stays champion: the new version was not evaluated on data"
-    if current.tags.get(EVAL_DIGEST_TAG) != eval_digest:
-        return False, f"version {current.version} stays champion: it was evaluated on other data"
-    current_score = quality(_version_metrics(current))
+    score, current = quality(candidate.metrics), champion.version
+    if score is None or candidate.eval_digest is None:
+        return False, f"version {current} stays champion: the new version was not evaluated on data"
+    if champion.eval_digest != candidate.eval_digest:
+        return False, f"version {current} stays champion: it was evaluated on other data"
+    current_score = quality(champion.metrics)
     if current_score is not None and score <= current_score:
-        return False, f"version {current.version} stays champion: score {current_score:.4f} >= {score:.4f}"
-    return True, f"beats version {current.version} ({current_score} -> {score:.4f}) on the same data"
+        return False, f"version {current} stays champion: score {current_score:.4f} >= {score:.4f}"
+    return True, f"beats version {current} ({_score(current_score)} -> {score:.4f}) on the same data"
+
+
+def fold_champion(records: list[VersionRecord]) -> Outcome:
+    """``champion`` and ``challenger`` as a function of the ready versions: :func:`beats` in version order.
+
+    Args:
+        records: the ready versions of one registered model, in any order.
+
+    Returns:
+        :class:`Outcome`: the champion (``None`` when no version is within the tolerance), the
+        latest version that did not take champion (or ``None``), and per version why it holds
+        ``champion``, lost it (``version B beat it ...``) or never took it; a reason naming a
+        champion that lost it later ends with ``; version N is champion``.
+    """
+    outcome, champion, named = Outcome(), None, {}
+    for record in sorted(records, key=lambda r: r.version):
+        takes, reason = beats(record, champion)
+        if takes:
+            if champion is not None:
+                outcome.reasons[champion.version] = (
+                    f"version {record.version} beat it ({_score(quality(champion.metrics))} -> "
+                    f"{_score(quality(record.metrics))}) on the same data")
+                named[champion.version] = record.version
+            champion = record
+        else:
+            outcome.challenger = record.version
+            if champion is not None and not record.violation:
+                named[record.version] = champion.version
+        outcome.reasons[record.version] = reason
+    outcome.champion = champion.version if champion else None
+    for version, holder in named.items():
+        if holder != outcome.champion:
+            outcome.reasons[version] += f"; version {outcome.champion} is champion"
+    return outcome
+
+
+def _ready_records(client: MlflowClient, name: str) -> list[VersionRecord]:
+    """The ready versions of ``name`` (every page of the search)."""
+    records, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", page_token=token)
+        records += [_record(v) for v in page if v.tags.get(READY_TAG) == "true"]
+        token = page.token
+        if not token:
+            return records
+
+
+def _holders(client: MlflowClient, name: str) -> dict[str, int | None]:
+    """Which version holds ``champion`` and ``challenger`` (``None``: no such alias)."""
+    holders = {alias: _alias_holder(client, name, alias) for alias in (CHAMPION, CHALLENGER)}
+    return {alias: int(v.version) if v is not None else None for alias, v in holders.items()}
+
+
+def _set_alias(client: MlflowClient, name: str, alias: str, version: int, absent: bool) -> None:
+    """Point ``alias`` at ``version``. Creating an alias that was ``absent`` fails when another
+    promoter created it at the same moment (the store's insert hits the unique key); that is
+    no error: the next round reads who holds it.
+
+    Raises:
+        MlflowException: any other failure (the alias still does not exist after it).
+    """
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException:
+        if not absent or _alias_holder(client, name, alias) is None:
+            raise
+        _logger.info("%s: another promoter created %s at the same moment; reading again", name, alias)
+
+
+def converge(client: MlflowClient, name: str, max_rounds: int = MAX_ROUNDS) -> Outcome:
+    """Set ``champion`` and ``challenger`` of ``name`` to :func:`fold_champion` of its ready versions.
+
+    Reads the ready versions and the aliases; when an alias the fold names is elsewhere, sets
+    it and reads again, until a read agrees with the fold of the versions it returned.
+
+    Args:
+        client: the registry client.
+        name: registered model name.
+        max_rounds: rounds of (read, set) before giving up.
+
+    Returns:
+        The :class:`Outcome` of the last read.
+
+    Raises:
+        TFLiteError: the aliases did not settle within ``max_rounds`` (another writer keeps
+            moving them).
+        MlflowException: the registry could not be read or written.
+    """
+    for round_ in range(max_rounds):
+        records = _ready_records(client, name)
+        outcome, holders = fold_champion(records), _holders(client, name)
+        wanted = {CHAMPION: outcome.champion, CHALLENGER: outcome.challenger}
+        moves = {alias: v for alias, v in wanted.items() if v is not None and holders[alias] != v}
+        if not moves:
+            _logger.debug("%s: aliases agree with %d ready versions after %d round(s)", name, len(records), round_ + 1)
+            return outcome
+        for alias, version in moves.items():
+            _logger.debug("%s: setting %s to version %s (was %s)", name, alias, version, holders[alias])
+            _set_alias(client, name, alias, version, holders[alias] is None)
+    raise TFLiteError(f"the aliases of model {name!r} did not settle after {max_rounds} rounds: another writer "
+                      "keeps moving champion or challenger; retry with promote")
 
 
 def _existing_version(client: MlflowClient, name: str, model_uri: str, run_id: str | None):
@@ -110,49 +255,39 @@ def _existing_version(client: MlflowClient, name: str, model_uri: str, run_id: s
     return None
 
 
-def _blocking_versions(versions: list, version: str, server_now_ms: int) -> list[str]:
-    """Lower versions whose promotion has not finished at ``server_now_ms`` (server clock, see module doc)."""
-    blocking = []
-    for other in versions:
-        if int(other.version) >= int(version):
-            continue
-        age = (server_now_ms - int(other.creation_timestamp)) / 1000.0
-        state = other.tags.get(PROMOTION_TAG)
-        if state == "pending" and age < PROMOTION_EXPIRY_SECONDS:
-            blocking.append(str(other.version))
-        elif state is None and age < UNTAGGED_GRACE_SECONDS:
-            blocking.append(str(other.version))  # registered a moment ago; its pending tag is on its way
-    return blocking
+def _mark_ready(client: MlflowClient, name: str, version: str) -> None:
+    """Tag ``version`` ready: from now on it is a candidate (its other tags are written)."""
+    client.set_model_version_tag(name, version, READY_TAG, "true")
 
 
-def _wait_for_turn(client: MlflowClient, name: str, version: str, poll_seconds: float = 0.2) -> None:
-    """Block until every lower version of ``name`` has finished its promotion.
+def _version_tags(metrics: dict[str, float], eval_digest: str | None, variant_name: str,
+                  violation: str | None) -> dict[str, str]:
+    """The version tags the rule reads (all but ``READY_TAG``), plus the variant name."""
+    tags = {VARIANT_TAG: variant_name, TOLERANCE_TAG: violation or TOLERANCE_MET,
+            **{k: repr(float(metrics[k])) for k in VERSION_METRIC_TAGS if k in metrics}}
+    if eval_digest:
+        tags[EVAL_DIGEST_TAG] = eval_digest
+    return tags
 
-    The server's "now" is the newest timestamp among the model's versions when waiting starts
-    (this version was just registered and tagged there), advanced by the time waited here.
 
-    Raises:
-        TFLiteError: still blocked after ``PROMOTION_EXPIRY_SECONDS`` (names the versions).
+def _register(client: MlflowClient, model_uri: str, name: str, tags: dict[str, str]) -> str:
+    """Register ``model_uri`` under ``name`` with ``tags`` (or reuse its version) and mark it ready.
+
+    A reused version that is already ready keeps the tags it was judged with.
     """
-    import sys
-
-    started, told, server_start_ms = time.monotonic(), False, None
-    while True:
-        versions = client.search_model_versions(f"name = '{name}'")
-        if server_start_ms is None:
-            server_start_ms = max(max(int(v.creation_timestamp), int(v.last_updated_timestamp or 0)) for v in versions)
-        waited = time.monotonic() - started
-        blocking = _blocking_versions(versions, version, server_start_ms + int(waited * 1000))
-        if not blocking:
-            return
-        if waited > PROMOTION_EXPIRY_SECONDS + 5:
-            raise TFLiteError(f"model {name!r} version {version} waited {waited:.0f} s for the promotion of versions "
-                              f"{', '.join(blocking)}; retry with promote")
-        if waited > 5 and not told:  # a promoter that died holds its turn until it expires: say why we wait
-            print(f"waiting for the promotion of {name!r} version(s) {', '.join(blocking)} to finish (a promoter "
-                  f"that died releases its turn after {PROMOTION_EXPIRY_SECONDS:.0f} s)", file=sys.stderr)
-            told = True
-        time.sleep(poll_seconds)
+    run_id = mlflow.models.get_model_info(model_uri).run_id if model_uri.startswith("models:/m-") else None
+    existing = _existing_version(client, name, model_uri, run_id)
+    if existing is None:
+        version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    else:
+        version = str(existing.version)
+        if existing.tags.get(READY_TAG) == "true":
+            _logger.info("%s version %s is registered and ready already; its tags stay", name, version)
+            return version
+        for key, value in tags.items():  # its promoter died before marking it ready
+            client.set_model_version_tag(name, version, key, value)
+    _mark_ready(client, name, version)
+    return version
 
 
 def register_and_promote(
@@ -163,9 +298,11 @@ def register_and_promote(
     variant_name: str,
     tolerance: Tolerance = Tolerance(),
 ) -> Registration:
-    """Register ``model_uri`` under ``name`` (once), tag and describe the version, and set an alias.
+    """Register ``model_uri`` under ``name`` (once), tag and describe the version, and set the aliases.
 
-    The version takes ``champion`` if it wins (see module doc), otherwise ``challenger``.
+    The version records its metrics, evaluation data digest and tolerance verdict, then is
+    marked ready; ``champion`` and ``challenger`` are then set to the function of all ready
+    versions (see module doc).
 
     Args:
         model_uri: the logged model (``models:/m-...`` or ``runs:/<id>/model``).
@@ -176,29 +313,20 @@ def register_and_promote(
         tolerance: a version outside it never takes ``champion``.
 
     Returns:
-        :class:`Registration`.
+        :class:`Registration`: whether this version holds ``champion`` among the ready
+        versions the promoter last read, and why (one line).
 
     Raises:
         MlflowException: the registry could not be read or written.
+        TFLiteError: the aliases did not settle (see :func:`converge`).
     """
     client = MlflowClient()
-    run_id = mlflow.models.get_model_info(model_uri).run_id if model_uri.startswith("models:/m-") else None
-    existing = _existing_version(client, name, model_uri, run_id)
-    version = str(existing.version if existing else mlflow.register_model(model_uri, name).version)
-    client.set_model_version_tag(name, version, PROMOTION_TAG, "pending")
-    tags = {VARIANT_TAG: variant_name, **{k: repr(float(metrics[k])) for k in VERSION_METRIC_TAGS if k in metrics}}
-    if eval_digest:
-        tags[EVAL_DIGEST_TAG] = eval_digest
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    _wait_for_turn(client, name, version)
-    try:
-        take_champion, reason = champion_decision(client, name, metrics, eval_digest, tolerance, version)
-        client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
-        client.set_registered_model_alias(name, CHAMPION if take_champion else CHALLENGER, version)
-    finally:
-        client.set_model_version_tag(name, version, PROMOTION_TAG, "done")
-    return Registration(name, version, take_champion, reason)
+    tags = _version_tags(metrics, eval_digest, variant_name, tolerance.violation(metrics))
+    version = _register(client, model_uri, name, tags)
+    outcome = converge(client, name)
+    reason = outcome.reasons.get(int(version), "not among the ready versions read (its ready tag was removed)")
+    client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
+    return Registration(name, version, outcome.champion == int(version), reason)
 
 
 def version_description(variant_name: str, metrics: dict[str, float], reason: str) -> str:
@@ -208,7 +336,7 @@ def version_description(variant_name: str, metrics: dict[str, float], reason: st
 
 
 def promote_logged_model(model_uri: str, name: str, tolerance: Tolerance = Tolerance()) -> Registration:
-    """Register any logged ``tflite`` model and apply the alias guard (the ``promote`` command).
+    """Register any logged ``tflite`` model and apply the champion rule (the ``promote`` command).
 
     The metrics, the variant name and the evaluation data digest are read from the run that
     logged the model.
@@ -218,8 +346,12 @@ def promote_logged_model(model_uri: str, name: str, tolerance: Tolerance = Toler
         name: registered model name.
         tolerance: a model outside it is registered as ``challenger`` only.
 
+    Returns:
+        :class:`Registration` (see :func:`register_and_promote`).
+
     Raises:
         TFLiteError: the URI does not name a logged model of a run of flavor ``tflite``.
+        MlflowException: the registry could not be read or written.
     """
     try:
         info = mlflow.models.get_model_info(model_uri)
