@@ -104,7 +104,8 @@ def test_a_killed_ray_worker_is_retried_once_then_its_variant_fails(ray_cluster,
     assert result.best.variant in ("none-s0-i8", "dynamic-s0-i8")
 
 
-def test_workers_import_the_package_ray_shipped(ray_cluster):
+def test_workers_import_the_package_ray_shipped(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Ray puts the driver's working directory on the workers' path: not the checkout
     executor = RayExecutor(1, Job({"model": "not-opened-by-this-task"}), ray_cluster.address)
     try:
         ((_, status, module_file),) = list(executor.run([faults.ModuleFile()]))

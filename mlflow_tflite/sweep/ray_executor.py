@@ -19,6 +19,7 @@ goes on.
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 from collections import deque
@@ -28,6 +29,7 @@ import mlflow_tflite
 from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.sweep.worker import Job, Worker, task_name, with_shipped
 
+logger = logging.getLogger(__name__)
 ATTEMPTS = 2  # a task whose worker dies runs at most this often (max_task_retries = ATTEMPTS - 1)
 
 
@@ -78,6 +80,10 @@ class RayWorker:
         values = ray.get([shipped_refs[key] for key in keys]) if keys else []
         return self.worker.run(with_shipped(task, dict(zip(keys, values))))
 
+    def close(self) -> None:
+        """``Worker.close`` before the executor kills this actor."""
+        self.worker.close()
+
 
 class RayExecutor:
     """``workers`` Ray actors (one CPU each) running the sweep's tasks; see the module docstring."""
@@ -89,7 +95,7 @@ class RayExecutor:
             TFLiteError: Ray is not installed, or ``address`` does not answer.
         """
         ray = _import_ray()
-        self.ray, self.owns_ray, self.refs, self.actors = ray, False, {}, []
+        self.ray, self.owns_ray, self.refs, self.actors, self.running = ray, False, {}, [], {}
         if not ray.is_initialized():
             check_address(address)
             try:
@@ -105,8 +111,9 @@ class RayExecutor:
         if cpus < 1:
             raise TFLiteError(f"the Ray cluster at {address or 'auto'} has no CPUs for workers; add a node")
         actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=ATTEMPTS - 1)(RayWorker)
-        job_ref = ray.put(job)
-        self.actors = [actor_class.remote(job_ref)
+        # Kept for the executor's life: a restarted actor is constructed again from this object.
+        self.job_ref = ray.put(job)
+        self.actors = [actor_class.remote(self.job_ref)
                        for _ in range(min(count, cpus))]  # more actors than CPUs would wait forever for one
 
     def _shipped_refs(self, task) -> dict:
@@ -122,6 +129,7 @@ class RayExecutor:
 
         ray = self.ray
         pending, idle, running = deque(tasks), list(self.actors), {}
+        self.running = running  # close() after Ctrl-C kills busy actors at once
         while pending or running:
             while pending and idle:
                 actor, task = idle.pop(), pending.popleft()
@@ -145,9 +153,16 @@ class RayExecutor:
         ray = self.ray
         if not ray.is_initialized():  # closed already (any Ray call now would start a new local Ray)
             return
+        from ray.exceptions import GetTimeoutError, RayError
+
+        if not self.running:  # idle actors delete their copies of the source; busy ones (Ctrl-C) are just killed
+            try:
+                ray.get([actor.close.remote() for actor in self.actors], timeout=10)
+            except (GetTimeoutError, RayError) as error:
+                logger.debug("Ray workers not closed before kill: %s", first_line(error))
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        self.actors, self.refs = [], {}
+        self.actors, self.refs, self.job_ref = [], {}, None
         if self.owns_ray:
             ray.shutdown()
             self.owns_ray = False

@@ -138,6 +138,12 @@ class Worker:
         except Exception as error:  # a converter's or TensorFlow's own error: the variant fails, the sweep goes on
             return "error", f"{type(error).__name__}: {first_line(error)}"
 
+    def close(self) -> None:
+        """Delete the unpacked copy of a shipped source (a worker on another machine leaves nothing behind)."""
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder, self._state = None, None
+
     def builds(self, shipped: dict) -> Builds:
         """The build graph with the ``shipped`` models and float flatbuffers added."""
         builds = self.state()[1]
