@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.quiet import start_tensorflow
 from mlflow_tflite.options import floats_list, number, option
 
 DIGITS_SOURCE = "sklearn.datasets.load_digits"
@@ -130,6 +131,7 @@ def resize_images(x: np.ndarray, input_size: int) -> np.ndarray:
         raise TFLiteError(f"input_size {input_size!r} must be a positive number of pixels, e.g. 96")
     if x.shape[1] == input_size and x.shape[2] == input_size:
         return x.copy()
+    start_tensorflow()  # TensorFlow's start-up notices dropped, if this is its first use in the process
     import tensorflow as tf
 
     size = (int(input_size), int(input_size))

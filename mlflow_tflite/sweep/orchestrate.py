@@ -32,7 +32,7 @@ from mlflow_tflite.sweep.outcome import Outcome
 from mlflow_tflite.track.rows import Row
 from mlflow_tflite.sweep.phases import run_variants
 from mlflow_tflite.sweep.ray_executor import RayExecutor
-from mlflow_tflite.sweep.record import log_outcome, log_trial_latencies, log_variant_source
+from mlflow_tflite.sweep.record import SourceDescription, log_outcome, log_trial_latencies, log_variant_source
 from mlflow_tflite.sweep.worker import Describe, Job, ShippedSource
 from mlflow_tflite.track import registry, report, runs, selection, sweep_runs
 from mlflow_tflite.variants import Variant
@@ -73,7 +73,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
     with closing(_executor(config, open_args, dataset)) as workers:
         meta = _describe(workers)
         variants = list(dict.fromkeys(  # "native" may equal a size also given
-            v if v.input_size else replace(v, input_size=meta["native_input_size"]) for v in config.variants))
+            v if v.input_size else replace(v, input_size=meta.native_input_size) for v in config.variants))
         if config.resume:
             sweep_runs.check_config(config.resume, config.record(variants))  # before anything moves
         progress_record = sweep_runs.SweepProgress()
@@ -85,7 +85,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
             raise TFLiteError(sweep_runs.tracking_lost(error, progress_record)) from None
 
 
-def _in_parent_run(config: SweepConfig, workers: SweepExecutor, meta: dict, variants: list[Variant], dataset,
+def _in_parent_run(config: SweepConfig, workers: SweepExecutor, meta: SourceDescription, variants: list[Variant], dataset,
                    progress: bool, record: sweep_runs.SweepProgress) -> SweepResult:
     # Under `mlflow run`, MLflow has created this entry point's run (MLFLOW_RUN_ID): it is the parent,
     # and a resumed sweep continues in it (sweep_runs.continue_in) instead of leaving it empty.
@@ -98,12 +98,12 @@ def _in_parent_run(config: SweepConfig, workers: SweepExecutor, meta: dict, vari
         if config.resume and config.resume != parent.info.run_id:
             sweep_runs.continue_in(config.resume, parent.info.run_id)
         sweep_runs.record_or_check_config(parent.info.run_id, config.record(variants), resumed=config.resume is not None)
-        runs.log_params_once(_sweep_params(config, variants, meta["uri"]))
+        runs.log_params_once(_sweep_params(config, variants, meta.uri))
         rows, outcomes = _run_children(config, workers, meta, variants, dataset, progress, record)
         workers.close()  # the quiet phase: nothing else runs on these cores while latency is timed
         _log_phase_totals(outcomes)
         _time_latencies(rows, outcomes, record.finished_runs, config.num_threads)
-        return _choose_and_register(parent.info.run_id, rows, config, meta["name"])
+        return _choose_and_register(parent.info.run_id, rows, config, meta.name)
 
 
 def _executor(config: SweepConfig, open_args: dict, dataset) -> SweepExecutor:
@@ -114,14 +114,14 @@ def _executor(config: SweepConfig, open_args: dict, dataset) -> SweepExecutor:
     return LocalExecutor(min(config.workers, len(config.variants)), Job(open_args, dataset))
 
 
-def _describe(workers: SweepExecutor) -> dict:
+def _describe(workers: SweepExecutor) -> SourceDescription:
     (_, status, meta), = list(workers.run([Describe()]))
     if status != "ok":
         raise TFLiteError(meta)
     return meta
 
 
-def _run_children(config: SweepConfig, workers: SweepExecutor, meta: dict, variants: list[Variant], dataset,
+def _run_children(config: SweepConfig, workers: SweepExecutor, meta: SourceDescription, variants: list[Variant], dataset,
                   progress: bool, record: sweep_runs.SweepProgress) -> tuple[list[Row], dict[str, Outcome]]:
     """Each variant's child run as its outcome arrives; earlier sessions' FINISHED ones are kept."""
     parent_run_id = record.parent_run_id
@@ -132,7 +132,7 @@ def _run_children(config: SweepConfig, workers: SweepExecutor, meta: dict, varia
     tensor_table = dataset is not None and config.open_options.get("tensor_errors", True)
     # A context manager: the bar ends its line even when an error stops the loop (the CLI's one line follows).
     with tqdm(total=len(variants), initial=len(variants) - len(todo), desc="variants", disable=not progress) as bar:
-        for variant, status, value in run_variants(workers, todo, meta["native_input_size"], tensor_table):
+        for variant, status, value in run_variants(workers, todo, meta.native_input_size, tensor_table):
             bar.set_postfix_str(variant.name)
             record.converted(variant.name, value.metrics if status == "ok" else None, None if status == "ok" else value)
             rows[variant.name] = _log_child(variant, meta, status, value, dataset, config.num_threads)
@@ -145,7 +145,7 @@ def _run_children(config: SweepConfig, workers: SweepExecutor, meta: dict, varia
     return [rows[v.name] for v in variants if v.name in rows], outcomes
 
 
-def _log_child(variant: Variant, meta: dict, status: str, value, dataset, num_threads: int) -> Row:
+def _log_child(variant: Variant, meta: SourceDescription, status: str, value, dataset, num_threads: int) -> Row:
     """One child run: FINISHED with the outcome, or FAILED with the error message; its row."""
     row = Row(variant.name)
     try:

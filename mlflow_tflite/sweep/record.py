@@ -3,6 +3,8 @@ metrics, artifacts, data set inputs and ``tflite`` model (``main`` runs and swee
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mlflow
 
 from mlflow_tflite import tags
@@ -14,21 +16,37 @@ from mlflow_tflite.track.sweep_runs import log_metrics_to
 from mlflow_tflite.variants import Variant
 
 
-def log_variant_source(context_meta: dict, variant: Variant, num_threads: int, dataset: Dataset | None) -> None:
-    """The variant run's params and lineage tags (``runs.log_source``) from a source description.
+@dataclass(frozen=True)
+class SourceDescription:
+    """What the runs record of a source (a worker describes it to the driver).
 
-    Args:
-        context_meta: ``uri``, ``task``, ``lineage`` and ``source_params`` of the source
-            (:func:`describe`).
+    Attributes:
+        name: the default registered model name (``digits-cnn``).
+        uri: the run param ``source``.
+        native_input_size: the square input side in pixels, or ``None``.
+        task: ``classification`` or ``fidelity``.
+        lineage: tags linking a model converted from an MLflow model to it.
+        source_params: source options that differ from their defaults, as run params.
     """
-    runs.log_source(context_meta["uri"], variant, num_threads, context_meta["task"], context_meta["lineage"],
-                    dataset.preprocessing if dataset else None, context_meta["source_params"])
+
+    name: str
+    uri: str
+    native_input_size: int | None
+    task: str
+    lineage: dict[str, str]
+    source_params: dict[str, str]
 
 
-def describe(context: Context) -> dict:
-    """What the runs record of a context's source: name, URI, native size, task, lineage, source params."""
-    return {"name": context.source.name, "uri": context.source.uri, "native_input_size": context.native_input_size,
-            "task": context.task, "lineage": context.source.lineage, "source_params": context.source_params}
+def describe(context: Context) -> SourceDescription:
+    """A context's :class:`SourceDescription`."""
+    return SourceDescription(context.source.name, context.source.uri, context.native_input_size, context.task,
+                             dict(context.source.lineage), dict(context.source_params))
+
+
+def log_variant_source(source: SourceDescription, variant: Variant, num_threads: int, dataset: Dataset | None) -> None:
+    """The variant run's params and lineage tags (``runs.log_source``) from a source description."""
+    runs.log_source(source.uri, variant, num_threads, source.task, source.lineage,
+                    dataset.preprocessing if dataset else None, source.source_params)
 
 
 def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num_threads: int,

@@ -25,7 +25,7 @@ from mlflow_tflite.options import OpsSet
 from mlflow_tflite.quiet import start_tensorflow
 from mlflow_tflite.sweep.context import Context, prepare
 from mlflow_tflite.sweep.outcome import Outcome
-from mlflow_tflite.sweep.record import describe
+from mlflow_tflite.sweep.record import SourceDescription, describe
 from mlflow_tflite.sweep.work import variant_work
 from mlflow_tflite.variants import Variant
 
@@ -161,7 +161,7 @@ class Describe:
 
     shipped: dict = field(default_factory=dict)
 
-    def __call__(self, worker: Worker) -> dict:
+    def __call__(self, worker: Worker) -> SourceDescription:
         return describe(worker.state()[0])
 
 
