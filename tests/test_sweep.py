@@ -202,6 +202,20 @@ def test_sweep_input_errors_are_input_errors_before_any_run(tracking, tmp_path):
     assert not list(tmp_path.glob("mlflow-tflite-sweep-*.json"))  # the working directory (tracking's tmp_path)
 
 
+def test_the_config_file_sweep_section_reaches_the_sweep(tracking, tmp_path):
+    """Under `mlflow run` the sweep's expert options (ray_address, ...) come from the config file."""
+    config = tmp_path / "options.yaml"
+    config.write_text("sweep: {ray_address: '127.0.0.1:1'}\n")
+    result = CliRunner().invoke(cli, ["sweep", "--quant", "int8", "--sparsity", "0", "--config", str(config)])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == (
+        "Error: ray_address='127.0.0.1:1' only applies to executor=ray, but executor is local; add executor=ray or "
+        "leave ray_address out"), result.output
+    config.write_text("sweep: {speed: fast}\n")
+    result = CliRunner().invoke(cli, ["sweep", "--quant", "int8", "--sparsity", "0", "--config", str(config)])
+    assert result.exit_code == 1 and "config section 'sweep' has unknown keys ['speed']" in result.output
+    assert MlflowClient().search_runs(["0"]) == []
+
+
 def _sweep_args(model, data, *extra):
     return ["sweep", "--model", model, "--data", data, "--sparsity", "0", *extra]
 

@@ -37,7 +37,7 @@ class VariantResult:
 
 
 def run_variant(context: Context, variant: Variant, registered_model_name: str | None = None, num_threads: int = 1,
-                register: bool = True, tolerance: Tolerance = Tolerance()) -> VariantResult:
+                register: bool = True, tolerance: Tolerance = Tolerance(), builds: Builds | None = None) -> VariantResult:
     """Convert, evaluate and log one variant as an MLflow run; register it if asked.
 
     Args:
@@ -47,6 +47,8 @@ def run_variant(context: Context, variant: Variant, registered_model_name: str |
         num_threads: LiteRT interpreter threads for latency and the pyfunc.
         register: register the model version and apply the ``champion`` rule.
         tolerance: a variant outside it is registered as ``challenger`` only.
+        builds: the source's build graph, to share pruned models and float flatbuffers between
+            calls (one of its own when ``None``).
 
     Returns:
         :class:`VariantResult`.
@@ -57,7 +59,7 @@ def run_variant(context: Context, variant: Variant, registered_model_name: str |
     """
     with runs.variant_run(variant) as run:
         log_variant_source(describe(context), variant, num_threads, context.dataset)
-        outcome = variant_work(context, Builds(context.build_inputs()), variant)
+        outcome = variant_work(context, builds or Builds(context.build_inputs()), variant)
         latencies = {} if outcome.not_evaluated else time_latency(outcome.latency_models(variant.name), num_threads)
         model_info, eval_digest = log_outcome(outcome, variant, context.dataset, num_threads,
                                               latencies.get(variant.name))
