@@ -161,12 +161,10 @@ def _input_size(value: str | int | None) -> int | None:
         raise TFLiteError(f"input_size {value!r} is not a whole number; pass e.g. 96, or native") from None
 
 
-def _check_and_start(job: JobOptions, tensorflow: bool = True) -> None:
-    """Before expensive work: the tracking store answers; then TensorFlow starts quietly (not in a
-    sweep's driver: its workers convert, it only logs and times LiteRT models)."""
+def _check_and_start(job: JobOptions) -> None:
+    """Before expensive work: the tracking store answers; then TensorFlow starts quietly."""
     check_tracking_store()
-    if tensorflow:
-        start_tensorflow()
+    start_tensorflow()
 
 
 @cli.command()
@@ -210,8 +208,7 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
         registered_model_name=job.run.registered_model_name, num_threads=job.run.num_threads,
         register=not job.run.no_register, **pop_fields(SweepConfig, kwargs, sweep_config),
     )
-    _check_and_start(job, tensorflow=False)
-    result = run_sweep(config)
+    result = run_sweep(config)  # it checks the tracking store while its workers start
     for row in result.rows:
         shown = ", ".join(f"{k}={row.metrics[k]:.4g}" for k in ("accuracy_drop", "size_bytes", "latency_ms_p50")
                           if k in row.metrics)

@@ -60,9 +60,10 @@ class LocalExecutor:
     """
 
     def __init__(self, count: int, job: Job):
-        """Start no process yet: the first :meth:`run` starts ``count`` of them at once."""
-        self.count, self.job, self.idle, self.started = count, job, [], []
+        """Start ``count`` processes now: each imports TensorFlow and opens the job while the caller goes on."""
+        self.count, self.job, self.started = count, job, []
         self._context = get_context("spawn")
+        self.idle = [self._start() for _ in range(count)]
 
     def _start(self) -> _Process:
         parent, child = self._context.Pipe()
@@ -74,8 +75,6 @@ class LocalExecutor:
 
     def run(self, tasks: list) -> Iterator[tuple[Any, str, Any]]:
         """Yield ``(task, status, value)`` as tasks finish (see :class:`SweepExecutor`)."""
-        if not self.idle:
-            self.idle = [self._start() for _ in range(self.count)]
         pending, busy = deque(tasks), {}
         while pending or busy:
             while pending and self.idle:

@@ -59,18 +59,23 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
         meets the tolerance and budgets.
 
     Raises:
-        TFLiteError: bad configuration, an unusable source or data, a resume of something that
-            is not a sweep or with other settings (all before any run is opened or changed), or
+        TFLiteError: bad configuration, a tracking store that does not answer, an unusable source
+            or data, a resume of something that is not a sweep or with other settings (all before
+            any run is opened or changed), or
             the tracking store stopped answering mid-sweep (the variants converted so far are
             saved to the cache directory, see ``sweep_runs.tracking_lost``).
         KeyboardInterrupt: Ctrl-C; the parent (and an open child) run ends KILLED.
     """
-    if config.resume:
-        sweep_runs.check_sweep_parent(config.resume)
-    dataset = load_dataset(config.data, config.open_options.get("preprocessing")) \
-        if (config.data or config.model is None) else None
     open_args = {"model": config.model, "data": config.data, **config.open_options}
-    with closing(_executor(config, open_args, dataset)) as workers:
+    # Local workers start first and open the source and data themselves while this process checks
+    # the tracking store and loads its own copy of the data (for the runs' data set inputs); Ray
+    # workers get the data from this process, through the object store.
+    shipped_data = _load_data(config) if config.executor == Executor.RAY else None
+    with closing(_executor(config, open_args, shipped_data)) as workers:
+        runs.check_tracking_store()
+        if config.resume:
+            sweep_runs.check_sweep_parent(config.resume)
+        dataset = shipped_data if config.executor == Executor.RAY else _load_data(config)
         meta = _describe(workers)
         variants = list(dict.fromkeys(  # "native" may equal a size also given
             v if v.input_size else replace(v, input_size=meta.native_input_size) for v in config.variants))
@@ -106,12 +111,20 @@ def _in_parent_run(config: SweepConfig, workers: SweepExecutor, meta: SourceDesc
         return _choose_and_register(parent.info.run_id, rows, config, meta.name)
 
 
+def _load_data(config: SweepConfig):
+    """The sweep's data set (``None`` for a model without data)."""
+    if config.data is None and config.model is not None:
+        return None
+    return load_dataset(config.data, config.open_options.get("preprocessing"))
+
+
 def _executor(config: SweepConfig, open_args: dict, dataset) -> SweepExecutor:
-    """The executor ``config`` asks for (Ray is imported only for ``executor=ray``)."""
+    """The executor ``config`` asks for, started: local workers read the source and data from this
+    machine's disk; Ray workers get ``dataset`` and a local model file through the object store."""
     if config.executor == Executor.RAY:
         return RayExecutor(config.workers, Job(open_args, dataset, ShippedSource.of(config.model)),
                            config.ray_address)
-    return LocalExecutor(min(config.workers, len(config.variants)), Job(open_args, dataset))
+    return LocalExecutor(min(config.workers, len(config.variants)), Job(open_args))
 
 
 def _describe(workers: SweepExecutor) -> SourceDescription:
