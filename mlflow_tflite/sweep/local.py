@@ -31,7 +31,8 @@ class SweepExecutor(Protocol):
 
 
 def serve(connection: Connection, job: Job) -> None:
-    """A worker process's loop: open the job, then answer each task until ``None`` or the pipe closes."""
+    """A worker process's loop: open the job, then answer each task until the pipe closes (or the
+    driver terminates the process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it ends the runs and stops us
     worker = Worker(job)
     worker.warm_up()
@@ -39,8 +40,6 @@ def serve(connection: Connection, job: Job) -> None:
         try:
             task = connection.recv()
         except (EOFError, OSError):
-            return
-        if task is None:
             return
         connection.send(worker.run(task))
 
@@ -95,16 +94,11 @@ class LocalExecutor:
                 yield task, status, value
 
     def close(self) -> None:
-        """Stop the workers and wait for them (a busy one, after Ctrl-C, is terminated)."""
-        for worker in self.idle:
-            try:
-                worker.connection.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for worker in self.idle:
-            worker.process.join(timeout=30)
+        """Stop the workers (SIGTERM: a worker holds nothing to save, and TensorFlow's orderly exit
+        takes seconds) and wait until they are gone, so latency is then timed on quiet cores."""
         for worker in self.started:
             if worker.process.is_alive():
                 worker.process.terminate()
-                worker.process.join()
+            worker.process.join()
+            worker.connection.close()
         self.idle, self.started = [], []
