@@ -60,9 +60,9 @@ class QuantRecipe:
         mixed: accuracy-guided mixed precision: int8, with the layers that cost the most
             accuracy kept in float until the tolerance is met (``mixed.py``).
         trained: quantization-aware training: the tf_keras model is fine-tuned with fake
-            quantization before conversion (``optimize.qat_model``).
+            quantization before conversion (``build.qat.qat_model``).
         static_batch: the converted model's open batch dimension is fixed to 1
-            (``tflite_file.with_batch_one``): integer-only models go to the Edge TPU compiler and
+            (``flavor.flatbuffer.with_batch_one``): integer-only models go to the Edge TPU compiler and
             TensorFlow Lite Micro, which need static shapes.
     """
 

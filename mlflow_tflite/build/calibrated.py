@@ -28,7 +28,7 @@ type, debug options); a converter that changes those private settings is not rep
 The calibrated model is the plain float conversion (quant ``none``) plus each tensor's min/max
 (``quantization.min``/``max``, no scales): the same tensors (names, shapes, weights), ops and
 buffers. Interpreters ignore the statistics, so it gives the float conversion's outputs, and the
-quantized model keeps its tensor names, so ``quantize.tensor_errors`` compares the same tensors.
+quantized model keeps its tensor names, so ``measure.tensors.tensor_errors`` compares the same tensors.
 Its ``CONVERSION_METADATA`` names the full-integer quantization it was calibrated for.
 """
 

@@ -9,7 +9,7 @@ result is the fewest float layers found within ``max_trials``. This is the accur
 fallback of Intel Neural Compressor and OpenVINO NNCF, applied to a TFLite model.
 
 Layers are ranked by the per-tensor error of the fully quantized model against the float model
-(``quantize.tensor_errors``): for each op, the SNR of its output below the SNR of its inputs,
+(``measure.tensors.tensor_errors``): for each op, the SNR of its output below the SNR of its inputs,
 i.e. the error the op itself adds rather than the error it inherits (:func:`rank_layers`).
 """
 
@@ -110,7 +110,7 @@ def rank_layers(tensor_errors: list[dict], float_model: bytes) -> list[Layer]:
     """Layers ordered by the quantization error each adds, most first.
 
     Args:
-        tensor_errors: rows of ``quantize.tensor_errors`` for the fully quantized model
+        tensor_errors: rows of ``measure.tensors.tensor_errors`` for the fully quantized model
             (``tensor``, ``snr_db``).
         float_model: the float .tflite the rows were measured against.
 

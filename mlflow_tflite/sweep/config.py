@@ -17,7 +17,7 @@ class SweepConfig:
     Attributes:
         variants: the grid (``variants.expand_grid``); ``input_size=None`` means native.
         model, data: the ``model`` / ``data`` parameters (``None`` and ``None`` for the demo).
-        open_options: further ``pipeline.prepare`` arguments (task, preprocessing, source options).
+        open_options: further ``context.prepare`` arguments (task, preprocessing, source options).
         objective: ``latency``, ``size`` or ``accuracy`` (see ``selection.select_best``).
         tolerance: accuracy / fidelity bounds a variant must meet (``selection.Tolerance``).
         max_size_bytes, max_latency_ms: optional budgets (bytes, ms).

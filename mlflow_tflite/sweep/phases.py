@@ -66,6 +66,7 @@ class Built:
         return next((self.errors[k] for k in keys if k in self.errors), None)
 
     def models_for(self, key: ModelKey) -> dict:
+        """The built ``.h5`` bytes of ``key`` and of the keys it is built from, by key."""
         return {k: self.models[k] for k in _ancestors(key) if k in self.models}
 
 

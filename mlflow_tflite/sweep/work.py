@@ -51,11 +51,11 @@ def variant_work(context: Context, builds: Builds, variant: Variant) -> Outcome:
     calibration = None
     if variant.calibrated and x_train is not None:
         calibration = calibration_sample(x_train, variant.calibration_samples)
-    search = None
+    search, table_note = None, _table_note(context, variant, x_test)
     if variant.recipe.mixed:
         produced, search = mixed_search(builds, variant, key, calibration, _mixed_search(context, source, x_test))
     else:
-        produced = produce(builds, variant, key, calibration, with_float=_table_note(context, variant, x_test) is None)
+        produced = produce(builds, variant, key, calibration, with_float=table_note is None)
     inspection = inspect(produced.tflite_model, _integer_kernels(variant))
     example = _example(source, x_test) if x_test else _probe_input(source)
     common = dict(calibration=calibration, input_example=example, op_inventory=inspection.op_inventory,
@@ -68,7 +68,7 @@ def variant_work(context: Context, builds: Builds, variant: Variant) -> Outcome:
         metrics = {**size_metrics(produced.tflite_model), **produced.seconds, "float_ops": inspection.float_ops}
         return Outcome(produced.tflite_model, metrics, not_evaluated=error.message, **common)
     metrics = {**_measure(context, source, x_test, produced.tflite_model, inspection, interpreter), **produced.seconds}
-    rows, note = _tensor_table(context, builds, variant, key, produced, x_test)
+    rows, note = _tensor_table(builds, variant, key, produced, x_test, table_note)
     if rows:
         metrics["min_tensor_snr_db"] = rows[0]["snr_db"]
     return Outcome(produced.tflite_model, metrics, tensor_errors=rows, tensor_errors_note=note, search=search,
@@ -122,14 +122,14 @@ def _table_note(context: Context, variant: Variant, x_test) -> str | None:
     return None
 
 
-def _tensor_table(context: Context, builds: Builds, variant: Variant, key: ModelKey, produced: Produced,
-                  x_test) -> tuple[list[dict] | None, str | None]:
-    """Per-tensor error rows against the float model of the variant's key (or why there are none).
+def _tensor_table(builds: Builds, variant: Variant, key: ModelKey, produced: Produced, x_test,
+                  note: str | None) -> tuple[list[dict] | None, str | None]:
+    """Per-tensor error rows against the float model of the variant's key, or ``(None, note)`` with
+    ``note`` (:func:`_table_note`) saying why there are none.
 
     The float model is the one the same conversion went through where there is one
     (``Produced.float_reference``), else the key's float flatbuffer.
     """
-    note = _table_note(context, variant, x_test)
     if note is not None:
         return None, note
     if variant.recipe.trained:

@@ -42,7 +42,7 @@ def log_source(source_uri: str, variant: Variant, num_threads: int, task: str = 
     ``lineage`` (``Source.lineage``: tag name -> value) links a model converted from an MLflow
     model to it: tags ``tags.SOURCE_MODEL_URI_TAG`` / ``tags.SOURCE_RUN_ID_TAG``
     (``mlflow_tflite.source_model_uri`` / ``mlflow_tflite.source_run_id``). ``source_params``
-    are the source options that differ from their defaults (``Prepared.source_params``).
+    are the source options that differ from their defaults (``Context.source_params``).
     """
     params = {**variant_params(variant, source_uri, num_threads), "task": task, **(source_params or {})}
     if preprocessing is not None:
@@ -175,7 +175,7 @@ TENSOR_ERRORS_PLOT = "tensor_errors.png"
 def log_tensor_errors(rows: list[dict] | None, note: str | None) -> None:
     """Per-tensor error on the active run: a table, a bar chart of the 20 worst, the worst tensor.
 
-    ``rows`` as from ``quantize.tensor_errors`` (worst SNR first); ``note`` (tag
+    ``rows`` as from ``measure.tensors.tensor_errors`` (worst SNR first); ``note`` (tag
     ``mlflow_tflite.tensor_errors``) says why there are none, or qualifies them (QAT: how many
     tensors share a name with the float model).
     """
