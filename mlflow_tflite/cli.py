@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import click
 
+from mlflow_tflite.display import summary
 from mlflow_tflite.errors import TFLiteError, first_line
 
 # TensorFlow's C++ INFO/WARNING lines drown the CLI's own output; a user's setting wins.
@@ -24,7 +25,7 @@ from mlflow_tflite.build.data import Preprocessing  # noqa: E402
 from mlflow_tflite.build.mixed import MixedPrecision  # noqa: E402
 from mlflow_tflite.build.qat import QatOptions  # noqa: E402
 from mlflow_tflite.options import (  # noqa: E402
-    IoType, OpsSet, RunSettings, choice, click_options, from_kwargs, given, load_config, number, pop_fields,
+    IoType, Objective, OpsSet, RunSettings, choice, click_options, from_kwargs, given, load_config, number, pop_fields,
 )
 from mlflow_tflite.quant_modes import Backend, QuantMode  # noqa: E402
 from mlflow_tflite.quiet import start_tensorflow  # noqa: E402
@@ -210,34 +211,34 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
     )
     result = run_sweep(config)  # it checks the tracking store while its workers start
     for row in result.rows:
-        shown = ", ".join(f"{k}={row.metrics[k]:.4g}" for k in ("accuracy_drop", "size_bytes", "latency_ms_p50")
-                          if k in row.metrics)
+        shown = summary(row.metrics, ("accuracy_drop", "size_bytes", "latency_ms_p50"))
         missed = "" if row.tolerance_met else "  (tolerance not met: never selected)"
         click.echo(f"  {row.variant:<28} {row.status:<9} {shown or row.error}{missed}")
     click.echo(f"sweep run {result.parent_run_id}: {result.message}")
     if result.registration:
         _echo_registration(result.registration)
+        if result.registration.objective != config.objective:
+            click.echo(f"note: {result.registration.name}'s champion is decided by its objective "
+                       f"{result.registration.objective} (set by its first registration), not by this sweep's "
+                       f"{config.objective}; `mlflow-tflite promote --objective {config.objective}` changes it")
 
 
 @cli.command()
 @click_options(Tolerance)
 @click.option("--model-uri", required=True, help="A logged tflite model: runs:/<run_id>/model or models:/m-<id>.")
 @click.option("--registered-model-name", required=True, help="Registry name.")
-def promote(model_uri, registered_model_name, **kwargs):
+@click.option("--objective", default=None, type=choice(Objective),
+              help="Change the registered model's objective (" + ", ".join(Objective) + "); default: keep it.")
+def promote(model_uri, registered_model_name, objective, **kwargs):
     """Register a logged model; it becomes champion only if within tolerance and it beats the champion."""
     tolerance = from_kwargs(Tolerance, kwargs)
     check_tracking_store()
-    _echo_registration(promote_logged_model(model_uri, registered_model_name, tolerance))
+    _echo_registration(promote_logged_model(model_uri, registered_model_name, tolerance, objective))
 
 
 def _print_result(result) -> None:
     metrics = result.metrics
-    shown = ", ".join(
-        f"{key}={metrics[key]:.4g}"
-        for key in ("accuracy", "accuracy_drop", "agreement", "size_bytes", "latency_ms_p50")
-        if key in metrics
-    )
-    click.echo(f"run {result.run_id} variant {result.variant.name}: {shown}")
+    click.echo(f"run {result.run_id} variant {result.variant.name}: {summary(metrics)}")
     if result.message:
         click.echo(f"int8_mixed: {result.message}")
     if "latency_ms_p50" not in metrics:
@@ -249,7 +250,7 @@ def _print_result(result) -> None:
 
 def _echo_registration(r) -> None:
     """One line: the registered version and the alias it took, with the reason."""
-    click.echo(f"registered {r.name} version {r.version} ({'champion' if r.champion else 'challenger'}: {r.reason})")
+    click.echo(f"registered {r.name} version {r.version}; {r.reason}")
 
 
 def main():

@@ -61,10 +61,11 @@ class Task(enum.StrEnum):
 
 
 class Objective(enum.StrEnum):
-    """What a sweep optimises among variants within tolerance."""
+    """What "best" means among variants (a sweep) and model versions (the champion) within tolerance."""
 
     LATENCY = "latency"
     SIZE = "size"
+    GZIP_SIZE = "gzip_size"  # size after gzip: for pruned models shipped compressed
     ACCURACY = "accuracy"
 
 

@@ -6,7 +6,7 @@ every stage (tracking, sweep, registry, sources, CLI) can use it without pulling
 """
 
 # --- variant runs (one run per variant; also the sweep's child runs) -------------------------
-VARIANT_TAG = "mlflow_tflite.variant"  # variant name, e.g. "int8-s0.5-i96"; also a model version tag
+VARIANT_TAG = "mlflow_tflite.variant"  # variant name, e.g. "int8-s0.5-96px"; also a model version tag
 ROLE_TAG = "mlflow_tflite.role"  # ROLE_VARIANT or ROLE_SWEEP
 ROLE_VARIANT = "variant"
 ROLE_SWEEP = "sweep"
@@ -22,6 +22,11 @@ TENSOR_ERRORS_NOTE_TAG = "mlflow_tflite.tensor_errors"  # why a quantized run ha
 TOLERANCE_MET_TAG = "mlflow_tflite.tolerance_met"
 SUPERSEDED_TAG = "mlflow_tflite.superseded_by"  # on a replaced FAILED / KILLED child: the new run id
 
+# --- experiments -----------------------------------------------------------------------------
+# MLflow 3's UI opens an experiment by its kind: without one it shows the GenAI overview, not runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+
 # --- sweep parent runs -----------------------------------------------------------------------
 CONFIG_DIGEST_TAG = "mlflow_tflite.config_digest"  # digest of sweep_config.json (resume checks it)
 SELECTION_TAG = "mlflow_tflite.selection"  # why no variant was chosen (set only then)
@@ -30,6 +35,9 @@ CONTINUED_IN_TAG = "mlflow_tflite.continued_in"  # the old parent: the run that 
 BEST_VARIANT_TAG = "mlflow_tflite.best_variant"
 BEST_RUN_ID_TAG = "mlflow_tflite.best_run_id"
 REGISTERED_VERSION_TAG = "mlflow_tflite.registered_version"
+
+# --- registered models -----------------------------------------------------------------------
+OBJECTIVE_TAG = "mlflow_tflite.objective"  # what "best" means for the champion (options.Objective)
 
 # --- registered model versions ---------------------------------------------------------------
 EVAL_DIGEST_TAG = "mlflow_tflite.eval_digest"  # MLflow dataset digest of the evaluation data
@@ -40,4 +48,5 @@ TOLERANCE_MET = "none"
 READY_TAG = "mlflow_tflite.ready"
 # Metrics copied onto each version as tags (the champion guard compares them), plus VARIANT_TAG.
 VERSION_METRIC_TAGS = ("accuracy", "accuracy_drop", "agreement", "cosine_similarity", "relative_error",
-                       "max_abs_error", "size_bytes", "latency_ms_p50")
+                       "max_abs_error", "size_bytes", "gzip_size_bytes", "latency_ms_p50", "latency_ms_ci95_low",
+                       "latency_ms_ci95_high")

@@ -74,13 +74,13 @@ class Variant:
 
     @property
     def name(self) -> str:
-        """Readable name, e.g. ``int8-s0.5-i96``; ``int8_full-uint8-s0-i8`` for uint8 I/O."""
+        """Readable name, e.g. ``int8-s0.5-96px``; ``int8_full-uint8-s0-8px`` for uint8 I/O."""
         parts = [self.quant]
         if self.recipe.integer_io and self.io_type != IoType.INT8:
             parts.append(self.io_type)
         parts.append(f"s{self.sparsity:g}")
         if self.input_size:
-            parts.append(f"i{self.input_size}")
+            parts.append(f"{self.input_size}px")
         if self.backend != Backend.CONVERTER:
             parts.append(self.backend)
         if self.ops != "builtins":

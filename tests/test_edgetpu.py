@@ -50,7 +50,7 @@ def test_table_is_package_data_with_its_source():
 
 def test_demo_int8_full_only_its_dynamic_batch_blocks_the_edge_tpu(converted):
     """Every demo op is in the table with 8-bit tensors; only the dynamic batch dimension (-1) stops it."""
-    report = edgetpu.readiness(converted["int8_full-s0-i8"][1])  # the converter's output, batch open
+    report = edgetpu.readiness(converted["int8_full-s0-8px"][1])  # the converter's output, batch open
     assert [op["op"] for op in report["ops"]] == DEMO_OPS
     assert set(DEMO_OPS) <= IN_TABLE
     assert report["float_ops"] == 0
@@ -167,7 +167,7 @@ def test_int8_full_ships_a_static_batch_of_1_with_the_same_outputs(demo_prepared
     from mlflow_tflite.flavor.runtime import make_interpreter
     from mlflow_tflite.variants import Variant
 
-    dynamic = converted["int8_full-s0-i8"][1]  # the converter's own output: batch open (-1)
+    dynamic = converted["int8_full-s0-8px"][1]  # the converter's own output: batch open (-1)
     static = convert_and_evaluate(demo_prepared, Variant("int8_full", input_size=8)).tflite_model
     assert list(make_interpreter(dynamic).get_input_details()[0]["shape_signature"]) == [-1, 8, 8, 1]
     assert list(make_interpreter(static).get_input_details()[0]["shape_signature"]) == [1, 8, 8, 1]
@@ -209,7 +209,7 @@ def static_source(demo_prepared):
 
 def test_float_io_int8_edges_are_cpu_ops_and_only_the_dynamic_batch_blocks(converted):
     """The fixture's int8 (float I/O) demo: edges on the CPU; the first considered op stops on its -1 batch."""
-    report = edgetpu.readiness(converted["int8-s0-i8"][1])
+    report = edgetpu.readiness(converted["int8-s0-8px"][1])
     assert [op["op"] for op in report["ops"]] == FLOAT_IO_OPS
     assert report["cpu_edge_ops"] == [0, 8]
     for index in (0, 8):
@@ -223,7 +223,7 @@ def test_float_io_int8_edges_are_cpu_ops_and_only_the_dynamic_batch_blocks(conve
     assert report["float_ops"] == 2  # the two edge ops
     json.dumps(report)
 
-    integer_only = edgetpu.readiness(converted["int8_full-s0-i8"][1])
+    integer_only = edgetpu.readiness(converted["int8_full-s0-8px"][1])
     assert integer_only["cpu_edge_ops"] == [] and integer_only["num_considered_ops"] == integer_only["num_ops"] == 7
     assert integer_only["first_unmapped_index"] == 0
 

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlflow import MlflowClient
+import store
 from mlflow_tflite import tags
 from mlflow_tflite.cli import cli
 
@@ -31,8 +32,8 @@ def test_example_prepares_data_and_a_vit_that_the_sweep_converts(tmp_path, track
                                       str(tmp_path / "fashion.npz"), "--quant", "int8,int8_mixed", "--sparsity", "0",
                                       "--backend", "litert", "--max-trials", "3", "--no-register"])
     assert result.exit_code == 0, result.output
-    runs = MlflowClient().search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'variant'")
-    assert sorted(r.data.tags[tags.VARIANT_TAG] for r in runs) == ["int8-s0-i28-litert", "int8_mixed-s0-i28-litert"]
+    runs = store.search_runs(f"tags.{tags.ROLE_TAG} = 'variant'")
+    assert sorted(r.data.tags[tags.VARIANT_TAG] for r in runs) == ["int8-s0-28px-litert", "int8_mixed-s0-28px-litert"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 

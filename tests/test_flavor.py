@@ -42,8 +42,8 @@ def raw_dequantized_output(tflite_model: bytes, x: np.ndarray) -> np.ndarray:
     return np.stack(results)
 
 
-MODES = ["none-s0-i8", "dynamic-s0-i8", "float16-s0-i8", "int8-s0-i8", "int8_full-s0-i8",
-         "int8_full-uint8-s0-i8", "int16x8-s0-i8"]
+MODES = ["none-s0-8px", "dynamic-s0-8px", "float16-s0-8px", "int8-s0-8px", "int8_full-s0-8px",
+         "int8_full-uint8-s0-8px", "int16x8-s0-8px"]
 
 
 @pytest.mark.parametrize("name", MODES)
@@ -59,7 +59,7 @@ def test_pyfunc_round_trip_every_mode(name, converted, demo_prepared, tmp_path):
     np.testing.assert_allclose(predicted, expected, rtol=0, atol=1e-6)
     assert predicted.shape == (len(x_test), 10) and predicted.dtype == np.float32
 
-    float_model = converted["none-s0-i8"][1]
+    float_model = converted["none-s0-8px"][1]
     float_top1 = raw_dequantized_output(float_model, x_test).argmax(1)
     agreement = np.mean(predicted.argmax(1) == float_top1)
     assert agreement >= 0.95, f"{name}: top-1 agreement with the float model {agreement:.3f}"
@@ -67,7 +67,7 @@ def test_pyfunc_round_trip_every_mode(name, converted, demo_prepared, tmp_path):
 
 
 def test_flavor_configuration_records_model_and_tensors(converted, tmp_path):
-    variant, tflite_model = converted["int8_full-s0-i8"]
+    variant, tflite_model = converted["int8_full-s0-8px"]
     mlflow_tflite.save_model(tflite_model, tmp_path / "m")
     mlmodel = yaml.safe_load((tmp_path / "m" / "MLmodel").read_text())
     conf = mlmodel["flavors"]["tflite"]
@@ -99,7 +99,7 @@ def test_quantization_mode_is_inferred(name, converted):
 
 
 def test_int8_model_internal_tensors_are_int8(converted):
-    interpreter = runtime.make_interpreter(converted["int8-s0-i8"][1])
+    interpreter = runtime.make_interpreter(converted["int8-s0-8px"][1])
     ops = interpreter._get_ops_details()
     conv_ops = [op for op in ops if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
     assert conv_ops
@@ -110,7 +110,7 @@ def test_int8_model_internal_tensors_are_int8(converted):
 
 
 def test_pyfunc_accepts_dataframe_and_path(converted, demo_prepared, tmp_path):
-    _, tflite_model = converted["dynamic-s0-i8"]
+    _, tflite_model = converted["dynamic-s0-8px"]
     file = tmp_path / "digits.tflite"
     file.write_bytes(tflite_model)
     mlflow_tflite.save_model(str(file), tmp_path / "m")
@@ -125,7 +125,7 @@ def test_pyfunc_accepts_dataframe_and_path(converted, demo_prepared, tmp_path):
 
 
 def test_pyfunc_batch_size_param_reaches_the_interpreter(converted, demo_prepared, tmp_path):
-    mlflow_tflite.save_model(converted["dynamic-s0-i8"][1], tmp_path / "m")
+    mlflow_tflite.save_model(converted["dynamic-s0-8px"][1], tmp_path / "m")
     assert mlflow.models.Model.load(str(tmp_path / "m")).signature.params.to_dict() == [
         {"name": "batch_size", "type": "long", "default": 256, "shape": None}
     ]
@@ -144,7 +144,7 @@ def test_pyfunc_batch_size_param_reaches_the_interpreter(converted, demo_prepare
 
 def test_user_signature_is_kept(converted, tmp_path):
     signature = mlflow.models.infer_signature(np.zeros((1, 8, 8, 1), np.float32), np.zeros((1, 10), np.float32))
-    mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m", signature=signature)
+    mlflow_tflite.save_model(converted["none-s0-8px"][1], tmp_path / "m", signature=signature)
     assert mlflow.models.Model.load(str(tmp_path / "m")).signature == signature
 
 
@@ -173,7 +173,7 @@ def _serial_and_threaded(model, x, threads: int, calls: int):
 
 
 def test_pyfunc_predict_is_thread_safe(converted, demo_prepared, tmp_path):
-    mlflow_tflite.save_model(converted["int8_full-s0-i8"][1], tmp_path / "m")
+    mlflow_tflite.save_model(converted["int8_full-s0-8px"][1], tmp_path / "m")
     model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
     serial, threaded, errors = _serial_and_threaded(model, demo_prepared.dataset.x_test, threads=8, calls=50)
     assert not errors, f"{len(errors)} of 400 concurrent predict calls failed, e.g. {errors[:3]}"
@@ -184,11 +184,11 @@ def test_pyfunc_predict_is_thread_safe(converted, demo_prepared, tmp_path):
 def test_user_code_paths_are_merged_with_the_package(converted, tmp_path):
     helper = tmp_path / "my_helpers.py"
     helper.write_text("VALUE = 42\n")
-    mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m", code_paths=[str(helper)])
+    mlflow_tflite.save_model(converted["none-s0-8px"][1], tmp_path / "m", code_paths=[str(helper)])
     assert (tmp_path / "m" / "code" / "my_helpers.py").read_text() == "VALUE = 42\n"
     assert (tmp_path / "m" / "code" / "mlflow_tflite" / "flavor" / "__init__.py").is_file()
     with pytest.raises(TypeError, match="code_paths should be a list"):
-        mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m2", code_paths=str(helper))
+        mlflow_tflite.save_model(converted["none-s0-8px"][1], tmp_path / "m2", code_paths=str(helper))
 
 
 # Runs with `python -I -S`: no site module, so the editable install's import hook (a .pth file)
@@ -207,7 +207,7 @@ print(sys.modules["mlflow_tflite"].__file__)
 
 
 def test_saved_model_loads_where_the_plugin_is_not_installed(converted, demo_prepared, tmp_path):
-    mlflow_tflite.save_model(converted["int8-s0-i8"][1], tmp_path / "m")
+    mlflow_tflite.save_model(converted["int8-s0-8px"][1], tmp_path / "m")
     x = demo_prepared.dataset.x_test[:12]
     np.save(tmp_path / "x.npy", x)
     site_packages = sysconfig.get_paths()["purelib"]
@@ -224,7 +224,7 @@ def test_saved_model_loads_where_the_plugin_is_not_installed(converted, demo_pre
 
 
 def test_log_model_and_load_model_return_interpreter(converted, demo_prepared, tracking):
-    _, tflite_model = converted["float16-s0-i8"]
+    _, tflite_model = converted["float16-s0-8px"]
     x = demo_prepared.dataset.x_test[:2]
     with mlflow.start_run():
         info = mlflow_tflite.log_model(tflite_model, name="model", input_example=x, registered_model_name="m16")
@@ -246,7 +246,7 @@ def test_corrupt_tflite_is_rejected_and_nothing_written(tmp_path):
 
 
 def test_pyfunc_rejects_wrong_shape(converted, tmp_path):
-    mlflow_tflite.save_model(converted["none-s0-i8"][1], tmp_path / "m")
+    mlflow_tflite.save_model(converted["none-s0-8px"][1], tmp_path / "m")
     wrapper = mlflow_tflite.flavor._load_pyfunc(str(tmp_path / "m" / "model.tflite"))
     with pytest.raises(TFLiteError, match=r"shape \(3, 9, 9, 1\)"):
         wrapper.predict(np.zeros((3, 9, 9, 1), np.float32))

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import mlflow
 import mlflow_tflite
 from mlflow import MlflowClient
+import store
 from mlflow_tflite.build import quantize
 from mlflow_tflite.cli import cli
 from mlflow_tflite.errors import TFLiteError
@@ -105,7 +106,7 @@ def test_litert_sweep_shares_one_float_conversion_per_key(digits_files, tracking
     float_times = [r.metrics["float_convert_seconds"] for r in rows.values()]
     assert sum(t > 0 for t in float_times) == 1  # converted once, reused by the other four modes
     client = MlflowClient()
-    run = client.get_run(rows["int8-s0-i8-litert"].run_id)
+    run = client.get_run(rows["int8-s0-8px-litert"].run_id)
     assert run.data.params["backend"] == "litert" and run.data.metrics["min_tensor_snr_db"] > 10
     assert "mlflow_tflite.worst_tensor" in run.data.tags
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -118,7 +119,7 @@ def test_litert_sweep_shares_one_float_conversion_per_key(digits_files, tracking
     assert flavor["quantization_backend"] == "litert" and flavor["quantization"] == "int8"
     assert json.loads(flavor["quantization_recipe"])  # the recipe that made it, as JSON
     sizes = {name: r.metrics["size_bytes"] for name, r in rows.items()}
-    assert sizes["dynamic_int4-s0-i8-litert"] < 0.6 * sizes["dynamic-s0-i8-litert"] < 0.6 * sizes["none-s0-i8-litert"]
+    assert sizes["dynamic_int4-s0-8px-litert"] < 0.6 * sizes["dynamic-s0-8px-litert"] < 0.6 * sizes["none-s0-8px-litert"]
     parent = client.get_run(result.parent_run_id).data.metrics
     assert parent["quantize_seconds"] > 0 and parent["float_convert_seconds"] > 0
 
@@ -131,7 +132,7 @@ def test_litert_sweep_shares_one_float_conversion_per_key(digits_files, tracking
 def test_bad_backend_input_is_one_line(args, message, tracking):
     result = CliRunner().invoke(cli, ["convert", *args])
     assert result.exit_code == 1 and result.output.count("Error:") == 1 and message in result.output, result.output
-    assert MlflowClient().search_runs(["0"]) == [] and MlflowClient().search_registered_models() == []
+    assert store.search_runs() == [] and MlflowClient().search_registered_models() == []
 
 
 def test_a_recipe_that_changes_nothing_is_an_error(tmp_path):

@@ -8,8 +8,10 @@ from click.testing import CliRunner
 
 import mlflow
 from mlflow import MlflowClient
+import store
 from mlflow_tflite.flavor import runtime
 from mlflow_tflite.cli import cli
+from mlflow_tflite.options import Objective
 from mlflow_tflite.sweep.main_job import run_variant
 from mlflow_tflite.variants import Variant
 
@@ -32,7 +34,7 @@ def test_int8_variant_run_is_complete(demo_prepared, tracking):
     assert metrics["accuracy_drop"] == pytest.approx(metrics["source_accuracy"] - metrics["accuracy"])
     assert metrics["accuracy"] >= 0.95 and metrics["accuracy_drop"] <= 0.01
     assert metrics["size_bytes"] < 100_000 and metrics["gzip_size_bytes"] < metrics["size_bytes"]
-    assert run.data.tags["mlflow_tflite.variant"] == "int8-s0-i8"
+    assert run.data.tags["mlflow_tflite.variant"] == "int8-s0-8px"
     assert run.data.tags["mlflow_tflite.role"] == "variant"
     contexts = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(contexts) == {"evaluation", "calibration"}
@@ -43,7 +45,7 @@ def test_int8_variant_run_is_complete(demo_prepared, tracking):
     assert logged.signature is not None and logged.saved_input_example_info is not None
 
     version = client.get_model_version_by_alias("digits-cnn", "champion")
-    assert str(version.version) == "1" and version.tags["mlflow_tflite.variant"] == "int8-s0-i8"
+    assert str(version.version) == "1" and version.tags["mlflow_tflite.variant"] == "int8-s0-8px"
     model = mlflow.pyfunc.load_model("models:/digits-cnn@champion")
     predictions = model.predict(demo_prepared.dataset.x_test)
     assert np.mean(predictions.argmax(1) == demo_prepared.dataset.y_test) >= 0.95
@@ -57,26 +59,58 @@ def mlflow_tflite_interpreter(uri):
     return mlflow_tflite.load_model(uri)
 
 
-def test_champion_moves_only_for_a_better_score_on_the_same_data(demo_prepared, tracking):
+def test_champion_is_decided_by_the_objective_on_the_same_data(demo_prepared, tracking):
     client = MlflowClient()
     first = run_variant(demo_prepared, Variant("int8", input_size=8))
-    assert first.registration.champion
-    # The same variant again scores the same accuracy: it does not beat the champion.
-    second = run_variant(demo_prepared, Variant("int8", input_size=8))
-    assert not second.registration.champion
-    assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == first.registration.version
-    # A version whose champion was evaluated on other data is not compared: alias stays.
-    client.set_model_version_tag("digits-cnn", first.registration.version, "mlflow_tflite.eval_digest", "other")
-    third = run_variant(demo_prepared, Variant("none", input_size=8))
-    assert not third.registration.champion and "other data" in third.registration.reason
-    # A worse champion on the same data is beaten.
-    client.set_model_version_tag("digits-cnn", first.registration.version, "mlflow_tflite.eval_digest",
-                                 client.get_model_version("digits-cnn", third.registration.version).tags["mlflow_tflite.eval_digest"])
-    for version in (first.registration.version, second.registration.version, third.registration.version):
-        client.set_model_version_tag("digits-cnn", version, "accuracy", "0.5")  # every version below: worse
-    fourth = run_variant(demo_prepared, Variant("dynamic", input_size=8))
-    assert fourth.registration.champion
-    assert str(client.get_model_version_by_alias("digits-cnn", "champion").version) == fourth.registration.version
+    assert first.registration.champion and first.registration.objective == "latency"
+    assert first.registration.reason == "version 1 is champion: the first version within the tolerance"
+    assert client.get_registered_model("digits-cnn").tags["mlflow_tflite.objective"] == "latency"
+    p50 = float(client.get_model_version("digits-cnn", "1").tags["latency_ms_p50"])
+
+    def champion_tags(**values):  # the champion's recorded measurements, as the rule reads them
+        for key, value in values.items():
+            client.set_model_version_tag("digits-cnn", "1", key, repr(value))
+
+    # The champion measured 4x slower: a variant at the same accuracy that is faster takes champion.
+    champion_tags(latency_ms_p50=4 * p50, latency_ms_ci95_low=4 * p50, latency_ms_ci95_high=4 * p50)
+    faster = run_variant(demo_prepared, Variant("dynamic", input_size=8))
+    assert faster.metrics["accuracy"] == first.metrics["accuracy"]
+    assert faster.registration.champion
+    percent = round((4 * p50 - faster.metrics["latency_ms_p50"]) / (4 * p50) * 100)
+    assert faster.registration.reason == f"version 2 is champion: {percent}% faster than version 1 at the same accuracy"
+    assert client.get_model_version_by_alias("digits-cnn", "champion").version == 2
+    # The new champion measured 4x faster than anything can be: the next version is slower and does not take it.
+    tiny = faster.metrics["latency_ms_p50"] / 4
+    for key in ("latency_ms_p50", "latency_ms_ci95_low", "latency_ms_ci95_high"):
+        client.set_model_version_tag("digits-cnn", "2", key, repr(tiny))
+    slower = run_variant(demo_prepared, Variant("int8", input_size=8))
+    assert not slower.registration.champion
+    assert slower.registration.reason.startswith("version 2 stays champion: version 3 is ")
+    assert client.get_model_version_by_alias("digits-cnn", "champion").version == 2
+    assert client.get_model_version_by_alias("digits-cnn", "challenger").version == 3
+    # A version evaluated on other data is not compared.
+    for version in ("1", "2", "3"):
+        client.set_model_version_tag("digits-cnn", version, "mlflow_tflite.eval_digest", "other")
+    other = run_variant(demo_prepared, Variant("none", input_size=8))
+    assert other.registration.reason == "version 2 stays champion: version 4 was evaluated on other data"
+    # The objective is the registered model's: a later registration with another one does not change it.
+    by_size = run_variant(demo_prepared, Variant("dynamic", input_size=8), objective=Objective.SIZE)
+    assert by_size.registration.objective == "latency"
+    description = client.get_model_version("digits-cnn", by_size.registration.version).description
+    assert description.splitlines()[0] == f"dynamic-s0-8px: {by_size.registration.reason}"
+
+
+def test_promote_objective_changes_the_registered_models_objective(demo_prepared, tracking):
+    client = MlflowClient()
+    dense = run_variant(demo_prepared, Variant("none", input_size=8), "objective-digits")
+    small = run_variant(demo_prepared, Variant("dynamic", input_size=8), register=False)
+    result = CliRunner().invoke(cli, ["promote", "--model-uri", small.model_uri, "--registered-model-name",
+                                      "objective-digits", "--objective", "size"])
+    assert result.exit_code == 0, result.output
+    assert client.get_registered_model("objective-digits").tags["mlflow_tflite.objective"] == "size"
+    percent = round((dense.metrics["size_bytes"] - small.metrics["size_bytes"]) / dense.metrics["size_bytes"] * 100)
+    assert result.output == (f"registered objective-digits version 2; version 2 is champion: {percent}% smaller than "
+                             "version 1 at the same accuracy\n")
 
 
 def _invoke(args):
@@ -149,7 +183,7 @@ def test_config_file_sets_expert_options_and_the_command_line_wins(bad_inputs, t
     result = _invoke(["convert", "--model", f"{bad_inputs}/tiny.h5", "--data", f"{bad_inputs}/good.npz",
                       "--quant", "dynamic", "--config", str(config), "--num-threads", "1", "--no-register"])
     assert result.exit_code == 0, result.output
-    run = MlflowClient().search_runs(["0"])[0]
+    run = store.search_runs()[0]
     assert run.data.params["task"] == "fidelity"  # from the file
     assert run.data.params["num_threads"] == "1"  # typed on the command line: wins over the file
     assert "accuracy" not in run.data.metrics and "cosine_similarity" in run.data.metrics

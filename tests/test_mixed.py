@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlflow import MlflowClient
+import store
 from mlflow_tflite import tags
 from mlflow_tflite.build import mixed
 from mlflow_tflite.flavor import flatbuffer
@@ -109,10 +110,10 @@ def test_a_sweep_never_selects_a_mixed_variant_that_missed_the_tolerance(digits_
                                       "--sparsity", "0", "--config", str(options)])
     assert result.exit_code == 0, result.output
     client = MlflowClient()
-    (child,) = client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'variant'")
+    (child,) = store.search_runs(f"tags.{tags.ROLE_TAG} = 'variant'", client)
     assert child.info.status == "FINISHED" and child.data.tags[tags.TOLERANCE_MET_TAG] == "false"
     assert sorted(h.step for h in client.get_metric_history(child.info.run_id, "latency_ms_p50")) == [1, 2, 3]
-    parent = client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'sweep'")[0]
+    parent = store.search_runs(f"tags.{tags.ROLE_TAG} = 'sweep'", client)[0]
     assert tags.BEST_VARIANT_TAG not in parent.data.tags and "nothing registered" in parent.data.tags[tags.SELECTION_TAG]
     assert client.search_registered_models() == []
 
@@ -136,16 +137,16 @@ def test_a_demo_sweep_over_int8_int8_mixed_and_qat_int8_logs_every_report(digits
                                       "--sparsity", "0", "--workers", "2", "--registered-model-name", "demo-mixed"])
     assert result.exit_code == 0, result.output
     client = MlflowClient()
-    children = {r.data.tags[tags.VARIANT_TAG]: r for r in client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'variant'")}
-    assert set(children) == {"int8-s0-i8", "int8_mixed-s0-i8", "qat_int8-s0-i8"}
+    children = {r.data.tags[tags.VARIANT_TAG]: r for r in store.search_runs(f"tags.{tags.ROLE_TAG} = 'variant'", client)}
+    assert set(children) == {"int8-s0-8px", "int8_mixed-s0-8px", "qat_int8-s0-8px"}
     for name, run in children.items():
         assert run.info.status == "FINISHED", name
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"tensor_errors.json", "edgetpu_readiness.json"} <= artifacts, (name, artifacts)
         assert {"min_tensor_snr_db", "edgetpu_mapped_fraction", "float_ops", "latency_ms_p50"} <= set(run.data.metrics)
-    mixed_run = children["int8_mixed-s0-i8"]
+    mixed_run = children["int8_mixed-s0-8px"]
     assert "float_layers.json" in {a.path for a in client.list_artifacts(mixed_run.info.run_id)}
     steps = sorted(h.step for h in client.get_metric_history(mixed_run.info.run_id, "accuracy_drop"))
     assert steps[0] == 1 and len(steps) == int(mixed_run.data.params["mixed_trials"]) + 1
-    assert children["qat_int8-s0-i8"].data.params["qat_epochs"] == "2"
+    assert children["qat_int8-s0-8px"].data.params["qat_epochs"] == "2"
     assert client.get_model_version_by_alias("demo-mixed", "champion").tags[tags.VARIANT_TAG] in children

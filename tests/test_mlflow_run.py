@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
+import store
 from mlflow_tflite import tags
 from mlflow_tflite.track.sweep_runs import children
 
@@ -27,13 +28,13 @@ def test_resume_under_mlflow_run_continues_in_the_new_run(digits_files, tracking
     first = _mlflow_run_sweep(tracking, tmp_path, model, data)
     assert first.returncode == 0, first.stderr[-2000:]
     client = MlflowClient()
-    (old_parent,) = client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'sweep'")
+    (old_parent,) = store.search_runs(f"tags.{tags.ROLE_TAG} = 'sweep'", client)
     old_children = {r.info.run_id for r in children(old_parent.info.run_id)}
     assert len(old_children) == 2
 
     resumed = _mlflow_run_sweep(tracking, tmp_path, model, data, "-P", f"resume={old_parent.info.run_id}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    parents = client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'sweep'")
+    parents = store.search_runs(f"tags.{tags.ROLE_TAG} = 'sweep'", client)
     (new_parent,) = [r for r in parents if r.info.run_id != old_parent.info.run_id]
     new_id = new_parent.info.run_id
     # The run `mlflow run` created holds every variant (the same child runs: nothing ran twice) ...
@@ -41,7 +42,7 @@ def test_resume_under_mlflow_run_continues_in_the_new_run(digits_files, tracking
     assert children(old_parent.info.run_id) == []
     assert new_parent.info.status == "FINISHED" and new_parent.data.params["resume"] == old_parent.info.run_id
     assert new_parent.data.tags[tags.RESUMED_FROM_TAG] == old_parent.info.run_id
-    assert new_parent.data.tags[tags.BEST_VARIANT_TAG] in {"dynamic-s0-i8", "int8-s0-i8"}
+    assert new_parent.data.tags[tags.BEST_VARIANT_TAG] in {"dynamic-s0-8px", "int8-s0-8px"}
     # ... and the old parent links to it.
     assert client.get_run(old_parent.info.run_id).data.tags[tags.CONTINUED_IN_TAG] == new_id
     # The best variant was registered once, by the first sweep; the resumed one reused its version.
@@ -52,7 +53,7 @@ def test_resume_under_mlflow_run_with_other_settings_moves_nothing(digits_files,
     model, data = digits_files
     assert _mlflow_run_sweep(tracking, tmp_path, model, data).returncode == 0
     client = MlflowClient()
-    (old_parent,) = client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'sweep'")
+    (old_parent,) = store.search_runs(f"tags.{tags.ROLE_TAG} = 'sweep'", client)
     refused = _mlflow_run_sweep(tracking, tmp_path, model, data, "-P", f"resume={old_parent.info.run_id}",
                                 "-P", "calibration_samples=50")
     assert refused.returncode != 0 and "was started with other settings" in refused.stderr

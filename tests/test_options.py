@@ -54,7 +54,7 @@ def test_every_mode_has_one_recipe_and_is_recognised_from_its_traits():
 def test_variant_takes_strings_once_and_names_itself():
     variant = Variant("int8_full", 0.5, 96, io_type="uint8", ops="select_tf")
     assert variant.quant is QuantMode.INT8_FULL and variant.quant == "int8_full"
-    assert variant.name == "int8_full-uint8-s0.5-i96-select_tf" and variant.model_key == (96, 0.5, False)
+    assert variant.name == "int8_full-uint8-s0.5-96px-select_tf" and variant.model_key == (96, 0.5, False)
     assert Variant("qat_int8", 0.5, 96).model_key == (96, 0.5, True)  # QAT fine-tunes its own model
     for kwargs, message in [({"quant": "int4"}, "quant 'int4' is unknown"),
                             ({"calibration_samples": 0}, "calibration_samples=0 must be > 0"),
@@ -66,7 +66,7 @@ def test_variant_takes_strings_once_and_names_itself():
 def test_grid_order_groups_variants_that_share_a_model():
     grid = expand_grid(parse_list("int8,none,int8", "quant"), parse_list("0,0.5", "sparsity", float), [None, 16])
     assert [v.name for v in grid] == ["int8-s0", "none-s0", "int8-s0.5", "none-s0.5",
-                                      "int8-s0-i16", "none-s0-i16", "int8-s0.5-i16", "none-s0.5-i16"]
+                                      "int8-s0-16px", "none-s0-16px", "int8-s0.5-16px", "none-s0.5-16px"]
     with pytest.raises(TFLiteError, match="sparsity item 'half' is not a valid float"):
         parse_list("0,half", "sparsity", float)
 

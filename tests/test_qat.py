@@ -214,16 +214,16 @@ def test_sweep_over_qat_and_int8_finishes_every_child(digits_files, tracking):
     experiment = client.get_run(result.parent_run_id).info.experiment_id
     runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     by_name = {r.data.tags["mlflow_tflite.variant"]: r for r in runs}
-    assert sorted(by_name) == ["int8-s0-i8", "int8-s0.5-i8", "qat_int8-s0-i8", "qat_int8-s0.5-i8"]
+    assert sorted(by_name) == ["int8-s0-8px", "int8-s0.5-8px", "qat_int8-s0-8px", "qat_int8-s0.5-8px"]
     statuses = {n: r.info.status for n, r in by_name.items()}
     print(f"\nsweep qat_int8+int8 x s0,0.5 with 2 workers: {seconds:.1f} s; " + ", ".join(
         f"{n}: acc {r.data.metrics.get('accuracy', float('nan')):.4f} "
         f"sparsity {r.data.metrics.get('sparsity_achieved', float('nan')):.3f}" for n, r in sorted(by_name.items())))
     assert set(statuses.values()) == {"FINISHED"}, {n: by_name[n].data.tags.get("mlflow_tflite.error") for n in by_name}
     metrics = {n: r.data.metrics for n, r in by_name.items()}
-    for name in ("qat_int8-s0.5-i8", "int8-s0.5-i8"):
+    for name in ("qat_int8-s0.5-8px", "int8-s0.5-8px"):
         assert metrics[name]["sparsity_achieved"] >= 0.45
-    assert metrics["qat_int8-s0-i8"]["sparsity_achieved"] < 0.05
+    assert metrics["qat_int8-s0-8px"]["sparsity_achieved"] < 0.05
     assert all(m["accuracy_drop"] <= 0.03 for m in metrics.values())
 
 

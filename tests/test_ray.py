@@ -17,6 +17,7 @@ import ray
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 
+import store
 import faults
 from mlflow_tflite.sweep import worker
 from mlflow_tflite.cli import cli
@@ -80,7 +81,7 @@ def test_ray_sweep_matches_the_local_executor(ray_cluster, digits_files, trackin
         assert "latency_ms_p50" in run.data.metrics
         # The workers opened a copy of the .h5; the runs record the original path.
         assert run.data.params["source"] == str(Path(model).resolve())
-    assert ray_runs["int8-s0.5-i8"].data.metrics["sparsity_achieved"] == pytest.approx(0.5, abs=0.05)
+    assert ray_runs["int8-s0.5-8px"].data.metrics["sparsity_achieved"] == pytest.approx(0.5, abs=0.05)
     parent = MlflowClient().get_run(on_ray.parent_run_id)
     assert parent.data.params["executor"] == "ray" and on_ray.best is not None
 
@@ -89,19 +90,19 @@ def test_a_killed_ray_worker_is_retried_once_then_its_variant_fails(ray_cluster,
                                                                     monkeypatch, tmp_path):
     model, data = digits_files
     monkeypatch.setattr(worker, "variant_task",
-                        faults.CrashOn(always=["float16-s0-i8"], once=["dynamic-s0-i8"], marker_dir=tmp_path))
+                        faults.CrashOn(always=["float16-s0-8px"], once=["dynamic-s0-8px"], marker_dir=tmp_path))
     variants = expand_grid(["none", "dynamic", "float16"], [0.0], [None])
     result = run_sweep(SweepConfig(variants, model, data, workers=2, executor="ray", ray_address=ray_cluster.address,
                                    register=False), progress=False)
     runs = _runs(result.parent_run_id)
     assert {n: r.info.status for n, r in runs.items()} == {
-        "none-s0-i8": "FINISHED", "dynamic-s0-i8": "FINISHED", "float16-s0-i8": "FAILED"}, \
+        "none-s0-8px": "FINISHED", "dynamic-s0-8px": "FINISHED", "float16-s0-8px": "FAILED"}, \
         {n: r.data.tags.get("mlflow_tflite.error") for n, r in runs.items()}
-    assert (tmp_path / "crashed-dynamic-s0-i8").exists()  # it did die once, and its retry finished
-    error = runs["float16-s0-i8"].data.tags["mlflow_tflite.error"]
-    assert error.startswith("Ray worker died while running float16-s0-i8 (2 attempts)") and "\n" not in error
-    assert "accuracy" in runs["dynamic-s0-i8"].data.metrics
-    assert result.best.variant in ("none-s0-i8", "dynamic-s0-i8")
+    assert (tmp_path / "crashed-dynamic-s0-8px").exists()  # it did die once, and its retry finished
+    error = runs["float16-s0-8px"].data.tags["mlflow_tflite.error"]
+    assert error.startswith("Ray worker died while running float16-s0-8px (2 attempts)") and "\n" not in error
+    assert "accuracy" in runs["dynamic-s0-8px"].data.metrics
+    assert result.best.variant in ("none-s0-8px", "dynamic-s0-8px")
 
 
 def test_workers_import_the_package_ray_shipped(ray_cluster, tmp_path, monkeypatch):
@@ -129,7 +130,7 @@ def test_a_bad_ray_address_is_one_line_and_quick(address, message, tracking):
     assert result.exit_code == 1 and result.output.count("Error:") == 1 and message in result.output, result.output
     lines = result.output.strip().splitlines()  # (a fresh store logs its creation first)
     assert "Traceback" not in result.output and lines[-1].startswith("Error:"), result.output
-    assert MlflowClient().search_runs(["0"]) == []  # nothing started
+    assert store.search_runs() == []  # nothing started
 
 
 def test_ray_options_are_checked_at_the_edge(tracking):

@@ -96,7 +96,7 @@ def test_onet_from_saved_model_every_mode(onet_saved_model, tracking):
 
     # Multi-output pyfunc: a dict of the three heads, equal to the raw interpreter's output.
     int8_uri = f"models:/mtcnn-onet/{versions['int8']}"
-    assert MlflowClient().get_model_version("mtcnn-onet", versions["int8"]).tags["mlflow_tflite.variant"] == "int8-s0-i48"
+    assert MlflowClient().get_model_version("mtcnn-onet", versions["int8"]).tags["mlflow_tflite.variant"] == "int8-s0-48px"
     model = mlflow.pyfunc.load_model(int8_uri)
     predicted = model.predict(x[:8])
     assert isinstance(predicted, dict) and len(predicted) == 3

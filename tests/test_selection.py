@@ -75,9 +75,9 @@ def test_latency_within_noise_is_a_tie_broken_by_accuracy_then_size():
 
 
 def test_ties_on_every_criterion_go_to_the_name():
-    a, b = _candidate("int8-s0.5-i8", 1.0), _candidate("int8-s0-i8", 1.01)
+    a, b = _candidate("int8-s0.5-8px", 1.0), _candidate("int8-s0-8px", 1.01)
     for objective in ("latency", "size", "accuracy"):
-        assert rank_best([a, b], objective).variant == "int8-s0-i8"
+        assert rank_best([a, b], objective).variant == "int8-s0-8px"
 
 
 def test_size_objective_uses_latency_only_after_size_and_accuracy():

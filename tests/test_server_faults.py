@@ -8,6 +8,7 @@ import sys
 import time
 
 from mlflow import MlflowClient
+import store
 from mlflow_tflite import tags
 from mlflow_tflite.track.sweep_runs import children
 from servers import subprocess_env
@@ -26,7 +27,7 @@ def _wait_for_a_logged_child(client: MlflowClient, process: subprocess.Popen, ti
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "the sweep ended before the server was killed"
-        for parent in client.search_runs(["0"], f"tags.{tags.ROLE_TAG} = 'sweep' and attributes.status = 'RUNNING'"):
+        for parent in store.search_runs(f"tags.{tags.ROLE_TAG} = 'sweep' and attributes.status = 'RUNNING'", client):
             if any(r.info.status == "FINISHED" for r in children(parent.info.run_id)):
                 return parent.info.run_id
         time.sleep(0.5)

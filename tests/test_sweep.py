@@ -16,6 +16,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+import store
 import faults
 from mlflow_tflite.track.rows import Row
 from mlflow_tflite.track import selection
@@ -53,24 +54,24 @@ def test_select_best_respects_tolerance_budgets_and_objective():
 def test_sweep_logs_children_selects_and_registers(digits_files, tracking, monkeypatch):
     model, data = digits_files
     monkeypatch.setattr(worker, "variant_task", faults.crash_on_variant)
-    monkeypatch.setenv(faults.CRASH_VARIANT_ENV, "float16-s0-i8")  # this variant's worker aborts
+    monkeypatch.setenv(faults.CRASH_VARIANT_ENV, "float16-s0-8px")  # this variant's worker aborts
     variants = expand_grid(["none", "float16", "int8"], [0.0, 0.5], [None])
     result = run_sweep(SweepConfig(variants, model, data, objective="size", registered_model_name="digits"),
                        progress=False)
 
     runs = {r.data.tags["mlflow_tflite.variant"]: r for r in children(result.parent_run_id)}
     assert sorted(runs) == sorted(f"{q}-s{s}-i8" for q in ("none", "float16", "int8") for s in ("0", "0.5"))
-    crashed = runs["float16-s0-i8"]
+    crashed = runs["float16-s0-8px"]
     assert crashed.info.status == "FAILED" and "crashed" in crashed.data.tags["mlflow_tflite.error"]
     finished = {n: r for n, r in runs.items() if r.info.status == "FINISHED"}
     assert len(finished) == 5
     for run in finished.values():
         assert run.data.tags["mlflow_tflite.role"] == "variant"
         assert {"accuracy", "accuracy_drop", "size_bytes", "gzip_size_bytes", "sparsity_achieved"} <= run.data.metrics.keys()
-    pruned = finished["none-s0.5-i8"].data.metrics
+    pruned = finished["none-s0.5-8px"].data.metrics
     assert pruned["sparsity_achieved"] == pytest.approx(0.5, abs=0.05)
-    assert pruned["gzip_size_bytes"] < 0.8 * finished["none-s0-i8"].data.metrics["gzip_size_bytes"]
-    assert finished["none-s0-i8"].data.metrics["sparsity_achieved"] < 0.01
+    assert pruned["gzip_size_bytes"] < 0.8 * finished["none-s0-8px"].data.metrics["gzip_size_bytes"]
+    assert finished["none-s0-8px"].data.metrics["sparsity_achieved"] < 0.01
 
     client = MlflowClient()
     parent = client.get_run(result.parent_run_id)
@@ -85,10 +86,10 @@ def test_sweep_logs_children_selects_and_registers(digits_files, tracking, monke
     # are the smallest; both are within 0.01 of the source here, so the more accurate one wins
     # (then the name).
     int8 = {n: r.data.metrics for n, r in finished.items() if r.data.params["quant"] == "int8"}
-    assert set(int8) == {"int8-s0-i8", "int8-s0.5-i8"} and all(m["accuracy_drop"] <= 0.01 for m in int8.values())
+    assert set(int8) == {"int8-s0-8px", "int8-s0.5-8px"} and all(m["accuracy_drop"] <= 0.01 for m in int8.values())
     best_name = sorted(int8, key=lambda n: (-int8[n]["accuracy"], n))[0]
     assert parent.data.tags["mlflow_tflite.best_variant"] == best_name
-    assert int8[best_name]["size_bytes"] < 0.35 * finished["none-s0-i8"].data.metrics["size_bytes"]
+    assert int8[best_name]["size_bytes"] < 0.35 * finished["none-s0-8px"].data.metrics["size_bytes"]
     champion = client.get_model_version_by_alias("digits", "champion")
     assert champion.run_id == finished[best_name].info.run_id
     assert champion.tags["mlflow_tflite.variant"] == best_name and "| accuracy |" in champion.description
@@ -134,8 +135,8 @@ def test_pruning_a_keras3_source_fails_only_the_sparsity_variants(tmp_path, digi
     result = run_sweep(SweepConfig(expand_grid(["none"], [0.0, 0.5], [None]), str(tmp_path / "k3.keras"),
                                    str(tmp_path / "d.npz"), tolerance=Tolerance(1.0), register=False), progress=False)
     status = {row.variant: (row.status, row.error) for row in result.rows}
-    assert status["none-s0-i8"][0] == "FINISHED"
-    assert status["none-s0.5-i8"][0] == "FAILED" and "needs a tf_keras model" in status["none-s0.5-i8"][1]
+    assert status["none-s0-8px"][0] == "FINISHED"
+    assert status["none-s0.5-8px"][0] == "FAILED" and "needs a tf_keras model" in status["none-s0.5-8px"][1]
 
 
 def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking, tmp_path):
@@ -158,7 +159,7 @@ def test_killed_sweep_resumes_and_logs_each_variant_once(digits_files, tracking,
     resumed = CliRunner().invoke(cli, args[3:] + ["--resume", parent_id])
     assert resumed.exit_code == 0, resumed.output
     finished = [r.data.tags["mlflow_tflite.variant"] for r in children(parent_id) if r.info.status == "FINISHED"]
-    assert sorted(finished) == sorted(["none-s0-i8", "dynamic-s0-i8", "float16-s0-i8", "int8-s0-i8"])
+    assert sorted(finished) == sorted(["none-s0-8px", "dynamic-s0-8px", "float16-s0-8px", "int8-s0-8px"])
     assert all(r.info.status != "RUNNING" for r in children(parent_id))
 
 
@@ -179,7 +180,7 @@ def test_sweep_bad_input_is_one_line(args, message, tracking):
     assert result.exit_code == 1
     assert result.output.count("Error:") == 1 and message in result.output, result.output
     assert MlflowClient().search_registered_models() == []
-    assert MlflowClient().search_runs(["0"]) == []
+    assert store.search_runs() == []
 
 
 def test_sweep_input_errors_are_input_errors_before_any_run(tracking, tmp_path):
@@ -198,7 +199,7 @@ def test_sweep_input_errors_are_input_errors_before_any_run(tracking, tmp_path):
         assert result.exit_code == 1, result.output
         assert result.output.strip().splitlines()[-1] == message
         assert "stopped answering" not in result.output and "Traceback" not in result.output
-    assert MlflowClient().search_runs(["0"]) == []
+    assert store.search_runs() == []
     assert not list(tmp_path.glob("mlflow-tflite-sweep-*.json"))  # the working directory (tracking's tmp_path)
 
 
@@ -213,7 +214,7 @@ def test_the_config_file_sweep_section_reaches_the_sweep(tracking, tmp_path):
     config.write_text("sweep: {speed: fast}\n")
     result = CliRunner().invoke(cli, ["sweep", "--quant", "int8", "--sparsity", "0", "--config", str(config)])
     assert result.exit_code == 1 and "config section 'sweep' has unknown keys ['speed']" in result.output
-    assert MlflowClient().search_runs(["0"]) == []
+    assert store.search_runs() == []
 
 
 def _sweep_args(model, data, *extra):
@@ -248,25 +249,25 @@ def test_resume_needs_a_sweep_parent_and_native_is_one_size(digits_files, tracki
     assert "mlflow_tflite.role" not in MlflowClient().get_run(other.info.run_id).data.tags
     result = run_sweep(SweepConfig(expand_grid(["int8"], [0.0], [None, 8]), model, data, register=False),
                        progress=False)  # native is 8 here: one variant, one child
-    assert [r.variant for r in result.rows] == ["int8-s0-i8"] and len(children(result.parent_run_id)) == 1
+    assert [r.variant for r in result.rows] == ["int8-s0-8px"] and len(children(result.parent_run_id)) == 1
 
 
 def test_resume_runs_a_failed_variant_again_and_keeps_one_child(digits_files, tracking, monkeypatch):
     model, data = digits_files
     monkeypatch.setattr(worker, "variant_task", faults.crash_on_variant)
-    monkeypatch.setenv(faults.CRASH_VARIANT_ENV, "float16-s0-i8")
+    monkeypatch.setenv(faults.CRASH_VARIANT_ENV, "float16-s0-8px")
     variants = expand_grid(["none", "float16"], [0.0], [None])
     first = run_sweep(SweepConfig(variants, model, data, register=False), progress=False)
-    failed = {r.data.tags["mlflow_tflite.variant"]: r for r in children(first.parent_run_id)}["float16-s0-i8"]
+    failed = {r.data.tags["mlflow_tflite.variant"]: r for r in children(first.parent_run_id)}["float16-s0-8px"]
     assert failed.info.status == "FAILED"
 
     monkeypatch.delenv(faults.CRASH_VARIANT_ENV)
     run_sweep(SweepConfig(variants, model, data, register=False, resume=first.parent_run_id), progress=False)
     current = children(first.parent_run_id)
     assert sorted((r.data.tags["mlflow_tflite.variant"], r.info.status) for r in current) == [
-        ("float16-s0-i8", "FINISHED"), ("none-s0-i8", "FINISHED")]
+        ("float16-s0-8px", "FINISHED"), ("none-s0-8px", "FINISHED")]
     old = MlflowClient().get_run(failed.info.run_id)
-    replacement = next(r for r in current if r.data.tags["mlflow_tflite.variant"] == "float16-s0-i8")
+    replacement = next(r for r in current if r.data.tags["mlflow_tflite.variant"] == "float16-s0-8px")
     assert old.info.lifecycle_stage == "deleted"
     assert old.data.tags["mlflow_tflite.superseded_by"] == replacement.info.run_id
 
@@ -280,7 +281,7 @@ def test_kill_after_registration_then_resume_registers_once(digits_files, tracki
     assert killed.returncode == 9, killed.stderr[-2000:]
     client = MlflowClient()
     assert len(client.search_model_versions("name='killed'")) == 1
-    parent = client.search_runs(["0"], "tags.mlflow_tflite.role = 'sweep'")[0]
+    parent = store.search_runs("tags.mlflow_tflite.role = 'sweep'", client)[0]
     assert parent.info.status == "RUNNING" and "mlflow_tflite.registered_version" not in parent.data.tags
 
     resumed = CliRunner().invoke(cli, args + ["--resume", parent.info.run_id])
@@ -323,7 +324,7 @@ def _wait_for_a_finished_child(client, process, log_path, timeout=300) -> str:
     while time.time() < deadline and process.poll() is None:
         time.sleep(0.3)
         try:
-            sweeps = client.search_runs(["0"], "tags.mlflow_tflite.role = 'sweep'")
+            sweeps = store.search_runs("tags.mlflow_tflite.role = 'sweep'", client)
         except MlflowException as error:  # the sweep process may hold the sqlite write lock
             if "locked" not in str(error):
                 raise

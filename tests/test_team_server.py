@@ -114,7 +114,7 @@ def test_sweep_logs_its_variants_and_registers_the_best(team, team_server):
     parent = client.get_run(team["sweep_run_id"])
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(c.data.tags["mlflow_tflite.variant"] for c in children) == ["dynamic-s0-i8", "int8-s0-i8"]
+    assert sorted(c.data.tags["mlflow_tflite.variant"] for c in children) == ["dynamic-s0-8px", "int8-s0-8px"]
     assert all(c.info.status == "FINISHED" for c in children)
     best = parent.data.tags["mlflow_tflite.best_run_id"]
     registered = [v for v in _versions(client, MODEL) if v.run_id == best]

@@ -18,7 +18,7 @@ class SweepConfig:
         variants: the grid (``variants.expand_grid``); ``input_size=None`` means native.
         model, data: the ``model`` / ``data`` parameters (``None`` and ``None`` for the demo).
         open_options: further ``context.prepare`` arguments (task, preprocessing, source options).
-        objective: ``latency``, ``size`` or ``accuracy`` (see ``selection.select_best``).
+        objective: ``latency``, ``size``, ``gzip_size`` or ``accuracy`` (see ``selection.select_best``).
         tolerance: accuracy / fidelity bounds a variant must meet (``selection.Tolerance``).
         max_size_bytes, max_latency_ms: optional budgets (bytes, ms).
         registered_model_name: registry name (default from the source).
@@ -36,7 +36,7 @@ class SweepConfig:
     model: str | None = None
     data: str | None = None
     open_options: dict = field(default_factory=dict)
-    objective: Objective = option(Objective.LATENCY, "latency, size or accuracy.", choice(Objective))
+    objective: Objective = option(Objective.LATENCY, "latency, size, gzip_size or accuracy.", choice(Objective))
     tolerance: Tolerance = Tolerance()
     max_size_bytes: float | None = option(None, "Size budget in bytes, or none.",
                                           number(float, 0, low_open=True, optional=True))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from mlflow_tflite.build.graph import Builds
 from mlflow_tflite.measure.latency import time_latency
+from mlflow_tflite.options import Objective
 from mlflow_tflite.sweep.context import Context
 from mlflow_tflite.sweep.record import describe, log_outcome, log_trial_latencies, log_variant_source
 from mlflow_tflite.sweep.work import variant_work
@@ -37,7 +38,8 @@ class VariantResult:
 
 
 def run_variant(context: Context, variant: Variant, registered_model_name: str | None = None, num_threads: int = 1,
-                register: bool = True, tolerance: Tolerance = Tolerance(), builds: Builds | None = None) -> VariantResult:
+                register: bool = True, tolerance: Tolerance = Tolerance(), builds: Builds | None = None,
+                objective: Objective = Objective.LATENCY) -> VariantResult:
     """Convert, evaluate and log one variant as an MLflow run; register it if asked.
 
     Args:
@@ -49,6 +51,8 @@ def run_variant(context: Context, variant: Variant, registered_model_name: str |
         tolerance: a variant outside it is registered as ``challenger`` only.
         builds: the source's build graph, to share pruned models and float flatbuffers between
             calls (one of its own when ``None``).
+        objective: what "best" means for the champion, stored on the registered model by its
+            first registration (a later one keeps the stored objective).
 
     Returns:
         :class:`VariantResult`.
@@ -57,7 +61,8 @@ def run_variant(context: Context, variant: Variant, registered_model_name: str |
         TFLiteError: the variant failed; the run is then FAILED with the message and nothing
             is registered.
     """
-    with runs.variant_run(variant) as run:
+    registered_model_name = registered_model_name or context.source.name
+    with runs.variant_run(variant, experiment_id=runs.project_experiment(registered_model_name)) as run:
         log_variant_source(describe(context), variant, num_threads, context.dataset)
         outcome = variant_work(context, builds or Builds(context.build_inputs()), variant)
         latencies = {} if outcome.not_evaluated else time_latency(outcome.latency_models(variant.name), num_threads)
@@ -68,8 +73,8 @@ def run_variant(context: Context, variant: Variant, registered_model_name: str |
         registration = None
         if register and not outcome.not_evaluated and outcome.tolerance_met:
             registration = registry.register_and_promote(model_info.model_uri,
-                                                         registered_model_name or context.source.name, metrics,
-                                                         eval_digest, variant.name, tolerance)
+                                                         registered_model_name, metrics,
+                                                         eval_digest, variant.name, tolerance, objective)
     message = outcome.search.message if outcome.search is not None else None
     run_id = run.info.run_id
     return VariantResult(run_id, variant, metrics, model_info.model_uri, registration, message)

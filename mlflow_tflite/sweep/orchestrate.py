@@ -97,7 +97,10 @@ def _in_parent_run(config: SweepConfig, workers: SweepExecutor, meta: SourceDesc
     # Taken out of the environment as mlflow.start_run does, or every child run would reopen it.
     launched = os.environ.pop("MLFLOW_RUN_ID", None)
     run_id = launched or config.resume
-    with runs.tracked_run(run_id=run_id, run_name=None if run_id else "sweep") as parent:
+    model_name = config.registered_model_name or meta.name
+    new_run = {} if run_id else {"run_name": f"sweep-{model_name}-{len(variants)}",
+                                 "experiment_id": runs.project_experiment(model_name)}
+    with runs.tracked_run(run_id=run_id, **new_run) as parent:
         mlflow.set_tags(PARENT_TAGS)
         record.parent_run_id = parent.info.run_id
         if config.resume and config.resume != parent.info.run_id:
@@ -244,6 +247,6 @@ def _choose_and_register(parent_run_id: str, rows: list[Row], config: SweepConfi
     if config.register:
         result.registration = registry.register_and_promote(
             best.model_uri, config.registered_model_name or source_name, best.metrics, best.eval_digest,
-            best.variant, config.tolerance)
+            best.variant, config.tolerance, config.objective)
         mlflow.set_tag(tags.REGISTERED_VERSION_TAG, result.registration.version)
     return result

@@ -1,34 +1,33 @@
 """Registering a variant and setting the ``champion`` alias, safe for concurrent promoters.
 
-The champion rule (:func:`beats`): a version outside the tolerance never takes ``champion``; the
-first version within it does ("no champion yet"); a later one takes it from the champion only
-when it was evaluated on the same data (same MLflow dataset digest) with a strictly better
-quality (``selection.quality``). A model is registered once: registering the same logged model
-again (a resumed sweep) reuses its version.
+The rule itself (which version is champion) is ``champion.fold_champion``: the sweep's rule
+(tolerance, then the registered model's objective, ties by quality, size, name) applied in version
+order to the ready versions. The objective is a registered-model tag (``OBJECTIVE_TAG``), written by
+the model's first registration and changed only on request (``promote --objective``). A model is
+registered once: registering the same logged model again (a resumed sweep) reuses its version.
 
 MLflow has no compare-and-set on aliases, so promoters do not read the champion and then move
 it. Instead each version records everything the rule needs as version tags: its metrics
 (``VERSION_METRIC_TAGS``), its evaluation data digest (``EVAL_DIGEST_TAG``) and whether it met
 the tolerance its promoter judged it with (``TOLERANCE_TAG``: the violation, or ``none``), and
-then, last, ``READY_TAG``. The champion is a function of the ready versions alone
-(:func:`fold_champion`): the rule applied in version order from the lowest up. Every promoter
-marks its version ready, computes that function, sets the aliases to it, and reads the ready
-versions and the aliases again, until what it reads agrees with what it computed. Promoters
-that read the same versions write the same aliases, and each one's last read follows its last
-write, so the aliases end on the function of all ready versions, whatever the interleaving.
-Nobody waits for anybody: a promoter that dies before marking its version ready leaves a
-version that is never a candidate; one that dies after leaves its version to the next
-promoter of the model, which sets the aliases for it.
+then, last, ``READY_TAG``. The champion is a function of the ready versions and the objective
+alone. Every promoter marks its version ready, computes that function, sets the aliases to it,
+and reads the ready versions, the objective and the aliases again, until what it reads agrees
+with what it computed. Promoters that read the same versions write the same aliases, and each
+one's last read follows its last write, so the aliases end on the function of all ready
+versions, whatever the interleaving. Nobody waits for anybody: a promoter that dies before
+marking its version ready leaves a version that is never a candidate; one that dies after
+leaves its version to the next promoter of the model, which sets the aliases for it.
 
-A promoter's :class:`Registration` describes the ready versions it last read: a lower version
-whose promoter is still writing its tags may become ready afterwards, and its own promoter then
-moves the aliases. ``challenger`` names the latest ready version that did not take ``champion``
-in the fold (a beaten champion keeps no alias). Aliases the fold does not name (no version
-within the tolerance yet, or none that failed to take ``champion``) are left as they are.
+A promoter's :class:`Registration` describes the ready versions it last read. ``challenger``
+names the latest ready version that did not take ``champion`` in the fold (a beaten champion
+keeps no alias). Aliases the fold does not name are left as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from dataclasses import dataclass, field
 
@@ -38,19 +37,18 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.flavor import FLAVOR_NAME
-from mlflow_tflite.track.selection import Tolerance, quality
+from mlflow_tflite.options import Objective
 from mlflow_tflite.tags import (
-    EVAL_DIGEST_TAG, READY_TAG, TOLERANCE_MET, TOLERANCE_TAG, VARIANT_TAG, VERSION_METRIC_TAGS,
+    EVAL_DIGEST_TAG, OBJECTIVE_TAG, READY_TAG, TOLERANCE_MET, TOLERANCE_TAG, VARIANT_TAG, VERSION_METRIC_TAGS,
 )
+from mlflow_tflite.track.champion import Outcome, VersionRecord, fold_champion
 from mlflow_tflite.track.runs import evaluation_digest
+from mlflow_tflite.track.selection import Tolerance
 
 _logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# Version tags (to move into tags.py). TOLERANCE_TAG: why the version is outside the tolerance
-# its promoter judged it with, or TOLERANCE_MET when within. READY_TAG: "true", written after
-# every other tag the rule reads; only ready versions are candidates.
 # Rounds of (read, set aliases) before a promoter gives up: each round that does not settle
 # means another version became ready or another writer moved an alias meanwhile.
 MAX_ROUNDS = 50
@@ -58,31 +56,22 @@ MAX_ROUNDS = 50
 
 @dataclass(frozen=True)
 class Registration:
-    """Outcome of :func:`register_and_promote`: the model version and whether it is now champion."""
+    """Outcome of :func:`register_and_promote`: the model version and whether it is now champion.
+
+    Attributes:
+        name: registered model name.
+        version: the version registered (or reused).
+        champion: it holds ``champion`` among the ready versions last read.
+        reason: one plain sentence, e.g. ``version 3 is champion: 18% faster than version 1 at the
+            same accuracy``.
+        objective: the registered model's objective the rule used.
+    """
 
     name: str
     version: str
     champion: bool
     reason: str
-
-
-@dataclass(frozen=True)
-class VersionRecord:
-    """What the champion rule reads from a ready model version's tags."""
-
-    version: int
-    violation: str | None  # outside the tolerance: why; within: None
-    eval_digest: str | None
-    metrics: dict[str, float]
-
-
-@dataclass
-class Outcome:
-    """The aliases :func:`fold_champion` computes and a one-line reason per version."""
-
-    champion: int | None = None
-    challenger: int | None = None
-    reasons: dict[int, str] = field(default_factory=dict)
+    objective: Objective = Objective.LATENCY
 
 
 def _alias_holder(client: MlflowClient, name: str, alias: str):
@@ -112,70 +101,7 @@ def _record(version) -> VersionRecord:
     violation = version.tags.get(TOLERANCE_TAG, "no tolerance verdict recorded")
     metrics = {k: float(version.tags[k]) for k in VERSION_METRIC_TAGS if k in version.tags}
     return VersionRecord(int(version.version), None if violation == TOLERANCE_MET else violation,
-                         version.tags.get(EVAL_DIGEST_TAG), metrics)
-
-
-def _score(value: float | None) -> str:
-    return "no score" if value is None else f"{value:.4f}"
-
-
-def beats(candidate: VersionRecord, champion: VersionRecord | None) -> tuple[bool, str]:
-    """The champion rule for one step: does ``candidate`` take ``champion`` from ``champion``?
-
-    Args:
-        candidate: the next version in version order.
-        champion: the champion of the lower versions, or ``None``.
-
-    Returns:
-        (takes ``champion``, one-line reason naming the champion it was compared with).
-    """
-    if candidate.violation:
-        return False, f"outside the tolerance ({candidate.violation}); champion not moved"
-    if champion is None:
-        return True, "no champion yet"
-    score, current = quality(candidate.metrics), champion.version
-    if score is None or candidate.eval_digest is None:
-        return False, f"version {current} stays champion: the new version was not evaluated on data"
-    if champion.eval_digest != candidate.eval_digest:
-        return False, f"version {current} stays champion: it was evaluated on other data"
-    current_score = quality(champion.metrics)
-    if current_score is not None and score <= current_score:
-        return False, f"version {current} stays champion: score {current_score:.4f} >= {score:.4f}"
-    return True, f"beats version {current} ({_score(current_score)} -> {score:.4f}) on the same data"
-
-
-def fold_champion(records: list[VersionRecord]) -> Outcome:
-    """``champion`` and ``challenger`` as a function of the ready versions: :func:`beats` in version order.
-
-    Args:
-        records: the ready versions of one registered model, in any order.
-
-    Returns:
-        :class:`Outcome`: the champion (``None`` when no version is within the tolerance), the
-        latest version that did not take champion (or ``None``), and per version why it holds
-        ``champion``, lost it (``version B beat it ...``) or never took it; a reason naming a
-        champion that lost it later ends with ``; version N is champion``.
-    """
-    outcome, champion, named = Outcome(), None, {}
-    for record in sorted(records, key=lambda r: r.version):
-        takes, reason = beats(record, champion)
-        if takes:
-            if champion is not None:
-                outcome.reasons[champion.version] = (
-                    f"version {record.version} beat it ({_score(quality(champion.metrics))} -> "
-                    f"{_score(quality(record.metrics))}) on the same data")
-                named[champion.version] = record.version
-            champion = record
-        else:
-            outcome.challenger = record.version
-            if champion is not None and not record.violation:
-                named[record.version] = champion.version
-        outcome.reasons[record.version] = reason
-    outcome.champion = champion.version if champion else None
-    for version, holder in named.items():
-        if holder != outcome.champion:
-            outcome.reasons[version] += f"; version {outcome.champion} is champion"
-    return outcome
+                         version.tags.get(EVAL_DIGEST_TAG), metrics, version.tags.get(VARIANT_TAG, ""))
 
 
 def _ready_records(client: MlflowClient, name: str) -> list[VersionRecord]:
@@ -231,8 +157,8 @@ def converge(client: MlflowClient, name: str, max_rounds: int = MAX_ROUNDS) -> O
         MlflowException: the registry could not be read or written.
     """
     for round_ in range(max_rounds):
-        records = _ready_records(client, name)
-        outcome, holders = fold_champion(records), _holders(client, name)
+        records, objective = _ready_records(client, name), stored_objective(client, name)
+        outcome, holders = fold_champion(records, objective), _holders(client, name)
         wanted = {CHAMPION: outcome.champion, CHALLENGER: outcome.challenger}
         moves = {alias: v for alias, v in wanted.items() if v is not None and holders[alias] != v}
         if not moves:
@@ -243,6 +169,24 @@ def converge(client: MlflowClient, name: str, max_rounds: int = MAX_ROUNDS) -> O
             _set_alias(client, name, alias, version, holders[alias] is None)
     raise TFLiteError(f"the aliases of model {name!r} did not settle after {max_rounds} rounds: another writer "
                       "keeps moving champion or challenger; retry with promote")
+
+
+def stored_objective(client: MlflowClient, name: str) -> Objective:
+    """The registered model's objective (tag ``mlflow_tflite.objective``); ``latency`` when unset."""
+    value = client.get_registered_model(name).tags.get(OBJECTIVE_TAG)
+    try:
+        return Objective(value) if value else Objective.LATENCY
+    except ValueError:
+        raise TFLiteError(f"registered model {name!r} has objective {value!r}, which is not one of "
+                          f"{', '.join(Objective)}; set one with promote --objective latency") from None
+
+
+def _keep_objective(client: MlflowClient, name: str, objective: Objective | None, change: bool) -> None:
+    """Store ``objective`` on the registered model at its first registration, or when asked to ``change`` it."""
+    if objective is None:
+        return
+    if change or OBJECTIVE_TAG not in client.get_registered_model(name).tags:
+        client.set_registered_model_tag(name, OBJECTIVE_TAG, str(objective))
 
 
 def _existing_version(client: MlflowClient, name: str, model_uri: str, run_id: str | None):
@@ -278,7 +222,10 @@ def _register(client: MlflowClient, model_uri: str, name: str, tags: dict[str, s
     run_id = mlflow.models.get_model_info(model_uri).run_id if model_uri.startswith("models:/m-") else None
     existing = _existing_version(client, name, model_uri, run_id)
     if existing is None:
-        version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+        # mlflow.register_model prints "Successfully registered model ..." and "Created version ..."
+        # to stderr; the project says what happened in its own line.
+        with contextlib.redirect_stderr(io.StringIO()):
+            version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     else:
         version = str(existing.version)
         if existing.tags.get(READY_TAG) == "true":
@@ -297,45 +244,53 @@ def register_and_promote(
     eval_digest: str | None,
     variant_name: str,
     tolerance: Tolerance = Tolerance(),
+    objective: Objective | None = Objective.LATENCY,
+    change_objective: bool = False,
 ) -> Registration:
     """Register ``model_uri`` under ``name`` (once), tag and describe the version, and set the aliases.
 
     The version records its metrics, evaluation data digest and tolerance verdict, then is
     marked ready; ``champion`` and ``challenger`` are then set to the function of all ready
-    versions (see module doc).
+    versions and the registered model's objective (see module doc).
 
     Args:
         model_uri: the logged model (``models:/m-...`` or ``runs:/<id>/model``).
         name: registered model name.
         metrics: the variant's run metrics; a few are copied into version tags.
         eval_digest: digest of the evaluation dataset (``mlflow.data`` digest), or ``None``.
-        variant_name: e.g. ``int8-s0-i8``, stored as the version tag ``mlflow_tflite.variant``.
+        variant_name: e.g. ``int8-s0-8px``, stored as the version tag ``mlflow_tflite.variant``.
         tolerance: a version outside it never takes ``champion``.
+        objective: stored on the registered model when it has none yet (its first registration);
+            ``None`` leaves the tag alone.
+        change_objective: store ``objective`` even when the model has one (``promote --objective``).
 
     Returns:
         :class:`Registration`: whether this version holds ``champion`` among the ready
-        versions the promoter last read, and why (one line).
+        versions the promoter last read, and why (one sentence).
 
     Raises:
         MlflowException: the registry could not be read or written.
-        TFLiteError: the aliases did not settle (see :func:`converge`).
+        TFLiteError: the aliases did not settle (see :func:`converge`), or the stored objective is unknown.
     """
     client = MlflowClient()
     tags = _version_tags(metrics, eval_digest, variant_name, tolerance.violation(metrics))
     version = _register(client, model_uri, name, tags)
+    _keep_objective(client, name, objective, change_objective)
     outcome = converge(client, name)
     reason = outcome.reasons.get(int(version), "not among the ready versions read (its ready tag was removed)")
     client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
-    return Registration(name, version, outcome.champion == int(version), reason)
+    return Registration(name, version, outcome.champion == int(version), reason, stored_objective(client, name))
 
 
 def version_description(variant_name: str, metrics: dict[str, float], reason: str) -> str:
-    """Markdown for the model version page: the variant, its metrics table, the alias decision."""
+    """The model version page's description: one plain-text line (the variant and the alias
+    decision, which the registry's version list shows as is), then a markdown table of the metrics."""
     rows = "\n".join(f"| {key} | {metrics[key]:.6g} |" for key in sorted(metrics))
-    return f"**Variant** `{variant_name}`\n\n| metric | value |\n|---|---|\n{rows}\n\n**Alias**: {reason}\n"
+    return f"{variant_name}: {reason}\n\n| metric | value |\n|---|---|\n{rows}\n"
 
 
-def promote_logged_model(model_uri: str, name: str, tolerance: Tolerance = Tolerance()) -> Registration:
+def promote_logged_model(model_uri: str, name: str, tolerance: Tolerance = Tolerance(),
+                         objective: Objective | None = None) -> Registration:
     """Register any logged ``tflite`` model and apply the champion rule (the ``promote`` command).
 
     The metrics, the variant name and the evaluation data digest are read from the run that
@@ -345,6 +300,8 @@ def promote_logged_model(model_uri: str, name: str, tolerance: Tolerance = Toler
         model_uri: ``runs:/<run_id>/model`` or ``models:/m-<id>`` of a logged model.
         name: registered model name.
         tolerance: a model outside it is registered as ``challenger`` only.
+        objective: set the registered model's objective to this first (every version is then
+            judged by it); ``None`` keeps the stored one (``latency`` for a new model).
 
     Returns:
         :class:`Registration` (see :func:`register_and_promote`).
@@ -363,4 +320,5 @@ def promote_logged_model(model_uri: str, name: str, tolerance: Tolerance = Toler
         raise TFLiteError(f"model {model_uri!r} is not of flavor {FLAVOR_NAME} (it has {sorted(info.flavors)})")
     run = MlflowClient().get_run(info.run_id)
     variant = run.data.tags.get(VARIANT_TAG, "unknown")
-    return register_and_promote(model_uri, name, run.data.metrics, evaluation_digest(run), variant, tolerance)
+    return register_and_promote(model_uri, name, run.data.metrics, evaluation_digest(run), variant, tolerance,
+                                objective or Objective.LATENCY, change_objective=objective is not None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import mlflow
 import numpy as np
@@ -12,11 +13,65 @@ from mlflow_tflite import tags
 from mlflow_tflite import flavor
 from mlflow_tflite.build.data import DIGITS_SOURCE, Dataset
 from mlflow_tflite.errors import TFLiteError, first_line
-from mlflow_tflite.tags import ERROR_TAG, ROLE_TAG, ROLE_VARIANT, VARIANT_TAG
+from mlflow_tflite.tags import (ERROR_TAG, EXPERIMENT_KIND_TAG, ROLE_TAG, ROLE_VARIANT, TRAINING_EXPERIMENT_KIND,
+                                VARIANT_TAG)
 from mlflow_tflite.track.report import tensor_error_figure
 from mlflow_tflite.variants import Variant
 
 MODEL_NAME = "model"
+EXPERIMENT_PREFIX = "mlflow-tflite/"
+# How a user chooses the experiment; set, they win over the project's default.
+_CHOSEN_EXPERIMENT_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+
+
+def project_experiment(registered_model_name: str) -> str | None:
+    """The experiment a run the project creates goes to, unless the user chose one.
+
+    The user's choice is ``MLFLOW_EXPERIMENT_NAME`` / ``MLFLOW_EXPERIMENT_ID``, a run started by
+    ``mlflow run`` (``MLFLOW_RUN_ID``, which lives in the experiment ``--experiment-name`` gave) or
+    an active run; otherwise runs go to ``mlflow-tflite/<registered model name>``, created on
+    first use (by another process at the same time too).
+
+    Args:
+        registered_model_name: the name the variants are registered under, e.g. ``digits-cnn``.
+
+    Returns:
+        The experiment id to start runs in, or ``None`` to leave the choice to MLflow.
+
+    Raises:
+        TFLiteError: the experiment exists but is deleted (the message says how to restore it).
+    """
+    if mlflow.active_run() is not None or any(os.environ.get(key) for key in _CHOSEN_EXPERIMENT_ENV):
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name = EXPERIMENT_PREFIX + registered_model_name
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND})
+        except MlflowException:  # created by another process in between
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise TFLiteError(f"the experiment {name!r} is deleted; restore it (mlflow experiments restore "
+                          f"--experiment-id {experiment.experiment_id}) or set MLFLOW_EXPERIMENT_NAME to another")
+    return experiment.experiment_id
+
+
+def mark_training_experiment(experiment_id: str) -> None:
+    """Give the experiment the kind ``custom_model_development`` if it has no kind yet.
+
+    MLflow 3's UI opens an experiment without a kind on its GenAI overview, where no runs show.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
 
 
 def variant_params(variant: Variant, source_uri: str, num_threads: int) -> dict[str, object]:
@@ -57,7 +112,7 @@ def log_params_once(params: dict[str, object]) -> None:
 
     Under ``mlflow run`` the entry point's parameters are already logged as the user typed them
     (``sparsity=0``, ``input_size=native``); MLflow forbids changing a param, so those stay and
-    the resolved values show in the variant tag (``int8-s0-i8``).
+    the resolved values show in the variant tag (``int8-s0-8px``).
     """
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     missing = {key: value for key, value in params.items() if key not in logged}
@@ -107,6 +162,8 @@ def tracked_run(**start_run_args):
     """
     with mlflow.start_run(**start_run_args) as run:
         try:
+            if not start_run_args.get("nested"):
+                mark_training_experiment(run.info.experiment_id)
             yield run
         except BaseException as error:
             end_with_error(error)
@@ -114,15 +171,22 @@ def tracked_run(**start_run_args):
 
 
 @contextlib.contextmanager
-def variant_run(variant: Variant, nested: bool = False):
+def variant_run(variant: Variant, nested: bool = False, experiment_id: str | None = None):
     """Start (or resume, under ``mlflow run``) a run for one variant, tagged with its name and role.
 
     Ends like :func:`tracked_run` on an exception.
 
+    Args:
+        variant: names the run.
+        nested: a child run of the active run, in the parent's experiment.
+        experiment_id: where a new run goes (:func:`project_experiment`), ``None`` for MLflow's choice.
+
     Yields:
         The active ``mlflow.ActiveRun``.
     """
-    with tracked_run(nested=nested, run_name=variant.name) as run:
+    if nested and experiment_id is None:  # MLflow would put the child in its own current experiment
+        experiment_id = mlflow.active_run().info.experiment_id
+    with tracked_run(nested=nested, run_name=variant.name, experiment_id=experiment_id) as run:
         mlflow.set_tags({VARIANT_TAG: variant.name, ROLE_TAG: ROLE_VARIANT})
         yield run
 

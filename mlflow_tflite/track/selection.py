@@ -72,6 +72,14 @@ class Tolerance:
         return None
 
 
+QUALITY_METRICS = ("accuracy", "agreement", "cosine_similarity")
+
+
+def quality_metric(metrics: dict[str, float]) -> str | None:
+    """The name of the metric :func:`quality` reads from ``metrics``, or ``None``."""
+    return next((key for key in QUALITY_METRICS if key in metrics), None)
+
+
 def quality(metrics: dict[str, float]) -> float | None:
     """The one quality score variants and versions are compared by (higher is better, a fraction).
 
@@ -79,10 +87,8 @@ def quality(metrics: dict[str, float]) -> float | None:
     outputs); else ``cosine_similarity`` with the source (fidelity); ``None`` when the variant
     was not evaluated on data.
     """
-    for key in ("accuracy", "agreement", "cosine_similarity"):
-        if key in metrics:
-            return float(metrics[key])
-    return None
+    key = quality_metric(metrics)
+    return None if key is None else float(metrics[key])
 
 
 def within_budgets(metrics: dict[str, float], max_size_bytes: float | None, max_latency_ms: float | None) -> bool:
@@ -120,12 +126,17 @@ def _exact(key):
 _LATENCY = (lambda m: m["latency_ms_p50"], latency_tied)
 _QUALITY = _exact(lambda m: -(quality(m) or 0.0))
 _SIZE = _exact(lambda m: m["size_bytes"])
+_GZIP_SIZE = _exact(lambda m: m["gzip_size_bytes"])
 # Per objective, the criteria in order; each keeps the candidates tied with the best so far.
 CRITERIA = {
     "latency": (_LATENCY, _QUALITY, _SIZE),
     "size": (_SIZE, _QUALITY, _LATENCY),
+    "gzip_size": (_GZIP_SIZE, _QUALITY, _SIZE, _LATENCY),
     "accuracy": (_QUALITY, _SIZE, _LATENCY),
 }
+# The metric each objective ranks by first; accuracy ranks by quality(), whichever metric that reads.
+OBJECTIVE_METRIC = {"latency": "latency_ms_p50", "size": "size_bytes", "gzip_size": "gzip_size_bytes",
+                    "accuracy": None}
 
 
 def rank_best(candidates: list[Row], objective: str) -> Row:
@@ -151,7 +162,8 @@ def select_best(candidates: list[Row], objective: str, tolerance: Tolerance,
 
     Args:
         candidates: ``rows.Row`` values (``variant`` name, ``metrics`` with latency).
-        objective: ``latency`` (p50 ms), ``size`` (bytes) or ``accuracy`` (:func:`quality`).
+        objective: ``latency`` (p50 ms), ``size`` (bytes), ``gzip_size`` (bytes after gzip) or
+            ``accuracy`` (:func:`quality`).
         tolerance: accuracy / fidelity bounds (:class:`Tolerance`).
         max_size_bytes, max_latency_ms: optional budgets.
 
