@@ -54,3 +54,26 @@ def start_tensorflow() -> None:
         import tensorflow as tf
 
         tf.constant(0.0).numpy()  # the first op initialises the devices (the cuInit line)
+
+
+@contextlib.contextmanager
+def quiet_h5_save():
+    """Save a tf_keras model as ``.h5`` without the notices that choice brings.
+
+    The project ships models between processes and caches the demo as ``.h5`` on purpose (one
+    file, no SavedModel tracing); tf_keras then warns that HDF5 is "legacy" and, for a compiled
+    model that was not trained here, that "compiled metrics have yet to be built". Neither is
+    about anything the user did.
+    """
+    import logging
+    import warnings
+
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*HDF5 file via `model.save\(\)`.*", category=UserWarning)
+            yield
+    finally:
+        tf_logger.setLevel(level)

@@ -34,8 +34,11 @@ def test_int8_variant_run_is_complete(demo_prepared, tracking):
     assert metrics["accuracy_drop"] == pytest.approx(metrics["source_accuracy"] - metrics["accuracy"])
     assert metrics["accuracy"] >= 0.95 and metrics["accuracy_drop"] <= 0.01
     assert metrics["size_bytes"] < 100_000 and metrics["gzip_size_bytes"] < metrics["size_bytes"]
-    assert run.data.tags["mlflow_tflite.variant"] == "int8-s0-8px"
+    assert run.data.tags["mlflow_tflite.variant"] == "int8-s0-8px" and run.info.run_name == "int8-s0-8px"
     assert run.data.tags["mlflow_tflite.role"] == "variant"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "mlflow-tflite/digits-cnn"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     contexts = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(contexts) == {"evaluation", "calibration"}
     assert contexts["evaluation"].name == "digits-test"
@@ -57,6 +60,20 @@ def mlflow_tflite_interpreter(uri):
     import mlflow_tflite
 
     return mlflow_tflite.load_model(uri)
+
+
+def test_the_users_experiment_wins_and_gets_a_kind_only_when_it_has_none(demo_prepared, tracking, monkeypatch):
+    client = MlflowClient()
+    mine = client.create_experiment("mine")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mine")
+    run = client.get_run(run_variant(demo_prepared, Variant("none", input_size=8), register=False).run_id)
+    assert run.info.experiment_id == mine
+    assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "custom_model_development"
+    genai = client.create_experiment("genai", tags={"mlflow.experimentKind": "genai_development"})
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "genai")
+    run_variant(demo_prepared, Variant("none", input_size=8), register=False)
+    assert client.get_experiment(genai).tags["mlflow.experimentKind"] == "genai_development"
+    assert client.get_experiment_by_name("mlflow-tflite/digits-cnn") is None
 
 
 def test_champion_is_decided_by_the_objective_on_the_same_data(demo_prepared, tracking):

@@ -60,7 +60,7 @@ def test_sweep_logs_children_selects_and_registers(digits_files, tracking, monke
                        progress=False)
 
     runs = {r.data.tags["mlflow_tflite.variant"]: r for r in children(result.parent_run_id)}
-    assert sorted(runs) == sorted(f"{q}-s{s}-i8" for q in ("none", "float16", "int8") for s in ("0", "0.5"))
+    assert sorted(runs) == sorted(f"{q}-s{s}-8px" for q in ("none", "float16", "int8") for s in ("0", "0.5"))
     crashed = runs["float16-s0-8px"]
     assert crashed.info.status == "FAILED" and "crashed" in crashed.data.tags["mlflow_tflite.error"]
     finished = {n: r for n, r in runs.items() if r.info.status == "FINISHED"}
@@ -75,7 +75,12 @@ def test_sweep_logs_children_selects_and_registers(digits_files, tracking, monke
 
     client = MlflowClient()
     parent = client.get_run(result.parent_run_id)
-    assert parent.data.tags["mlflow_tflite.role"] == "sweep"
+    assert parent.data.tags["mlflow_tflite.role"] == "sweep" and parent.info.run_name == "sweep-digits-6"
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.name == "mlflow-tflite/digits"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert {r.info.experiment_id for r in runs.values()} == {parent.info.experiment_id}
+    assert {r.info.run_name for r in runs.values()} == set(runs)
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"comparison.json", "pareto.png"} <= artifacts
     table = mlflow.load_table("comparison.json", run_ids=[result.parent_run_id])

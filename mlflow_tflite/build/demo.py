@@ -6,8 +6,11 @@ import hashlib
 import inspect
 import os
 
+from tqdm.auto import tqdm
+
 from mlflow_tflite.build.data import Dataset
 from mlflow_tflite.cache import cache_dir
+from mlflow_tflite.quiet import quiet_h5_save
 
 DEMO_MODEL_NAME = "digits-cnn"
 
@@ -52,7 +55,9 @@ def train_digits_cnn(dataset: Dataset, epochs: int = 40, seed: int = 0):
     keras.utils.set_random_seed(seed)
     model = build_digits_cnn(dataset.x_train.shape[1:], int(dataset.y_train.max()) + 1)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(dataset.x_train, dataset.y_train, epochs=epochs, batch_size=32, shuffle=True, verbose=0)
+    with tqdm(total=epochs, desc="training the demo CNN (once, then cached)", unit="epoch", leave=False) as bar:
+        model.fit(dataset.x_train, dataset.y_train, epochs=epochs, batch_size=32, shuffle=True, verbose=0,
+                  callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: bar.update(1))])
     return model
 
 
@@ -89,6 +94,7 @@ def load_or_train_digits_cnn(dataset: Dataset, epochs: int = 40, seed: int = 0):
     model = train_digits_cnn(dataset, epochs, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp.h5")
-    model.save(partial)
+    with quiet_h5_save():
+        model.save(partial)
     partial.replace(path)  # atomic: concurrent runs never read half a file
     return model

@@ -19,6 +19,7 @@ import numpy as np
 from mlflow_tflite.build import convert, prune, qat, resize
 from mlflow_tflite.build.data import Dataset, resize_images
 from mlflow_tflite.build.source import Source
+from mlflow_tflite.quiet import quiet_h5_save
 from mlflow_tflite.build.sources import from_tf_keras
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.options import OpsSet
@@ -151,7 +152,8 @@ class Builds:
         """The model of ``key`` as ``.h5`` bytes, to ship to another process (:meth:`add_model`)."""
         with tempfile.TemporaryDirectory(prefix="mlflow-tflite-model-") as folder:
             path = Path(folder, "model.h5")
-            self.model(key).keras_model.save(path)
+            with quiet_h5_save():
+                self.model(key).keras_model.save(path)
             return path.read_bytes()
 
     def add_model(self, key: ModelKey, h5: bytes) -> None:

@@ -148,6 +148,7 @@ def _run_children(config: SweepConfig, workers: SweepExecutor, meta: SourceDescr
     tensor_table = dataset is not None and config.open_options.get("tensor_errors", True)
     # A context manager: the bar ends its line even when an error stops the loop (the CLI's one line follows).
     with tqdm(total=len(variants), initial=len(variants) - len(todo), desc="variants", disable=not progress) as bar:
+        bar.set_postfix_str("preparing: pruned/resized models and float flatbuffers first")
         for variant, status, value in run_variants(workers, todo, meta.native_input_size, tensor_table):
             bar.set_postfix_str(variant.name)
             record.converted(variant.name, value.metrics if status == "ok" else None, None if status == "ok" else value)
