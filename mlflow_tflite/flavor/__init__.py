@@ -103,7 +103,7 @@ def read_tflite_bytes(tflite_model: bytes | str | os.PathLike) -> bytes:
     )
 
 
-def infer_signature_from_tensors(inputs: list[runtime.TensorInfo], outputs: list[runtime.TensorInfo]) -> ModelSignature:
+def infer_signature_from_tensors(outputs: list[runtime.TensorInfo]) -> ModelSignature:
     """Signature of the pyfunc interface: float32 outputs and the ``batch_size`` param, no input schema.
 
     The input is left out on purpose: MLflow enforces a tensor input schema before the pyfunc
@@ -115,8 +115,7 @@ def infer_signature_from_tensors(inputs: list[runtime.TensorInfo], outputs: list
     it MLflow drops the ``params`` of ``predict`` before they reach the wrapper.
 
     Args:
-        inputs: the model's input tensors, from :func:`runtime.io_tensors` (not in the signature).
-        outputs: the model's output tensors.
+        outputs: the model's output tensors, from :func:`runtime.io_tensors`.
 
     Returns:
         ``ModelSignature(inputs=None, outputs=<float32 TensorSpec of shape (-1, *shape[1:])>,
@@ -213,7 +212,7 @@ def save_model(
     _validate_and_prepare_target_save_path(path)
     code_dir_subpath = _validate_and_copy_code_paths(code_paths, path)
     mlflow_model = mlflow_model or Model()
-    mlflow_model.signature = signature or infer_signature_from_tensors(inputs, outputs)
+    mlflow_model.signature = signature or infer_signature_from_tensors(outputs)
     if input_example is not None:
         _save_example(mlflow_model, input_example, path)
     if metadata is not None:
