@@ -52,7 +52,7 @@ from mlflow.utils.requirements_utils import _get_pinned_requirement
 from mlflow_tflite.flavor import runtime
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.flavor.pyfunc import DEFAULT_BATCH_SIZE, TFLiteModelWrapper
+from mlflow_tflite.flavor.pyfunc import DEFAULT_BATCH_SIZE, TFLiteModelWrapper, checked_num_threads
 from mlflow_tflite.options import parse_enum
 from mlflow_tflite.quant_modes import QuantMode
 
@@ -103,33 +103,30 @@ def read_tflite_bytes(tflite_model: bytes | str | os.PathLike) -> bytes:
     )
 
 
-def infer_signature_from_tensors(inputs: list[runtime.TensorInfo], outputs: list[runtime.TensorInfo]) -> ModelSignature:
-    """Signature of the pyfunc interface: float32 tensors with a dynamic batch dimension.
+def infer_signature_from_tensors(outputs: list[runtime.TensorInfo]) -> ModelSignature:
+    """Signature of the pyfunc interface: float32 outputs and the ``batch_size`` param, no input schema.
 
-    The pyfunc quantizes and dequantizes, so quantized I/O tensors appear as float32 here. A
-    single input is unnamed (a plain array works); several inputs are named by the signature.
-    The params schema declares ``batch_size`` (long, default 256): without it MLflow drops the
-    ``params`` of ``predict`` before they reach the wrapper.
+    The input is left out on purpose: MLflow enforces a tensor input schema before the pyfunc
+    runs, strictly (float64 refused for float32, no DataFrame of one column per value, no dict
+    for an unnamed input). The pyfunc checks the input itself against the model's tensors
+    (recorded in the flavor's ``inputs``) and casts it, as MLflow's onnx flavor casts float64.
+    Quantized outputs are dequantized, so they appear as float32. A single output is unnamed;
+    several are named. The params schema declares ``batch_size`` (long, default 256): without
+    it MLflow drops the ``params`` of ``predict`` before they reach the wrapper.
 
     Args:
-        inputs, outputs: the model's tensors, from :func:`runtime.io_tensors`.
+        outputs: the model's output tensors, from :func:`runtime.io_tensors`.
 
     Returns:
-        ``ModelSignature`` with float32 ``TensorSpec`` of shape ``(-1, *tensor.shape[1:])`` and
-        ``ParamSchema([ParamSpec("batch_size", "long", 256)])``.
+        ``ModelSignature(inputs=None, outputs=<float32 TensorSpec of shape (-1, *shape[1:])>,
+        params=ParamSchema([ParamSpec("batch_size", "long", 256)]))``.
     """
-
-    def schema(tensors: list[runtime.TensorInfo]) -> Schema:
-        named = len(tensors) > 1
-        return Schema(
-            [
-                TensorSpec(np.dtype(np.float32), (-1, *t.shape[1:]), t.name if named else None)
-                for t in tensors
-            ]
-        )
-
+    named = len(outputs) > 1
+    schema = Schema(
+        [TensorSpec(np.dtype(np.float32), (-1, *t.shape[1:]), t.name if named else None) for t in outputs]
+    )
     params = ParamSchema([ParamSpec("batch_size", "long", DEFAULT_BATCH_SIZE)])
-    return ModelSignature(inputs=schema(inputs), outputs=schema(outputs), params=params)
+    return ModelSignature(inputs=None, outputs=schema, params=params)
 
 
 def _code_paths_with_package(code_paths: list | None) -> list[str]:
@@ -179,9 +176,11 @@ def save_model(
             this package (``mlflow_tflite``, without ``__pycache__``) is always copied there too,
             so the model loads without ``mlflow-tflite`` installed.
         mlflow_model: the :class:`mlflow.models.Model` this flavor is added to.
-        signature: pyfunc signature; inferred from the model's tensors when ``None`` (with a
-            ``batch_size`` param). A given signature is kept as is: without a params schema,
-            MLflow drops ``params={"batch_size": ...}`` at predict time.
+        signature: pyfunc signature; when ``None``, the outputs and a ``batch_size`` param
+            (no input schema: the pyfunc checks and casts its input, see
+            :func:`infer_signature_from_tensors`). A given signature is kept as is: MLflow then
+            enforces its inputs strictly, and without a params schema drops
+            ``params={"batch_size": ...}`` at predict time.
         input_example: an example input (numpy array or dict of arrays).
         quantization: the quantization mode (one of :data:`QUANTIZATION_MODES`); inferred from
             the tensors when ``None``.
@@ -191,9 +190,11 @@ def save_model(
         quantization_recipe: the LiteRT Quantizer recipe as JSON text, or ``None``.
 
     Raises:
-        TFLiteError: the bytes are not a loadable TFLite model, or ``quantization`` is unknown.
+        TFLiteError: the bytes are not a loadable TFLite model, ``quantization`` is unknown or
+            ``num_threads`` is not a positive integer (nothing is written).
         TypeError: ``code_paths`` is not a list.
     """
+    num_threads = checked_num_threads(num_threads)
     model_bytes = read_tflite_bytes(tflite_model)
     flex = bool(flatbuffer.flex_ops(model_bytes))
     if flex:
@@ -211,7 +212,7 @@ def save_model(
     _validate_and_prepare_target_save_path(path)
     code_dir_subpath = _validate_and_copy_code_paths(code_paths, path)
     mlflow_model = mlflow_model or Model()
-    mlflow_model.signature = signature or infer_signature_from_tensors(inputs, outputs)
+    mlflow_model.signature = signature or infer_signature_from_tensors(outputs)
     if input_example is not None:
         _save_example(mlflow_model, input_example, path)
     if metadata is not None:
@@ -232,7 +233,7 @@ def save_model(
         runtime_version=runtime.runtime_version(),
         quantization=quantization,
         flex_ops=flex,
-        num_threads=int(num_threads),
+        num_threads=num_threads,
         quantization_backend=str(quantization_backend),
         quantization_recipe=quantization_recipe,
         inputs=[t.to_dict() for t in inputs],
@@ -295,8 +296,10 @@ def log_model(
         :class:`mlflow.models.model.ModelInfo` of the logged model.
 
     Raises:
-        TFLiteError: the model is not a loadable TFLite flatbuffer (nothing is logged).
+        TFLiteError: the model is not a loadable TFLite flatbuffer, or ``num_threads`` is not a
+            positive integer (nothing is logged).
     """
+    checked_num_threads(num_threads)  # before Model.log creates a logged model
     return Model.log(
         artifact_path=artifact_path,
         name=name,
@@ -337,11 +340,16 @@ def load_model(model_uri: str, dst_path: str | None = None, num_threads: int | N
     Args:
         model_uri: ``runs:/<run_id>/<name>``, ``models:/<name>@<alias>``, a local path, ...
         dst_path: local directory to download to (default: a temporary one).
-        num_threads: interpreter threads; default the one recorded in the flavor.
+        num_threads: interpreter threads (>= 1); default the one recorded in the flavor.
 
     Returns:
         ``ai_edge_litert.interpreter.Interpreter`` (``tf.lite.Interpreter`` for Flex models).
+
+    Raises:
+        TFLiteError: ``num_threads`` is not a positive integer.
     """
+    if num_threads is not None:
+        checked_num_threads(num_threads)
     model_file, conf = _local_model_file(model_uri, dst_path)
     return runtime.make_interpreter(model_file.read_bytes(), num_threads or conf.get("num_threads", 1))
 
