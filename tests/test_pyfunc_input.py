@@ -20,8 +20,8 @@ from mlflow_tflite.errors import TFLiteError
 from servers import MLFLOW, free_port, subprocess_env, wait_until_answering
 from test_flavor import raw_dequantized_output
 
-INTEGER_IO = "int8_full-s0-i8"  # int8 input and output tensors: the pyfunc quantizes float input
-FLOAT_IO = "none-s0-i8"  # float32 input tensor, float arithmetic throughout
+INTEGER_IO = "int8_full-s0-8px"  # int8 input and output tensors: the pyfunc quantizes float input
+FLOAT_IO = "none-s0-8px"  # float32 input tensor, float arithmetic throughout
 ROWS = 24
 
 
@@ -42,9 +42,9 @@ def _with_nan_and_inf(x: np.ndarray) -> np.ndarray:
 def saved(converted, tmp_path_factory) -> dict[str, Path]:
     """The integer-I/O, uint8-I/O and float-input digits models saved with save_model: {name: dir}."""
     folder = tmp_path_factory.mktemp("pyfunc-input")
-    for name in (INTEGER_IO, "int8_full-uint8-s0-i8", FLOAT_IO):
+    for name in (INTEGER_IO, "int8_full-uint8-s0-8px", FLOAT_IO):
         mlflow_tflite.save_model(converted[name][1], folder / name)
-    return {name: folder / name for name in (INTEGER_IO, "int8_full-uint8-s0-i8", FLOAT_IO)}
+    return {name: folder / name for name in (INTEGER_IO, "int8_full-uint8-s0-8px", FLOAT_IO)}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_pyfunc_takes_float64_dataframes_and_dicts_as_float32(name, saved, conve
     np.testing.assert_array_equal(model.predict({"image": images}, params={"batch_size": 5}), expected)
 
 
-@pytest.mark.parametrize("name, dtype", [(INTEGER_IO, "int8"), ("int8_full-uint8-s0-i8", "uint8")])
+@pytest.mark.parametrize("name, dtype", [(INTEGER_IO, "int8"), ("int8_full-uint8-s0-8px", "uint8")])
 def test_nan_or_inf_into_an_integer_input_model_is_refused(name, dtype, saved, images):
     model = mlflow.pyfunc.load_model(str(saved[name]))
     for data in (_with_nan_and_inf(images), pd.DataFrame(_with_nan_and_inf(images).reshape(ROWS, -1))):
