@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 import mlflow
 from mlflow import MlflowClient
@@ -83,6 +84,8 @@ def test_sweep_logs_children_selects_and_registers(digits_files, tracking, monke
     assert {r.info.run_name for r in runs.values()} == set(runs)
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"comparison.json", "pareto.png"} <= artifacts
+    pareto = Image.open(mlflow.artifacts.download_artifacts(f"runs:/{result.parent_run_id}/pareto.png"))
+    assert pareto.size == (1000, 600)  # the whole 10 x 6 inch figure at 100 dpi
     table = mlflow.load_table("comparison.json", run_ids=[result.parent_run_id])
     assert len(table) == 6 and table["chosen"].sum() == 1
 

@@ -237,7 +237,7 @@ def _choose_and_register(parent_run_id: str, rows: list[Row], config: SweepConfi
     candidates = [r for r in rows if r.candidate]
     best = selection.select_best(candidates, config.objective, config.tolerance,
                                  config.max_size_bytes, config.max_latency_ms)
-    report.log_comparison(rows, best, config.tolerance.max_accuracy_drop)
+    report.log_comparison(rows, best, config.tolerance)
     result = SweepResult(parent_run_id, rows, best)
     if best is None:
         result.message = _no_winner_message(config, len(candidates))

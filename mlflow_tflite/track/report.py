@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import pandas as pd
 
 import mlflow
 
-from mlflow_tflite.track.selection import quality
+from mlflow_tflite.track.figures import ParetoChart, ParetoPoint, pareto_plot
 from mlflow_tflite.track.rows import Row
+from mlflow_tflite.track.selection import Tolerance, quality
+
+logger = logging.getLogger(__name__)
 
 TABLE_FILE = "comparison.json"
 PLOT_FILE = "pareto.png"
@@ -16,6 +22,12 @@ TABLE_METRICS = (
     "latency_ms_p50", "latency_ms_p90", "latency_ms_ci95_low", "latency_ms_ci95_high", "sparsity_achieved",
     "convert_seconds",
 )
+QUALITY_METRICS = ("accuracy", "agreement", "cosine_similarity")  # the order of ``selection.quality``
+QUALITY_LABELS = {
+    "accuracy": "accuracy on the evaluation data (%)",
+    "agreement": "top-1 agreement with the source model (%)",
+    "cosine_similarity": "cosine similarity to the source outputs (1 = identical)",
+}
 
 
 def comparison_table(rows: list[Row], best: Row | None) -> pd.DataFrame:
@@ -52,68 +64,65 @@ def pareto_front(rows: list[Row]) -> list[Row]:
     return [r for r in rows if not any(dominates(o, r) for o in rows if o is not r)]
 
 
-def pareto_figure(rows: list[Row], best: Row | None, max_accuracy_drop: float):
-    """Accuracy vs latency p50, marker area by model size, front outlined, chosen variant starred."""
-    import matplotlib
+def pareto_chart(rows: list[Row], best: Row | None, tolerance: Tolerance) -> ParetoChart:
+    """What the Pareto plot shows for ``rows``: the timed, evaluated variants and the tolerance bound.
 
-    matplotlib.use("Agg")  # no display: figures go to files
-    import matplotlib.pyplot as plt
-
+    Quality is plotted in percent for ``accuracy`` (bound: the source's accuracy less
+    ``max_accuracy_drop``) and ``agreement`` (bound: ``1 - max_accuracy_drop``), as is for
+    ``cosine_similarity`` (bound: ``min_cosine_similarity``). Variants with a non-finite value
+    are left out (and logged).
+    """
     finished = _evaluated(rows)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    if finished:
-        sizes = [r.metrics["size_bytes"] for r in finished]
-        scale = 600.0 / max(sizes)
-        front = {r.variant for r in pareto_front(finished)}
-        for row in finished:
-            m = row.metrics
-            on_front = row.variant in front
-            ax.scatter(m["latency_ms_p50"], _score(m), s=max(20.0, m["size_bytes"] * scale), alpha=0.55,
-                       edgecolors="black" if on_front else "none", linewidths=1.5)
-            ax.annotate(row.variant, (m["latency_ms_p50"], _score(m)), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
-        if best is not None:
-            m = best.metrics
-            ax.scatter(m["latency_ms_p50"], _score(m), marker="*", s=300, color="red", label=f"chosen: {best.variant}")
-        source_accuracy = finished[0].metrics.get("source_accuracy")
-        if source_accuracy is not None:
-            ax.axhline(source_accuracy - max_accuracy_drop, color="grey", linestyle="--",
-                       label=f"tolerance (source − {max_accuracy_drop:g})")
-        ax.legend(loc="best", fontsize=8)
-    metric = next((k for k in ("accuracy", "agreement", "cosine_similarity") if finished and k in finished[0].metrics),
-                  "accuracy")
-    ax.set_xlabel("latency p50 (ms, single example)")
-    ax.set_ylabel(metric)
-    ax.set_title("Variants: marker area ∝ size in bytes; outlined = Pareto front")
-    fig.tight_layout()
-    return fig
+    metric = next((k for k in QUALITY_METRICS if finished and k in finished[0].metrics), "accuracy")
+    scale = 1.0 if metric == "cosine_similarity" else 100.0
+    plotted = [r for r in finished if _finite(r.metrics, ("latency_ms_p50", "size_bytes", metric))]
+    if len(plotted) < len(finished):
+        logger.warning("Pareto plot: left out %s (a non-finite metric)",
+                       ", ".join(r.variant for r in finished if r not in plotted))
+    front = {r.variant for r in pareto_front(plotted)}
+    points = tuple(ParetoPoint(r.variant, r.metrics["latency_ms_p50"], scale * r.metrics[metric],
+                               r.metrics["size_bytes"], r.variant in front) for r in plotted)
+    bound, bound_label = _tolerance_line(metric, plotted, tolerance)
+    return ParetoChart(points, QUALITY_LABELS[metric], best.variant if best is not None else None,
+                       None if bound is None else scale * bound, bound_label)
 
 
-def log_comparison(rows: list[Row], best: Row | None, max_accuracy_drop: float) -> pd.DataFrame:
-    """Log the comparison table and the Pareto plot to the active (parent) run; return the table."""
-    import matplotlib.pyplot as plt
+def _finite(metrics: dict, keys: tuple[str, ...]) -> bool:
+    return all(key in metrics and math.isfinite(metrics[key]) for key in keys)
 
+
+def _tolerance_line(metric: str, rows: list[Row], tolerance: Tolerance) -> tuple[float | None, str]:
+    """The quality bound of ``tolerance`` as a fraction (cosine as is), and its legend entry."""
+    drop = tolerance.max_accuracy_drop
+    if metric == "agreement":
+        return 1.0 - drop, f"tolerance: agreement ≥ {100 * (1.0 - drop):g} %"
+    if metric == "cosine_similarity":
+        return tolerance.min_cosine_similarity, f"tolerance: cosine ≥ {tolerance.min_cosine_similarity:g}"
+    source = next((r.metrics["source_accuracy"] for r in rows if math.isfinite(r.metrics.get("source_accuracy", math.nan))),
+                  None)
+    if source is None:
+        return None, ""
+    return source - drop, f"tolerance: source accuracy − {100 * drop:g} pt ({100 * (source - drop):.4g} %)"
+
+
+def pareto_figure(rows: list[Row], best: Row | None, tolerance: Tolerance):
+    """The Pareto plot of ``rows`` (:func:`pareto_chart`, drawn by ``figures.pareto_plot``).
+
+    Returns:
+        ``matplotlib.figure.Figure`` on its own Agg canvas (not registered with pyplot).
+    """
+    return pareto_plot(pareto_chart(rows, best, tolerance))
+
+
+def log_comparison(rows: list[Row], best: Row | None, tolerance: Tolerance) -> pd.DataFrame:
+    """Log the comparison table and the Pareto plot to the active (parent) run; return the table.
+
+    Args:
+        rows: every variant of the sweep.
+        best: the chosen variant, or ``None``.
+        tolerance: the sweep's tolerance (its bound is drawn on the plot).
+    """
     table = comparison_table(rows, best)
     mlflow.log_table(data=table, artifact_file=TABLE_FILE)
-    fig = pareto_figure(rows, best, max_accuracy_drop)
-    mlflow.log_figure(fig, PLOT_FILE)
-    plt.close(fig)
+    mlflow.log_figure(pareto_figure(rows, best, tolerance), PLOT_FILE)
     return table
-
-
-def tensor_error_figure(rows: list[dict], worst: int = 20):
-    """Horizontal bars of the ``worst`` tensors' SNR in dB (lowest first), labelled by op and tensor."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: figures go to files
-    import matplotlib.pyplot as plt
-
-    shown = rows[:worst][::-1]
-    fig, ax = plt.subplots(figsize=(9, 0.3 * len(shown) + 1.5))
-    labels = [f"{r['op']}  {r['tensor'][:60]}" for r in shown]
-    ax.barh(range(len(shown)), [r["snr_db"] for r in shown], color="tab:red", alpha=0.7)
-    ax.set_yticks(range(len(shown)), labels, fontsize=7)
-    ax.set_xlabel("SNR vs the float model (dB, higher is better)")
-    ax.set_title(f"The {len(shown)} tensors with the most quantization error")
-    fig.tight_layout()
-    return fig

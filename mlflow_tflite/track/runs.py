@@ -15,7 +15,7 @@ from mlflow_tflite.build.data import DIGITS_SOURCE, Dataset
 from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.tags import (ERROR_TAG, EXPERIMENT_KIND_TAG, ROLE_TAG, ROLE_VARIANT, TRAINING_EXPERIMENT_KIND,
                                 VARIANT_TAG)
-from mlflow_tflite.track.report import tensor_error_figure
+from mlflow_tflite.track.figures import tensor_error_figure
 from mlflow_tflite.variants import Variant
 
 MODEL_NAME = "model"
@@ -247,14 +247,12 @@ def log_tensor_errors(rows: list[dict] | None, note: str | None) -> None:
         mlflow.set_tag(tags.TENSOR_ERRORS_NOTE_TAG, note[:5000])
     if not rows:
         return
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     mlflow.log_table(data=pd.DataFrame.from_records(rows), artifact_file=TENSOR_ERRORS_FILE)
     mlflow.set_tag(tags.WORST_TENSOR_TAG, f"{rows[0]['tensor']} ({rows[0]['op']})"[:5000])
-    figure = tensor_error_figure(rows)
-    mlflow.log_figure(figure, TENSOR_ERRORS_PLOT)
-    plt.close(figure)
+    # Drawn outside pyplot (figures.py): nothing to close, freed with its last reference.
+    mlflow.log_figure(tensor_error_figure(rows), TENSOR_ERRORS_PLOT)
 
 
 # Metrics logged at each mixed-precision trial's step (the run's final values follow at the next step).
