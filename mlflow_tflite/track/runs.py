@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import mlflow
 import numpy as np
@@ -130,7 +131,11 @@ def _mlflow_dataset(features, targets: np.ndarray | None, dataset: Dataset, spli
         source = CodeDatasetSource(tags={"loader": DIGITS_SOURCE})
     else:
         source = dataset.source
-    return mlflow.data.from_numpy(features, targets=targets, source=source, name=f"{dataset.name}-{split}")
+    with warnings.catch_warnings():
+        # A local path matches MLflow's two local artifact sources (schemes "" and "file"), which are
+        # the same class; MLflow warns about the choice it then makes correctly.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return mlflow.data.from_numpy(features, targets=targets, source=source, name=f"{dataset.name}-{split}")
 
 
 def log_dataset_inputs(dataset: Dataset, calibration) -> str:
