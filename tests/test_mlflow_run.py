@@ -31,6 +31,10 @@ def test_resume_under_mlflow_run_continues_in_the_new_run(digits_files, tracking
     (old_parent,) = store.search_runs(f"tags.{tags.ROLE_TAG} = 'sweep'", client)
     old_children = {r.info.run_id for r in children(old_parent.info.run_id)}
     assert len(old_children) == 2
+    # The run MLflow created (with a random name) is named as a sweep parent is; its experiment gets a kind.
+    assert old_parent.info.run_name == "sweep-resumed-2"
+    experiment = client.get_experiment(old_parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     resumed = _mlflow_run_sweep(tracking, tmp_path, model, data, "-P", f"resume={old_parent.info.run_id}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -98,9 +98,9 @@ def _in_parent_run(config: SweepConfig, workers: SweepExecutor, meta: SourceDesc
     launched = os.environ.pop("MLFLOW_RUN_ID", None)
     run_id = launched or config.resume
     model_name = config.registered_model_name or meta.name
-    new_run = {} if run_id else {"run_name": f"sweep-{model_name}-{len(variants)}",
-                                 "experiment_id": runs.project_experiment(model_name)}
-    with runs.tracked_run(run_id=run_id, **new_run) as parent:
+    # A run mlflow run created gets the name too (MLflow gave it a random one).
+    new_run = {} if run_id else {"experiment_id": runs.project_experiment(model_name)}
+    with runs.tracked_run(run_id=run_id, run_name=f"sweep-{model_name}-{len(variants)}", **new_run) as parent:
         mlflow.set_tags(PARENT_TAGS)
         record.parent_run_id = parent.info.run_id
         if config.resume and config.resume != parent.info.run_id:
