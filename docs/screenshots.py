@@ -6,7 +6,7 @@ headless Chromium (Debian's ``/usr/bin/chromium``, driven by the ``playwright`` 
 is downloaded). Run it from the repository root, in an environment with the project and its
 ``[docs]`` extra installed::
 
-    python docs/screenshots.py                  # about 2 minutes: the runs, then the pages
+    python docs/screenshots.py                  # 2-4 minutes: the runs, then the pages
     python docs/screenshots.py --reuse /tmp/x   # reuse (or keep) a store in /tmp/x
 
 Needs ``apt-get install chromium`` once. Nothing outside 127.0.0.1 is contacted.
