@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import click
 
@@ -22,10 +23,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 from mlflow_tflite.build.data import Preprocessing  # noqa: E402
+from mlflow_tflite.build.data_checks import check_sizes_fit  # noqa: E402
+from mlflow_tflite.config_file import load_config  # noqa: E402
 from mlflow_tflite.build.mixed import MixedPrecision  # noqa: E402
 from mlflow_tflite.build.qat import QatOptions  # noqa: E402
 from mlflow_tflite.options import (  # noqa: E402
-    IoType, Objective, OpsSet, RunSettings, choice, click_options, from_kwargs, given, load_config, number, pop_fields,
+    IoType, Objective, OpsSet, RunSettings, choice, click_options, from_kwargs, given, model_name, number, pop_fields,
 )
 from mlflow_tflite.quant_modes import Backend, QuantMode  # noqa: E402
 from mlflow_tflite.quiet import start_tensorflow  # noqa: E402
@@ -103,6 +106,9 @@ def _job_options(command):
     """The options of :class:`JobOptions`, from the dataclasses' fields, plus ``--config``."""
     for cls in (QatOptions, MixedPrecision, RunSettings, Tolerance, Preprocessing, SourceOptions):
         command = click_options(cls)(command)
+    command = click.option("--user-dir", default=None, hidden=True,
+                           help="Directory relative model/data/config paths are read from (the MLproject passes "
+                                "the directory `mlflow run` was started in).")(command)
     command = click.option("--config", default="none", show_default=True,
                            help="YAML file of expert options: sections " + ", ".join(CONFIG_SECTIONS) + ", sweep.")(command)
     command = click.option("--data", default="demo", show_default=True,
@@ -119,8 +125,8 @@ def _variant_options(command):
                            help="I/O type of int8_full: int8, or uint8 (Edge TPU).")(command)
     command = click.option("--ops", default="builtins", type=choice(OpsSet), show_default=True,
                            help="builtins, or select_tf for SELECT_TF_OPS.")(command)
-    return click.option("--calibration-samples", default=200, type=number(int, 0, low_open=True,
-                        hint="; 100-500 is typical (default 200)"), show_default=True,
+    return click.option("--calibration-samples", default=200, type=number(int, 0, low_open=True, example=200,
+                        hint=" (100-500 is typical)"), show_default=True,
                         help="Representative dataset size.")(command)
 
 
@@ -130,11 +136,23 @@ def _read_job_options(kwargs: dict) -> tuple[JobOptions, dict]:
     Returns:
         ``(JobOptions, the config file's sweep section)`` (``SweepConfig`` fields, e.g. ``ray_address``).
     """
-    config = load_config(kwargs.pop("config"), {**CONFIG_SECTIONS, "sweep": SweepConfig})
+    user_dir = kwargs.pop("user_dir")
+    paths = {key: _from_user_dir(kwargs.pop(key), user_dir) for key in ("model", "data", "config")}
+    config = load_config(paths["config"], {**CONFIG_SECTIONS, "sweep": SweepConfig})
     return JobOptions(
-        given(kwargs.pop("model")), given(kwargs.pop("data")),
+        given(paths["model"]), given(paths["data"]),
         *(from_kwargs(cls, kwargs, config[name]) for name, cls in CONFIG_SECTIONS.items()),
     ), config["sweep"]
+
+
+def _from_user_dir(value: str | None, user_dir: str | None) -> str | None:
+    """A relative path that exists under ``user_dir``, made absolute there (``mlflow run`` starts
+    the entry point in the project directory, not where the user typed the path); anything else
+    (placeholders, ``digits``, URIs, absolute paths, names found only here) unchanged."""
+    if not user_dir or given(value) is None or value == "digits" or Path(value).is_absolute():
+        return value
+    candidate = Path(user_dir) / value
+    return str(candidate) if candidate.exists() else value
 
 
 def _check_mode_options(job: JobOptions, quants) -> None:
@@ -153,13 +171,12 @@ def _check_mode_options(job: JobOptions, quants) -> None:
 
 
 def _input_size(value: str | int | None) -> int | None:
-    """'native' / '0' / None -> None; '96' -> 96; anything else -> a one-line error."""
-    if given(value) is None or str(value) == "0":
+    """'native' / None -> None; '96' -> 96; '0', '-5', '96.5', 'inf', 'abc' -> a one-line error."""
+    if given(value) is None:
         return None
-    try:
-        return int(float(value))
-    except ValueError:
-        raise TFLiteError(f"input_size {value!r} is not a whole number; pass e.g. 96, or native") from None
+    if str(value).strip() in ("0", "0.0"):  # not a size: "the native size" is spelled native
+        raise TFLiteError("input_size=0 is not a size; pass native for the model's own input size, or e.g. 96")
+    return number(int, 1, example=96, hint=", or native").parse_as(str(value), "input_size")
 
 
 def _check_and_start(job: JobOptions) -> None:
@@ -173,7 +190,8 @@ def _check_and_start(job: JobOptions) -> None:
 @_variant_options
 @click.option("--quant", default="int8", type=choice(QuantMode), show_default=True,
               help=", ".join(QuantMode) + " (weight_only_int8, dynamic_int4, weight_only_int4: backend=litert).")
-@click.option("--sparsity", default=0.0, type=number(float), show_default=True, help="Target pruned fraction in [0, 1).")
+@click.option("--sparsity", default=0.0, type=number(float, example=0.5), show_default=True,
+              help="Target pruned fraction in [0, 1).")
 @click.option("--input-size", default="native", show_default=True, help="Square input side in pixels, or native.")
 def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, backend, **kwargs):
     """Convert one variant, evaluate it and log it as an MLflow run (the `main` entry point)."""
@@ -183,6 +201,7 @@ def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, back
     _check_mode_options(job, [quant])
     _check_and_start(job)
     context = prepare(job.model, job.data, **job.open_args())
+    check_sizes_fit(context.dataset, [requested_size])  # before the run: resized images that cannot fit in memory
     variant = Variant(quant, sparsity, requested_size or context.native_input_size, calibration_samples, ops, io_type, backend)
     result = run_variant(context, variant, job.run.registered_model_name, job.run.num_threads,
                          register=not job.run.no_register, tolerance=job.tolerance)
@@ -199,10 +218,9 @@ def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, back
 def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backend, **kwargs):
     """Run a grid of variants as child runs of one parent run; register the best (`sweep` entry point)."""
     job, sweep_config = _read_job_options(kwargs)
-    sizes = [_input_size(v) for v in parse_list(input_size, "input_size")]
-    variants = expand_grid(
-        parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float), sizes, calibration_samples, ops, io_type, backend
-    )
+    sizes = [_input_size(v) for v in parse_list(input_size, "input_size", example="native,96")]
+    variants = expand_grid(parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float, example="0,0.5,0.8"),
+                           sizes, calibration_samples, ops, io_type, backend)
     _check_mode_options(job, [v.quant for v in variants])
     config = SweepConfig(
         variants, job.model, job.data, job.open_args(), tolerance=job.tolerance,
@@ -226,7 +244,7 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
 @cli.command()
 @click_options(Tolerance)
 @click.option("--model-uri", required=True, help="A logged tflite model: runs:/<run_id>/model or models:/m-<id>.")
-@click.option("--registered-model-name", required=True, help="Registry name.")
+@click.option("--registered-model-name", required=True, type=model_name(optional=False), help="Registry name.")
 @click.option("--objective", default=None, type=choice(Objective),
               help="Change the registered model's objective (" + ", ".join(Objective) + "); default: keep it.")
 def promote(model_uri, registered_model_name, objective, **kwargs):

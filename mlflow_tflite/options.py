@@ -8,19 +8,23 @@ Every option lives once, as a field of a frozen dataclass (``Variant``, ``Source
 makes the click options from those fields, so values are parsed and checked once, at the edge,
 with this project's one-line errors; the placeholder words (``none``, ``native``, ``auto``,
 ``demo``) are read in one place, :func:`given`. Expert options can also come from a YAML file
-(``--config``), read by :func:`load_config` into the same dataclasses.
+(``--config``), read by ``config_file.load_config`` into the same dataclasses. Value checks
+shared with the dataclasses' ``__post_init__`` (the Python API) are in ``checks.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
 
+from mlflow_tflite.checks import (
+    MODEL_NAME_EXAMPLE, check_flag, check_model_name, check_number, example_for, names_tuple,
+)
 from mlflow_tflite.errors import TFLiteError
 
 # Words that mean "not set" for a path, a name, a size or a budget; MLproject parameters need a
@@ -104,74 +108,97 @@ def parse_enum(enum_type: type[enum.StrEnum], value: Any, name: str):
 
 
 class _Type(click.ParamType):
-    """A click type whose errors are this project's one-line ``TFLiteError`` (exit status 1)."""
+    """A click type whose errors are this project's one-line ``TFLiteError`` (exit status 1).
 
-    def __init__(self, parse, name: str, optional: bool = False):
+    Attributes:
+        example: a value (as typed) that passes, for messages.
+        kind: what a config file may give: ``scalar``, ``list`` (a YAML list or comma-separated
+            text) or ``map`` (a YAML mapping or ``name:dims;...`` text).
+        parses_values: also check values that are not strings (numbers from Python or YAML).
+    """
+
+    def __init__(self, parse, name: str, optional: bool = False, example: Any = None, kind: str = "scalar",
+                 parses_values: bool = False):
         self.parse, self.name, self.optional = parse, name, optional
+        self.example, self.kind, self.parses_values = example, kind, parses_values
 
     def convert(self, value, param, ctx):
         return self.parse_as(value, param.name if param else self.name)
 
     def parse_as(self, value, name: str):
-        """``value`` parsed for the option ``name`` (non-strings pass through as already parsed)."""
-        if self.optional and given(value) is None:
+        """``value`` parsed for the option ``name`` (non-strings pass through as already parsed,
+        except for types that check values, e.g. :func:`number`)."""
+        if self.optional and (value is None or given(value) is None):
             return None
-        return self.parse(value, name) if isinstance(value, str) else value
+        return self.parse(value, name) if isinstance(value, str) or self.parses_values else value
 
 
 def choice(enum_type: type[enum.StrEnum], optional: bool = False) -> click.ParamType:
     """A member of ``enum_type`` (``auto``/``none`` -> ``None`` when ``optional``)."""
-    return _Type(lambda v, name: parse_enum(enum_type, v, name), enum_type.__name__, optional)
+    return _Type(lambda v, name: parse_enum(enum_type, v, name), enum_type.__name__, optional,
+                 example=next(iter(enum_type)).value)
 
 
 def number(cast=float, low: float | None = None, high: float | None = None, low_open: bool = False,
-           high_open: bool = False, optional: bool = False, hint: str = "") -> click.ParamType:
-    """A number in a range, e.g. ``number(int, 1)`` for >= 1; ``none`` -> ``None`` when ``optional``."""
+           high_open: bool = False, optional: bool = False, example: Any = None, hint: str = "") -> click.ParamType:
+    """A finite number in a range, e.g. ``number(int, 1)`` for a whole number >= 1; ``none`` -> ``None``
+    when ``optional``. Messages show ``example`` (default: a value inside the range) then ``hint``."""
+    example = example_for(cast, low, high, low_open, high_open) if example is None else example
+    hint = hint or (", or none" if optional else "")
+    bounds = {"low": low, "high": high, "low_open": low_open, "high_open": high_open, "example": example, "hint": hint}
 
-    def parse(value: str, name: str):
-        try:
-            parsed = cast(float(value)) if cast is int else cast(value)
-        except ValueError:
-            raise TFLiteError(f"{name} {value!r} is not a number; pass e.g. {low if low is not None else 1}") from None
-        check_range(parsed, name, low, high, low_open, high_open, hint)
-        return parsed
+    def parse(value, name: str):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise TFLiteError(f"{name} {value!r} is not a number; pass e.g. {example}{hint}") from None
+        return check_number(value, name, cast, **bounds)
 
-    return _Type(parse, cast.__name__, optional)
-
-
-def check_range(value: float, name: str, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False, hint: str = "") -> None:
-    """Raise ``TFLiteError("<name>=<value> must be >= low ...")`` when ``value`` is out of range."""
-    if low is not None and (value <= low if low_open else value < low):
-        raise TFLiteError(f"{name}={value} must be {'>' if low_open else '>='} {low:g}{hint}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise TFLiteError(f"{name}={value} must be {'<' if high_open else '<='} {high:g}{hint}")
+    return _Type(parse, cast.__name__, optional, example, parses_values=True)
 
 
-def text(optional: bool = True) -> click.ParamType:
+def text(optional: bool = True, example: str = "") -> click.ParamType:
     """Free text, e.g. a name or a run id (``none``/``auto`` -> ``None`` when ``optional``)."""
-    return _Type(lambda v, name: v.strip(), "text", optional)
+    return _Type(lambda v, name: str(v).strip(), "text", optional, example)
 
 
-def names_list() -> click.ParamType:
-    """Comma-separated names -> a tuple of names (``none`` -> ``None``)."""
-    return _Type(lambda v, name: tuple(n.strip() for n in v.split(",") if n.strip()) or None, "names", True)
+def model_name(optional: bool = True) -> click.ParamType:
+    """A registered model name MLflow accepts (``checks.check_model_name``); ``auto``/``none`` ->
+    ``None`` when ``optional``, but an empty name is an error, not a placeholder."""
+
+    def parse(value, name: str):
+        if optional and (value is None or isinstance(value, str) and value.strip() and given(value) is None):
+            return None
+        return check_model_name(value, name)
+
+    return _Type(parse, "name", example=MODEL_NAME_EXAMPLE)
+
+
+def names_list(example: str = "a,b") -> click.ParamType:
+    """Comma-separated names (or a list of names) -> a tuple of names (``none`` -> ``None``)."""
+    return _Type(lambda v, name: names_tuple(v, name, example), "names", True, example, "list", parses_values=True)
 
 
 def floats_list() -> click.ParamType:
-    """Comma-separated numbers, e.g. ``0.485,0.456,0.406`` -> a tuple of floats (``none`` -> ``None``)."""
+    """Comma-separated finite numbers, e.g. ``0.485,0.456,0.406`` -> a tuple of floats (``none`` -> ``None``)."""
+    example = "0.485,0.456,0.406"
 
     def parse(value: str, name: str):
         try:
-            return tuple(float(v) for v in value.split(","))
+            parsed = tuple(float(v) for v in value.split(","))
         except ValueError:
-            raise TFLiteError(f"{name} {value!r} is not a comma-separated list of numbers, e.g. 0.485,0.456,0.406") from None
+            raise TFLiteError(f"{name} {value!r} is not a comma-separated list of numbers; pass e.g. {example}") from None
+        if not all(math.isfinite(v) for v in parsed):
+            raise TFLiteError(f"{name} {value!r} has a value that is not a finite number; pass e.g. {example}")
+        return parsed
 
-    return _Type(parse, "floats", True)
+    return _Type(parse, "floats", True, example, "list")
 
 
 def shapes_map() -> click.ParamType:
     """``a:1,8,8,1;b:1,4`` -> ``{"a": (1, 8, 8, 1), "b": (1, 4)}`` (``none`` -> ``None``)."""
+    example = "input:1,224,224,3"
 
     def parse(value: str, name: str):
         shapes = {}
@@ -180,10 +207,10 @@ def shapes_map() -> click.ParamType:
             try:
                 shapes[key.strip()] = tuple(int(d) for d in dims.split(","))
             except ValueError:
-                raise TFLiteError(f"{name} part {part!r} is not name:d1,d2,...; e.g. input:1,224,224,3") from None
+                raise TFLiteError(f"{name} part {part!r} is not name:d1,d2,...; pass e.g. {example}") from None
         return shapes
 
-    return _Type(parse, "shapes", True)
+    return _Type(parse, "shapes", True, example, "map")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,67 +289,6 @@ def pop_fields(cls, kwargs: dict, overrides: dict | None = None) -> dict:
     return values
 
 
-def from_mapping(cls, values: dict, section: str):
-    """An instance of ``cls`` from a config file section, each value parsed by its field's type.
-
-    Raises:
-        TFLiteError: a key that is not a field (the message lists the valid ones) or a bad value.
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls) if "help" in f.metadata}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise TFLiteError(f"config section {section!r} has unknown keys {unknown}; use {sorted(fields)}")
-    parsed = {}
-    for key, value in values.items():
-        meta = fields[key].metadata
-        if meta["flag"]:
-            parsed[key] = click.BOOL.convert(value, None, None) if not isinstance(value, bool) else value
-            continue
-        if value is None:
-            raise TFLiteError(f"config section {section!r} key {key!r} is empty; give a value or leave the key out")
-        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
-        if isinstance(value, dict):
-            text = ";".join(f"{k}:{','.join(str(d) for d in dims)}" for k, dims in value.items())
-        ptype = fields[key].metadata["type"]
-        parsed[key] = ptype.parse_as(str(text), key) if ptype is not None and text is not None else value
-    return parsed
-
-
-def load_config(path: str | None, sections: dict[str, type]) -> dict[str, dict]:
-    """Read a YAML config file: ``{section: {field: value}}``, validated against ``sections``.
-
-    Args:
-        path: the file, or ``None`` / a placeholder word for no file.
-        sections: section name -> the dataclass its keys are fields of.
-
-    Returns:
-        section -> parsed field values (empty dicts without a file).
-
-    Raises:
-        TFLiteError: a missing or unreadable file, not a mapping, an unknown section or key, a bad value.
-    """
-    result: dict[str, dict] = {name: {} for name in sections}
-    if given(path) is None:
-        return result
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise TFLiteError(f"config file {str(path)!r} does not exist; pass a YAML file or none")
-    try:
-        content = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise TFLiteError(f"config file {str(path)!r} is not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(content, dict) or not all(isinstance(v, dict) for v in content.values()):
-        raise TFLiteError(f"config file {str(path)!r} must map sections {sorted(sections)} to key: value mappings")
-    unknown = sorted(set(content) - set(sections))
-    if unknown:
-        raise TFLiteError(f"config file {str(path)!r} has unknown sections {unknown}; use {sorted(sections)}")
-    for name, values in content.items():
-        result[name] = from_mapping(sections[name], values, name)
-    return result
-
-
 # ------------------------------------------------------------------------------------------------
 # Option groups that belong to no single stage
 # ------------------------------------------------------------------------------------------------
@@ -343,7 +309,7 @@ class RunSettings:
 
     registered_model_name: str | None = option(
         None, "Registry name; auto derives it from the source (digits-cnn for the demo).",
-        text())
+        model_name())
     num_threads: int = option(1, "LiteRT threads for latency/pyfunc.", number(int, 1))
     task: Task = option(Task.AUTO, "classification, fidelity (regression/embeddings/detection), or auto.",
                         choice(Task))
@@ -352,5 +318,9 @@ class RunSettings:
                                            "converter backend it costs one float conversion per model).", flag=True)
 
     def __post_init__(self):
-        check_range(self.num_threads, "num_threads", 1)
+        if self.registered_model_name is not None:
+            object.__setattr__(self, "registered_model_name", check_model_name(self.registered_model_name))
+        object.__setattr__(self, "num_threads", check_number(self.num_threads, "num_threads", int, 1))
         object.__setattr__(self, "task", parse_enum(Task, self.task, "task"))
+        for name in ("no_register", "no_tensor_errors"):
+            check_flag(getattr(self, name), name)

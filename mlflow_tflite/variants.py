@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import IoType, OpsSet, check_range, parse_enum
+from mlflow_tflite.checks import check_number
+from mlflow_tflite.options import IoType, OpsSet, parse_enum
 from mlflow_tflite.quant_modes import QUANT_RECIPES, Backend, QuantMode
 
 QUANT_MODES = tuple(QuantMode)
@@ -28,7 +29,8 @@ class Variant:
             float flatbuffer; only a backend that can make ``quant`` is accepted.
 
     Raises:
-        TFLiteError: an unknown mode, op set or I/O type, or a value out of range.
+        TFLiteError: an unknown mode, op set or I/O type, a value out of range, not finite, or
+            not whole for an integer field (``96.0`` is taken as ``96``).
     """
 
     quant: QuantMode = QuantMode.NONE
@@ -43,12 +45,16 @@ class Variant:
         # Strings from Python callers become enum members here; the CLI passes members already.
         for name, enum_type in (("quant", QuantMode), ("ops", OpsSet), ("io_type", IoType), ("backend", Backend)):
             object.__setattr__(self, name, parse_enum(enum_type, getattr(self, name), name))
-        if not 0.0 <= self.sparsity < 1.0:
-            raise TFLiteError(f"sparsity {self.sparsity} is outside [0, 1); use e.g. 0, 0.5 or 0.8")
-        if self.input_size is not None and self.input_size <= 0:
-            raise TFLiteError(f"input_size {self.input_size} must be a positive number of pixels")
-        check_range(self.calibration_samples, "calibration_samples", 0, low_open=True,
-                    hint="; 100-500 is typical (default 200)")
+        sparsity = check_number(self.sparsity, "sparsity", float, example=0.5)
+        if not 0.0 <= sparsity < 1.0:
+            raise TFLiteError(f"sparsity={sparsity:g} is outside [0, 1); pass e.g. 0, 0.5 or 0.8")
+        object.__setattr__(self, "sparsity", sparsity)
+        if self.input_size is not None:
+            object.__setattr__(self, "input_size", check_number(self.input_size, "input_size", int, 1, example=96,
+                                                                hint=", or None for the native size"))
+        object.__setattr__(self, "calibration_samples", check_number(
+            self.calibration_samples, "calibration_samples", int, 0, low_open=True, example=200,
+            hint=" (100-500 is typical)"))
         if self.backend not in self.recipe.backends():
             raise TFLiteError(f"quant={self.quant} cannot be made by backend={self.backend}; use backend="
                               + " or ".join(self.recipe.backends()))
@@ -88,8 +94,11 @@ class Variant:
         return "-".join(parts)
 
 
-def parse_list(value: str | list, name: str, cast=str) -> list:
+def parse_list(value: str | list, name: str, cast=str, example: str = "none,int8") -> list:
     """Split a comma-separated parameter (``"none,dynamic"``) into cast, de-duplicated values.
+
+    Args:
+        example: a valid value of the parameter, shown in messages (``0,0.5`` for sparsity).
 
     Raises:
         TFLiteError: the list is empty or an item cannot be cast (the message names the item).
@@ -97,13 +106,13 @@ def parse_list(value: str | list, name: str, cast=str) -> list:
     items = value if isinstance(value, (list, tuple)) else [part.strip() for part in str(value).split(",")]
     items = [item for item in items if item not in ("", None)]
     if not items:
-        raise TFLiteError(f"{name} is an empty list; give at least one value, e.g. {name}=none,int8")
+        raise TFLiteError(f"{name} is an empty list; give at least one value, e.g. {name}={example}")
     parsed = []
     for item in items:
         try:
             value = cast(item)
         except (TypeError, ValueError):
-            raise TFLiteError(f"{name} item {item!r} is not a valid {cast.__name__}") from None
+            raise TFLiteError(f"{name} item {item!r} is not a valid {cast.__name__}; pass e.g. {example}") from None
         if value not in parsed:
             parsed.append(value)
     return parsed

@@ -9,7 +9,8 @@ import pytest
 from mlflow_tflite.track.rows import Row
 from mlflow_tflite.build.data import Preprocessing
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import RunSettings, Task, floats_list, given, load_config, number, shapes_map
+from mlflow_tflite.config_file import load_config
+from mlflow_tflite.options import RunSettings, Task, floats_list, given, number, shapes_map
 from mlflow_tflite.quant_modes import QUANT_RECIPES, ModelTraits, QuantMode, recognise
 from mlflow_tflite.track.report import pareto_front
 from mlflow_tflite.flavor.runtime import TensorInfo, dequantize, quantize

@@ -9,6 +9,8 @@ import numpy as np
 
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.quiet import start_tensorflow
+from mlflow_tflite.build.data_checks import check_resize_fits, class_labels
+from mlflow_tflite.checks import check_number, check_optional_number
 from mlflow_tflite.options import floats_list, number, option
 
 DIGITS_SOURCE = "sklearn.datasets.load_digits"
@@ -67,23 +69,34 @@ class Preprocessing:
         scale: factor applied to the raw values (``1/255`` for 8-bit images).
         mean, std: per-channel normalisation ``(x * scale - mean) / std``, or None.
         channels: 1 (grey) or 3 (RGB) for image folders; None keeps the files' own.
+
+    Raises:
+        TFLiteError: a value that is not finite, ``resize`` not a whole number >= 1, ``channels``
+            not 1 or 3, or a zero ``std``.
     """
 
     resize: int | None = option(None, "Resize images to this square side, or native.",
-                                number(int, 0, low_open=True, optional=True))
-    scale: float = option(1.0, "Multiply raw values (1/255 = 0.00392...).", number(float))
+                                number(int, 1, optional=True, example=96, hint=", or native"))
+    scale: float = option(1.0, "Multiply raw values (1/255 = 0.00392...).", number(float, example=0.00392))
     mean: tuple[float, ...] | None = option(None, "Per-channel mean to subtract after scaling, comma-separated.",
                                             floats_list())
     std: tuple[float, ...] | None = option(None, "Per-channel std to divide by, comma-separated.", floats_list())
-    channels: int | None = option(None, "Image folder channels: 1, 3 or auto.", number(int, 1, 3, optional=True))
+    channels: int | None = option(None, "Image folder channels: 1, 3 or auto.", number(int, 1, 3, optional=True, example=3))
 
     def __post_init__(self):
-        if self.resize is not None and self.resize <= 0:
-            raise TFLiteError(f"resize={self.resize} must be a positive number of pixels")
+        object.__setattr__(self, "resize", check_optional_number(self.resize, "resize", int, low=1, example=96,
+                                                                 hint=", or None"))
+        object.__setattr__(self, "scale", check_number(self.scale, "scale", float, example=0.00392))
+        object.__setattr__(self, "channels", check_optional_number(self.channels, "channels", int, low=1, high=3,
+                                                                   example=3))
         if self.channels not in (None, 1, 3):
-            raise TFLiteError(f"channels={self.channels} must be 1 (grey) or 3 (RGB)")
+            raise TFLiteError(f"channels={self.channels} must be 1 (grey) or 3 (RGB); pass e.g. 3")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None:
+                object.__setattr__(self, name, tuple(check_number(v, name, float, example=0.5) for v in values))
         if self.std is not None and any(v == 0 for v in self.std):
-            raise TFLiteError(f"std={self.std} has a zero; every channel's std must be non-zero")
+            raise TFLiteError(f"std={self.std} has a zero; every channel's std must be non-zero, e.g. 0.229,0.224,0.225")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """``(N, ...)`` raw values -> float32 ``(x * scale - mean) / std`` (resized first if asked)."""
@@ -120,7 +133,8 @@ def resize_images(x: np.ndarray, input_size: int) -> np.ndarray:
         that size.
 
     Raises:
-        TFLiteError: ``x`` is not 4-D or ``input_size`` is not a positive integer.
+        TFLiteError: ``x`` is not 4-D, ``input_size`` is not a positive integer, or the resized
+            images would not fit in memory (``data_checks.check_resize_fits``).
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4:
@@ -129,6 +143,7 @@ def resize_images(x: np.ndarray, input_size: int) -> np.ndarray:
         )
     if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size <= 0:
         raise TFLiteError(f"input_size {input_size!r} must be a positive number of pixels, e.g. 96")
+    check_resize_fits(len(x), x.shape[3], int(input_size))
     if x.shape[1] == input_size and x.shape[2] == input_size:
         return x.copy()
     start_tensorflow()  # TensorFlow's start-up notices dropped, if this is its first use in the process
@@ -178,10 +193,11 @@ def load_npz(path: str | Path, test_fraction: float = 0.25, seed: int = 0,
 
     ``y`` arrays are optional (fidelity-only data). A model with several inputs takes
     ``x_train_0``, ``x_train_1``, ... and ``x_test_0``, ... (one per input, in model order).
-    Features are cast to float32 (then preprocessed), labels to int64.
+    Features are cast to float32 (then preprocessed), labels (whole numbers) to int64.
 
     Raises:
-        TFLiteError: the file is missing or lacks the required keys.
+        TFLiteError: the file is missing or lacks the required keys, or its labels are not one
+            whole number per example (``data_checks.class_labels``).
     """
     path = Path(path)
     if not path.is_file():
@@ -193,7 +209,11 @@ def load_npz(path: str | Path, test_fraction: float = 0.25, seed: int = 0,
     if x_train is not None and x_test is not None:
         parts = [x_train, x_test, arrays.get("y_train"), arrays.get("y_test")]
     elif "x" in arrays:
-        parts = _split(arrays["x"], arrays.get("y"), test_fraction, seed)
+        y = class_labels(arrays.get("y"), "y", str(path.resolve()))
+        if y is not None and len(y) != len(arrays["x"]):
+            raise TFLiteError(f"y of {str(path.resolve())!r} has {len(y)} labels but x has {len(arrays['x'])} "
+                              "examples; give one label per example")
+        parts = _split(arrays["x"], y, test_fraction, seed)
     else:
         raise TFLiteError(
             f"data file {str(path)!r} has keys {sorted(arrays)}; it needs x_train, x_test "
@@ -203,11 +223,12 @@ def load_npz(path: str | Path, test_fraction: float = 0.25, seed: int = 0,
 
 
 def _dataset(path: Path, x_train, x_test, y_train, y_test, preprocessing: Preprocessing | None) -> Dataset:
+    """A Dataset of the arrays read from ``path``: features preprocessed, labels checked and made int64."""
     prep = preprocessing or Preprocessing()
     features = lambda x: [prep.apply(a) for a in x] if isinstance(x, list) else prep.apply(x)  # noqa: E731
-    labels = lambda y: None if y is None else np.asarray(y).astype(np.int64)  # noqa: E731
-    return Dataset(path.stem, str(path.resolve()), features(x_train), features(x_test), labels(y_train),
-                   labels(y_test), preprocessing)
+    source = str(path.resolve())
+    return Dataset(path.stem, source, features(x_train), features(x_test), class_labels(y_train, "y_train", source),
+                   class_labels(y_test, "y_test", source), preprocessing)
 
 
 def load_npy(path: str | Path, test_fraction: float = 0.25, seed: int = 0,
@@ -303,59 +324,6 @@ def load_dataset(data: str | None, preprocessing: Preprocessing | None = None) -
     if path.suffix not in loaders:
         raise TFLiteError(f"data {data!r} is not a .npz, .npy or image folder; pass one of those")
     return loaders[path.suffix](path, preprocessing=preprocessing)
-
-
-def validate_dataset(dataset: Dataset, input_shapes: list[tuple[int, ...]], num_classes: int | None) -> None:
-    """Check data against the model before any conversion.
-
-    Args:
-        dataset: the data.
-        input_shapes: one model input shape per input, batch first (``-1`` for dynamic dims).
-        num_classes: size of the model's class-score output, or ``None`` if it is not one.
-
-    Raises:
-        TFLiteError: a wrong number of inputs, NaN or inf values, a shape (or channel count)
-            that does not match the model input, empty splits, or labels outside ``[0, num_classes)``.
-    """
-    for split, inputs in (("x_train", dataset.train_inputs), ("x_test", dataset.test_inputs)):
-        if len(inputs) != len(input_shapes):
-            raise TFLiteError(
-                f"{split} of {dataset.source!r} has {len(inputs)} input array(s) but the model takes "
-                f"{len(input_shapes)}; give {split}_0 ... {split}_{len(input_shapes) - 1}"
-            )
-        for x, shape in zip(inputs, input_shapes):
-            _validate_array(dataset, split, x, tuple(shape[1:]))
-    if num_classes is None:
-        return
-    for split, y in (("y_train", dataset.y_train), ("y_test", dataset.y_test)):
-        if y is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
-            raise TFLiteError(
-                f"{split} of {dataset.source!r} has labels in [{y.min()}, {y.max()}] but the model has "
-                f"{num_classes} classes; labels must be integers in [0, {num_classes - 1}]"
-            )
-
-
-def _validate_array(dataset: Dataset, split: str, x: np.ndarray, expected: tuple) -> None:
-    if len(x) == 0:
-        raise TFLiteError(f"{split} of {dataset.source!r} is empty; provide at least one example")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise TFLiteError(f"{split} of {dataset.source!r} has {bad} NaN or inf values; clean or impute them")
-    if _matches(x.shape[1:], expected):
-        return
-    if len(expected) == 3 and x.ndim == 4 and x.shape[1:3] == expected[:2] and expected[2] != -1:
-        raise TFLiteError(
-            f"{split} of {dataset.source!r} has {x.shape[-1]} channel(s) but the model expects {expected[2]}; "
-            f"set channels={expected[2]} (image folders) or convert the data"
-        )
-    raise TFLiteError(
-        f"{split} of {dataset.source!r} has example shape {x.shape[1:]} but the model expects "
-        f"{expected}; reshape or resize the data"
-    )
-
-
-def _matches(shape: tuple[int, ...], expected: tuple) -> bool:
-    return len(shape) == len(expected) and all(e in (None, -1) or e == s for s, e in zip(shape, expected))
 
 
 def calibration_sample(x_train, samples: int, seed: int = 0):

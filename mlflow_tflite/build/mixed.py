@@ -21,7 +21,8 @@ from typing import Callable
 
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import check_range, names_list, number, option
+from mlflow_tflite.checks import check_number, names_tuple
+from mlflow_tflite.options import names_list, number, option
 
 # SNR (dB) given to a model input, which quantization does not change: an op reading only model
 # inputs is charged with its whole output error.
@@ -37,19 +38,22 @@ class MixedPrecision:
         float_layers: layers to keep in float, given by the user (no search): Keras layer
             names (``conv2d_1``), layer paths or the float model's tensor names; ``None`` to search.
 
+    ``float_layers`` may be given as comma-separated text (``"conv2d,dense"``) or a list of names.
+
     Raises:
-        TFLiteError: ``max_trials`` < 1.
+        TFLiteError: ``max_trials`` not a whole number >= 1, or ``float_layers`` not names.
     """
 
     max_trials: int = option(8, "int8_mixed: quantizations tried at most (the first is full int8).",
-                             number(int, 1, optional=True))
+                             number(int, 1, optional=True, example=8))
     float_layers: tuple[str, ...] | None = option(
-        None, "int8_mixed: comma-separated layers to keep in float instead of searching, or none.", names_list())
+        None, "int8_mixed: comma-separated layers to keep in float instead of searching, or none.",
+        names_list("conv2d,dense"))
 
     def __post_init__(self):
-        check_range(self.max_trials, "max_trials", 1, hint="; the first trial is full int8 (default 8)")
-        if self.float_layers is not None:
-            object.__setattr__(self, "float_layers", tuple(self.float_layers))
+        object.__setattr__(self, "max_trials", check_number(self.max_trials, "max_trials", int, 1, example=8,
+                                                            hint=" (the first trial is full int8)"))
+        object.__setattr__(self, "float_layers", names_tuple(self.float_layers, "float_layers", "conv2d,dense"))
 
 
 @dataclass(frozen=True)

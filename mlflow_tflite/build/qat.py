@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import check_range, number, option
+from mlflow_tflite.checks import check_number
+from mlflow_tflite.options import number, option
 from mlflow_tflite.build.finetune import (
     FineTuning, checked_training_set, import_tfmot, keras_error_line, outputs_probabilities,
 )
@@ -20,16 +21,17 @@ class QatOptions:
         qat_learning_rate: Adam learning rate of that fine-tuning (> 0).
 
     Raises:
-        TFLiteError: a value out of range.
+        TFLiteError: a value out of range or not finite, or epochs not a whole number.
     """
 
-    qat_epochs: int = option(2, "qat_int8: fine-tuning epochs.", number(int, 1, optional=True))
+    qat_epochs: int = option(2, "qat_int8: fine-tuning epochs.", number(int, 1, optional=True, example=2))
     qat_learning_rate: float = option(1e-4, "qat_int8: Adam learning rate of the fine-tuning.",
-                                      number(float, 0, low_open=True, optional=True))
+                                      number(float, 0, low_open=True, optional=True, example=0.0001))
 
     def __post_init__(self):
-        check_range(self.qat_epochs, "qat_epochs", 1)
-        check_range(self.qat_learning_rate, "qat_learning_rate", 0, low_open=True)
+        object.__setattr__(self, "qat_epochs", check_number(self.qat_epochs, "qat_epochs", int, 1, example=2))
+        object.__setattr__(self, "qat_learning_rate", check_number(
+            self.qat_learning_rate, "qat_learning_rate", float, 0, low_open=True, example=0.0001))
 
 
 QAT_PURPOSE = FineTuning("fine-tune with fake quantization", "quantization-aware training", "quant=qat_int8",

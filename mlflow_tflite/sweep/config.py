@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.options import Executor, Objective, check_range, choice, given, number, option, parse_enum, text
+from mlflow_tflite.checks import check_flag, check_model_name, check_number, check_optional_number
+from mlflow_tflite.options import Executor, Objective, choice, given, number, option, parse_enum, text
 from mlflow_tflite.track.selection import Tolerance
 from mlflow_tflite.variants import Variant
 
@@ -30,6 +31,11 @@ class SweepConfig:
         resume: parent run id of an earlier sweep to continue (FINISHED variants are kept; the
             settings must be the same).
         register: register the best variant.
+
+    Raises:
+        TFLiteError: no variants, an unknown objective or executor, a budget, ``workers`` or
+            ``num_threads`` out of range, not finite or not whole, a registered model name MLflow
+            refuses (``checks.check_model_name``), or ``ray_address`` without ``executor=ray``.
     """
 
     variants: list[Variant]
@@ -38,33 +44,44 @@ class SweepConfig:
     open_options: dict = field(default_factory=dict)
     objective: Objective = option(Objective.LATENCY, "latency, size, gzip_size or accuracy.", choice(Objective))
     tolerance: Tolerance = Tolerance()
-    max_size_bytes: float | None = option(None, "Size budget in bytes, or none.",
-                                          number(float, 0, low_open=True, optional=True))
-    max_latency_ms: float | None = option(None, "Latency p50 budget in ms, or none.",
-                                          number(float, 0, low_open=True, optional=True))
+    max_size_bytes: float | None = option(None, "Size budget in bytes, or none.", number(
+        float, 0, low_open=True, optional=True, example=1000000, hint=", or none for no budget"))
+    max_latency_ms: float | None = option(None, "Latency p50 budget in ms, or none.", number(
+        float, 0, low_open=True, optional=True, example=5, hint=", or none for no budget"))
     registered_model_name: str | None = None
-    workers: int = option(1, "Worker processes (executor=ray: Ray actors).", number(int, 1))
+    workers: int = option(1, "Worker processes (executor=ray: Ray actors).", number(int, 1, example=2))
     executor: Executor = option(Executor.LOCAL, "local (worker processes) or ray (Ray actors; see ray_address).",
                                 choice(Executor))
     ray_address: str | None = option(None, "Ray cluster address host:port or ray://host:port; auto joins a running "
-                                           "cluster or starts a local one.", text())
+                                           "cluster or starts a local one.", text(example="127.0.0.1:6379"))
     num_threads: int = 1
-    resume: str | None = option(None, "Parent run id of an interrupted sweep: FINISHED variants are kept.", text())
+    resume: str | None = option(None, "Parent run id of an interrupted sweep: FINISHED variants are kept.",
+                                text(example="<parent run id>"))
     register: bool = True
 
     def __post_init__(self):
         if not self.variants:
             raise TFLiteError("the sweep has no variants; give at least one quant, sparsity and input_size")
         object.__setattr__(self, "objective", parse_enum(Objective, self.objective, "objective"))
-        for name in ("max_size_bytes", "max_latency_ms"):
-            if getattr(self, name) is not None:
-                check_range(getattr(self, name), name, 0, low_open=True, hint=", or none for no budget")
-        check_range(self.workers, "workers", 1)
+        for name, example in (("max_size_bytes", 1000000), ("max_latency_ms", 5)):
+            object.__setattr__(self, name, check_optional_number(
+                getattr(self, name), name, float, low=0, low_open=True, example=example, hint=", or none for no budget"))
+        for name in ("workers", "num_threads"):
+            object.__setattr__(self, name, check_number(getattr(self, name), name, int, 1, example=2))
+        if self.registered_model_name is not None:
+            object.__setattr__(self, "registered_model_name", check_model_name(self.registered_model_name))
+        check_flag(self.register, "register")
         object.__setattr__(self, "executor", parse_enum(Executor, self.executor, "executor"))
         object.__setattr__(self, "ray_address", given(self.ray_address))
         if self.ray_address is not None and self.executor != Executor.RAY:
             raise TFLiteError(f"ray_address={self.ray_address!r} only applies to executor=ray, but executor is "
                               f"{self.executor}; add executor=ray or leave ray_address out")
+
+    @property
+    def worker_count(self) -> int:
+        """Workers to start: ``workers``, but no more than there are variants (an idle worker
+        still imports TensorFlow and opens the source)."""
+        return min(self.workers, len(self.variants))
 
     def record(self, variants: list[Variant]) -> dict:
         """Everything that changes a sweep's results, as JSON-able data (checked on resume).

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from mlflow_tflite.build.data import Dataset, Preprocessing, load_dataset, validate_dataset
+from mlflow_tflite.build.data import Dataset, Preprocessing, load_dataset
+from mlflow_tflite.build.data_checks import validate_dataset
 from mlflow_tflite.build.demo import DEMO_MODEL_NAME, load_or_train_digits_cnn
 from mlflow_tflite.build.graph import BuildInputs
 from mlflow_tflite.build.mixed import MixedPrecision
@@ -103,7 +104,8 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
 
     Raises:
         TFLiteError: a bad model path or format, data without a model, an unknown task, or
-            data that does not fit the model (see ``data.validate_dataset``).
+            data that does not fit the model (``data_checks.validate_dataset``), including labels
+            outside the class-score output, in either split.
     """
     task = parse_enum(Task, task, "task")
     settings = Settings(tensor_errors, tolerance, mixed_precision, qat)
@@ -114,16 +116,29 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
     validate_dataset(dataset, source.input_shapes, None)
     reference = source.predict(dataset.test_inputs)
     class_outputs = class_score_outputs(reference, dataset.y_test, task)
+    requested = task
     if task == "auto":
         task = "classification" if dataset.labelled and 0 in class_outputs else "fidelity"
-    if task == "classification":
-        if 0 not in class_outputs:
-            raise TFLiteError(
-                f"task=classification needs a first output of class scores (N, classes) but {source.uri} gives "
-                f"{tuple(reference[0].shape)}; use task=fidelity"
-            )
-        validate_dataset(dataset, source.input_shapes, int(reference[0].shape[1]))
+    if task == "classification" and 0 not in class_outputs:
+        raise TFLiteError(
+            f"task=classification needs a first output of class scores (N, classes) but {source.uri} gives "
+            f"{tuple(reference[0].shape)}; use task=fidelity"
+        )
+    _check_label_range(dataset, source, reference[0], class_outputs, requested)
     return Context(source, dataset, reference, task, class_outputs, source_params, settings)
+
+
+def _check_label_range(dataset: Dataset, source: Source, first_output: np.ndarray, class_outputs: tuple[int, ...],
+                       requested_task: str) -> None:
+    """Labels (both splits) index the classes of the first output when it holds class scores, and
+    also when the task was left to ``auto`` and it could (``(N, C)``, C > 1): labels outside it
+    would otherwise silently turn the task into fidelity."""
+    if dataset.y_train is None and dataset.y_test is None:
+        return
+    guessed = 0 not in class_outputs and requested_task == "auto"
+    if first_output.ndim == 2 and first_output.shape[1] > 1 and (0 in class_outputs or guessed):
+        hint = "; or pass task=fidelity if output 0 is not class scores" if guessed else ""
+        validate_dataset(dataset, source.input_shapes, int(first_output.shape[1]), hint)
 
 
 def _open(model, data, preprocessing, dataset, source_options) -> tuple[Source, Dataset | None]:

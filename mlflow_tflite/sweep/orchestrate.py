@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from mlflow_tflite import tags
 from mlflow_tflite.build.data import load_dataset
+from mlflow_tflite.build.data_checks import check_sizes_fit
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.measure.latency import time_latency
 from mlflow_tflite.options import Executor
@@ -60,8 +61,8 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
 
     Raises:
         TFLiteError: bad configuration, a tracking store that does not answer, an unusable source
-            or data, a resume of something that is not a sweep or with other settings (all before
-            any run is opened or changed), or
+            or data, an input size whose resized images cannot fit in memory, a resume of something
+            that is not a sweep or with other settings (all before any run is opened or changed), or
             the tracking store stopped answering mid-sweep (the variants converted so far are
             saved to the cache directory, see ``sweep_runs.tracking_lost``).
         KeyboardInterrupt: Ctrl-C; the parent (and an open child) run ends KILLED.
@@ -81,6 +82,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> SweepResult:
             v if v.input_size else replace(v, input_size=meta.native_input_size) for v in config.variants))
         if config.resume:
             sweep_runs.check_config(config.resume, config.record(variants))  # before anything moves
+        check_sizes_fit(dataset, [v.input_size for v in variants if v.input_size != meta.native_input_size])
         progress_record = sweep_runs.SweepProgress()
         try:
             return _in_parent_run(config, workers, meta, variants, dataset, progress, progress_record)
@@ -125,9 +127,9 @@ def _executor(config: SweepConfig, open_args: dict, dataset) -> SweepExecutor:
     """The executor ``config`` asks for, started: local workers read the source and data from this
     machine's disk; Ray workers get ``dataset`` and a local model file through the object store."""
     if config.executor == Executor.RAY:
-        return RayExecutor(config.workers, Job(open_args, dataset, ShippedSource.of(config.model)),
+        return RayExecutor(config.worker_count, Job(open_args, dataset, ShippedSource.of(config.model)),
                            config.ray_address)
-    return LocalExecutor(min(config.workers, len(config.variants)), Job(open_args))
+    return LocalExecutor(config.worker_count, Job(open_args))
 
 
 def _describe(workers: SweepExecutor) -> SourceDescription:

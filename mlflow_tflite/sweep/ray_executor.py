@@ -19,8 +19,12 @@ goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import sys
+import tempfile
 from pathlib import Path
 from collections import deque
 from urllib.parse import urlparse
@@ -31,6 +35,10 @@ from mlflow_tflite.sweep.worker import Job, Worker, task_name, with_shipped
 
 logger = logging.getLogger(__name__)
 ATTEMPTS = 2  # a task whose worker dies runs at most this often (max_task_retries = ATTEMPTS - 1)
+# The HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS and its client
+# server both are) answers with a SETTINGS frame; anything else at that port is not Ray.
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+HTTP2_SETTINGS_FRAME = 0x04
 
 
 def _import_ray():
@@ -42,11 +50,12 @@ def _import_ray():
 
 
 def check_address(address: str | None, timeout: float = 5.0) -> None:
-    """Fail fast on a ``host:port`` / ``ray://host:port`` that does not answer (``ray.init`` would
-    retry for minutes).
+    """Fail fast on a ``host:port`` / ``ray://host:port`` that does not answer, or answers but not
+    as gRPC (``ray.init`` would retry for minutes, printing Ray's connection warnings).
 
     Raises:
-        TFLiteError: the address has no port or nothing listens there.
+        TFLiteError: the address has no port, nothing listens there, or what listens is not a
+            gRPC server (not checked with ``RAY_USE_TLS=1``).
     """
     if address is None or address in ("auto", "local"):
         return
@@ -59,10 +68,52 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
         raise TFLiteError(f"ray_address {address!r} is not host:port or ray://host:port; e.g. 127.0.0.1:6379, "
                           "or auto to join a running cluster or start a local one")
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            tls = os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true")
+            grpc = tls or _answers_grpc(connection, timeout)
     except OSError as error:
         raise TFLiteError(f"ray_address {address!r} does not answer ({first_line(error)}); start the cluster "
                           "(ray start --head) or pass its address, or auto") from None
+    if not grpc:
+        raise TFLiteError(f"ray_address {address!r} answers but not as a Ray cluster (no gRPC reply); pass the "
+                          "address ray start --head printed, e.g. 127.0.0.1:6379, or auto")
+
+
+def _answers_grpc(connection: socket.socket, timeout: float) -> bool:
+    """True when the peer answers the HTTP/2 preface with a SETTINGS frame (as every gRPC server does)."""
+    connection.settimeout(timeout)
+    try:
+        connection.sendall(HTTP2_HELLO)
+        header = b""
+        while len(header) < 9:  # an HTTP/2 frame header: length (3), type (1), flags (1), stream (4)
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:
+        return False
+    return header[3] == HTTP2_SETTINGS_FRAME
+
+
+@contextlib.contextmanager
+def stderr_captured(lines: list[str]):
+    """Send file descriptor 2 to a temporary file during the block and put its lines in ``lines``.
+
+    Ray's C++ core writes its connection warnings (``gcs_client``, ``rpc_client``) there directly,
+    past Python's ``sys.stderr``; the caller reports one line instead.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines.extend(capture.read().decode(errors="replace").splitlines())
 
 
 class RayWorker:
@@ -97,15 +148,8 @@ class RayExecutor:
         ray = _import_ray()
         self.ray, self.owns_ray, self.refs, self.actors, self.running = ray, False, {}, [], {}
         if not ray.is_initialized():
-            check_address(address)
-            try:
-                # The workers import this package from Ray (its runtime-env cache), not from their own disk;
-                # a local directory can be uploaded only at the job level, here.
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                         configure_logging=True, runtime_env={"py_modules": [str(Path(mlflow_tflite.__file__).parent)]})
-            except (ConnectionError, RuntimeError, ValueError) as error:
-                raise TFLiteError(f"Ray could not start or join a cluster at ray_address={address or 'auto'} "
-                                  f"({first_line(error, 300)})") from None
+            check_address(address or os.environ.get("RAY_ADDRESS") or None)  # ray.init reads RAY_ADDRESS too
+            self._init(ray, address)
             self.owns_ray = True
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if cpus < 1:
@@ -115,6 +159,27 @@ class RayExecutor:
         self.job_ref = ray.put(job)
         self.actors = [actor_class.remote(self.job_ref)
                        for _ in range(min(count, cpus))]  # more actors than CPUs would wait forever for one
+
+    @staticmethod
+    def _init(ray, address: str | None) -> None:
+        """``ray.init``; joining a cluster, Ray's connection warnings are kept and logged at debug
+        level (a failure is one line). Starting a local cluster is not captured: its daemons would
+        inherit the capture file."""
+        captured: list[str] = []
+        joining = (address or os.environ.get("RAY_ADDRESS")) is not None
+        capture = stderr_captured(captured) if joining else contextlib.nullcontext()
+        try:
+            with capture:
+                # The workers import this package from Ray (its runtime-env cache), not from their own disk;
+                # a local directory can be uploaded only at the job level, here.
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                         configure_logging=True, runtime_env={"py_modules": [str(Path(mlflow_tflite.__file__).parent)]})
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise TFLiteError(f"Ray could not start or join a cluster at ray_address={address or 'auto'} "
+                              f"({first_line(error, 300)})") from None
+        finally:
+            for line in captured:
+                logger.debug("ray.init: %s", line)
 
     def _shipped_refs(self, task) -> dict:
         """The task's shipped values as object references, each put once (by key)."""

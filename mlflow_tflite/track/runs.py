@@ -286,19 +286,23 @@ def log_search(search) -> None:
 
 
 def check_tracking_store(timeout_seconds: int = 10) -> None:
-    """Fail fast when the tracking store cannot be reached, before any conversion work.
+    """Fail fast when the tracking store cannot be used, before any conversion work.
 
-    One request, no retries (MLflow's default retry schedule waits minutes on a dead server).
+    A sqlite store is opened directly first (its directory made, as MLflow does, and a write lock
+    taken and released), because MLflow retries a sqlite file it cannot open for minutes; any
+    store then gets one request, no retries (MLflow's default retry schedule waits minutes on a
+    dead server).
 
     Raises:
-        TFLiteError: the store at ``mlflow.get_tracking_uri()`` does not answer; the message
-            names the URI.
+        TFLiteError: the store at ``mlflow.get_tracking_uri()`` cannot be opened or does not
+            answer; the message names the URI and the advice fits the kind of store.
     """
     import os
 
     from mlflow import MlflowClient
 
     uri = mlflow.get_tracking_uri()
+    _check_sqlite_store(uri, timeout_seconds)
     overrides = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
     saved = {key: os.environ.get(key) for key in overrides}
     os.environ.update(overrides)
@@ -306,8 +310,7 @@ def check_tracking_store(timeout_seconds: int = 10) -> None:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:
         raise TFLiteError(
-            f"the MLflow tracking store {uri} cannot be reached ({first_line(error, 200)}); start the server or set "
-            "MLFLOW_TRACKING_URI to one that answers"
+            f"the MLflow tracking store {uri} cannot be reached ({first_line(error, 200)}); {_store_advice(uri)}"
         ) from None
     finally:
         for key, value in saved.items():
@@ -315,3 +318,50 @@ def check_tracking_store(timeout_seconds: int = 10) -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+SQLITE_ADVICE = "set MLFLOW_TRACKING_URI to a database file in a writable directory, e.g. sqlite:///mlflow.db"
+
+
+def _store_advice(uri: str) -> str:
+    """What to do about a store that fails, by its kind (URI scheme)."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.lower()
+    if scheme == "sqlite":
+        return SQLITE_ADVICE
+    if scheme in ("http", "https", "databricks", "databricks-uc"):
+        return "start the server or set MLFLOW_TRACKING_URI to one that answers"
+    if scheme in ("", "file"):
+        return "make the directory writable or set MLFLOW_TRACKING_URI, e.g. sqlite:///mlflow.db"
+    return "check that the database runs and the URI (host, credentials, database name), or set MLFLOW_TRACKING_URI"
+
+
+def _check_sqlite_store(uri: str, timeout_seconds: float) -> None:
+    """A sqlite store's file can be created, opened and written (no-op for other stores)."""
+    import sqlite3
+    from contextlib import closing
+    from pathlib import Path
+
+    if not uri.startswith("sqlite:"):
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    if path.is_dir():
+        raise TFLiteError(f"the MLflow tracking store {uri} names a directory, not a database file; {SQLITE_ADVICE}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does, so the same paths work
+        with closing(sqlite3.connect(path, timeout=timeout_seconds)) as connection:
+            connection.execute("BEGIN IMMEDIATE")  # reads the header and takes the write lock
+            connection.rollback()
+    except (OSError, sqlite3.Error) as error:
+        if isinstance(error, (FileExistsError, NotADirectoryError)):
+            in_the_way = next(parent for parent in path.parents if parent.exists())
+            reason = f"{in_the_way} is a file, not a directory"
+        else:
+            reason = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.strerror else error
+        raise TFLiteError(f"the MLflow tracking store {uri} cannot be opened ({reason}); {SQLITE_ADVICE}") from None

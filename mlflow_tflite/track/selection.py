@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlflow_tflite.checks import check_number, check_optional_number
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.options import number, option
 from mlflow_tflite.track.rows import Row
@@ -17,6 +18,8 @@ from mlflow_tflite.track.rows import Row
 # processes (benchmarks/latency_noise.py: <= 0.6% between identical reruns on a quiet 2-core
 # machine, so 5% leaves room for a busier one), and a 5% gain is rarely worth a less accurate model.
 LATENCY_NOISE_FLOOR = 0.05
+_DROP_ADVICE = {"example": 0.01, "hint": " (an absolute fraction)"}
+_RELATIVE_ERROR_ADVICE = {"example": 0.05, "hint": ", or none for no bound"}
 
 
 @dataclass(frozen=True)
@@ -33,25 +36,28 @@ class Tolerance:
             ``None`` for no bound.
 
     Raises:
-        TFLiteError: a bound outside its range.
+        TFLiteError: a bound outside its range or not finite.
     """
 
     max_accuracy_drop: float = option(
         0.01, "Tolerance: accuracy_drop (labels) or 1 - agreement (no labels), absolute fraction.",
-        number(float, optional=True))
+        number(float, 0, optional=True, **_DROP_ADVICE))
     min_cosine_similarity: float = option(
-        0.99, "Tolerance without labels: mean cosine similarity to the source outputs.", number(float))
+        0.99, "Tolerance without labels: mean cosine similarity to the source outputs.", number(float, example=0.99))
     max_relative_error: float | None = option(
         None, "Tolerance without labels: relative L2 error to the source outputs, or none.",
-        number(float, optional=True))
+        number(float, 0, low_open=True, optional=True, **_RELATIVE_ERROR_ADVICE))
 
     def __post_init__(self):
-        if not self.max_accuracy_drop >= 0:
-            raise TFLiteError(f"max_accuracy_drop={self.max_accuracy_drop} must be >= 0 (an absolute fraction, e.g. 0.01)")
-        if not -1.0 <= self.min_cosine_similarity <= 1.0:
-            raise TFLiteError(f"min_cosine_similarity={self.min_cosine_similarity} must be in [-1, 1], e.g. 0.99")
-        if self.max_relative_error is not None and not self.max_relative_error > 0:
-            raise TFLiteError(f"max_relative_error={self.max_relative_error} must be > 0, or none for no bound")
+        # The same checks as the command line's types, for Python callers (NaN and inf are refused).
+        object.__setattr__(self, "max_accuracy_drop", check_number(
+            self.max_accuracy_drop, "max_accuracy_drop", float, 0, **_DROP_ADVICE))
+        cosine = check_number(self.min_cosine_similarity, "min_cosine_similarity", float, example=0.99)
+        if not -1.0 <= cosine <= 1.0:
+            raise TFLiteError(f"min_cosine_similarity={cosine} must be in [-1, 1]; pass e.g. 0.99")
+        object.__setattr__(self, "min_cosine_similarity", cosine)
+        object.__setattr__(self, "max_relative_error", check_optional_number(
+            self.max_relative_error, "max_relative_error", float, low=0, low_open=True, **_RELATIVE_ERROR_ADVICE))
 
     def violation(self, metrics: dict[str, float]) -> str | None:
         """Why ``metrics`` are outside the tolerance (one line), or ``None`` when they are within."""
