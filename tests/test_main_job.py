@@ -96,6 +96,8 @@ def test_champion_is_decided_by_the_objective_on_the_same_data(demo_prepared, tr
     percent = round((4 * p50 - faster.metrics["latency_ms_p50"]) / (4 * p50) * 100)
     assert faster.registration.reason == f"version 2 is champion: {percent}% faster than version 1 at the same accuracy"
     assert client.get_model_version_by_alias("digits-cnn", "champion").version == 2
+    beaten = client.get_model_version("digits-cnn", "1").description.splitlines()[0]
+    assert beaten == "int8-s0-8px: version 2 took champion from it"
     # The new champion measured 4x faster than anything can be: the next version is slower and does not take it.
     tiny = faster.metrics["latency_ms_p50"] / 4
     for key in ("latency_ms_p50", "latency_ms_ci95_low", "latency_ms_ci95_high"):

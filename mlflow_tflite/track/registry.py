@@ -276,10 +276,21 @@ def register_and_promote(
     tags = _version_tags(metrics, eval_digest, variant_name, tolerance.violation(metrics))
     version = _register(client, model_uri, name, tags)
     _keep_objective(client, name, objective, change_objective)
+    before = _holders(client, name)[CHAMPION]
     outcome = converge(client, name)
     reason = outcome.reasons.get(int(version), "not among the ready versions read (its ready tag was removed)")
     client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
+    if before is not None and before != outcome.champion and before in outcome.reasons:
+        _restate(client, name, before, outcome.reasons[before])
     return Registration(name, version, outcome.champion == int(version), reason, stored_objective(client, name))
+
+
+def _restate(client: MlflowClient, name: str, version: int, reason: str) -> None:
+    """Rewrite the first line of a version's description (a champion that lost the alias says so)."""
+    current = client.get_model_version(name, str(version))
+    rest = (current.description or "").partition("\n")[2]
+    variant = current.tags.get(VARIANT_TAG, "variant")
+    client.update_model_version(name, str(version), description=f"{variant}: {reason}\n{rest}")
 
 
 def version_description(variant_name: str, metrics: dict[str, float], reason: str) -> str:
