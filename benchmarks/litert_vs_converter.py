@@ -71,7 +71,8 @@ def child_metrics(workdir: Path) -> dict[str, dict]:
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    runs = client.search_runs(["0"], "tags.mlflow_tflite.role = 'variant'")
+    experiments = [e.experiment_id for e in client.search_experiments()]  # the sweep names its own
+    runs = client.search_runs(experiments, "tags.mlflow_tflite.role = 'variant'")
     return {r.data.params["quant"]: r.data.metrics for r in runs if r.info.status == "FINISHED"}
 
 
