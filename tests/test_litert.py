@@ -111,7 +111,7 @@ def test_litert_sweep_shares_one_float_conversion_per_key(digits_files, tracking
     assert "mlflow_tflite.worst_tensor" in run.data.tags
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"tensor_errors.json", "tensor_errors.png"} <= artifacts
-    table = mlflow.load_table("tensor_errors.json", run_ids=[run.info.run_id], experiment_ids=[run.info.experiment_id])
+    table = store.load_table(run.info.run_id, "tensor_errors.json")
     assert {"tensor", "op", "shape", "snr_db", "cosine", "mse"} <= set(table.columns) and len(table) >= 5
     assert table["snr_db"].is_monotonic_increasing
     mlmodel = yaml.safe_load(open(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model/MLmodel")))

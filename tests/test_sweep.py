@@ -86,7 +86,7 @@ def test_sweep_logs_children_selects_and_registers(digits_files, tracking, monke
     assert {"comparison.json", "pareto.png"} <= artifacts
     pareto = Image.open(mlflow.artifacts.download_artifacts(f"runs:/{result.parent_run_id}/pareto.png"))
     assert pareto.size == (1000, 600)  # the whole 10 x 6 inch figure at 100 dpi
-    table = mlflow.load_table("comparison.json", run_ids=[result.parent_run_id], experiment_ids=[parent.info.experiment_id])
+    table = store.load_table(result.parent_run_id, "comparison.json")
     assert len(table) == 6 and table["chosen"].sum() == 1
 
     # Stated independently of the selection code: int8 stores weights in 1 byte (float16 in 2,
