@@ -94,7 +94,7 @@ def test_pareto_of_a_crowded_sweep_keeps_labels_apart():
     quants = ["none", "float16", "dynamic", "int8", "int8_mixed", "weight_only_int8", "dynamic_int4"]
     sizes = [24880, 13568, 8224, 8224, 9000, 8300, 5000]
     rng = np.random.default_rng(0)
-    rows = [accuracy_row(f"{quants[i % 7]}-s{['0', '0.5', '0.75', '0.9'][i // 7]}-i8-litert",
+    rows = [accuracy_row(f"{quants[i % 7]}-s{['0', '0.5', '0.75', '0.9'][i // 7]}-8px-litert",
                          0.97 - 0.002 * int(rng.integers(0, 4)), 0.012 + 0.0005 * int(rng.integers(0, 6)),
                          sizes[i % 7]) for i in range(28)]
     figure = pareto_figure(rows, rows[3], Tolerance(0.01))

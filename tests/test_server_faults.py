@@ -14,7 +14,7 @@ from mlflow_tflite.track.sweep_runs import children
 from servers import subprocess_env
 from servers import mlflow_server, postgres, team_server, tracking_server  # noqa: F401  (fixtures)
 
-VARIANTS = {f"{q}-s{s}-i8" for q in ("none", "dynamic", "float16", "int8") for s in ("0", "0.5")}
+VARIANTS = {f"{q}-s{s}-8px" for q in ("none", "dynamic", "float16", "int8") for s in ("0", "0.5")}
 
 
 def _sweep_command(model: str, data: str, *extra: str) -> list[str]:

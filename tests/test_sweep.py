@@ -124,10 +124,20 @@ def test_promote_command_uses_the_runs_metrics(digits_files, tracking):
     result = run_sweep(SweepConfig(expand_grid(["dynamic", "int8"], [0.0], [None]), model, data, register=False),
                        progress=False)
     uris = [row.model_uri for row in result.rows]
-    first = CliRunner().invoke(cli, ["promote", "--model-uri", uris[0], "--registered-model-name", "m"])
-    assert first.exit_code == 0 and "champion" in first.output
+    first = CliRunner().invoke(cli, ["promote", "--model-uri", uris[0], "--registered-model-name", "m",
+                                     "--objective", "size"])
+    assert first.exit_code == 0
+    assert first.output == "registered m version 1; version 1 is champion: the first version within the tolerance\n"
+    # int8 keeps float I/O tensors and quantize/dequantize ops: a little larger than dynamic range.
+    dynamic, int8 = (row.metrics for row in result.rows)
+    assert int8["size_bytes"] > dynamic["size_bytes"]
+    larger = round((int8["size_bytes"] - dynamic["size_bytes"]) / dynamic["size_bytes"] * 100)
+    accuracy = ("at the same accuracy" if int8["accuracy"] == dynamic["accuracy"]
+                else f"at accuracy {int8['accuracy']:.4f} vs {dynamic['accuracy']:.4f}")
     second = CliRunner().invoke(cli, ["promote", "--model-uri", uris[1], "--registered-model-name", "m"])
-    assert second.exit_code == 0 and "challenger" in second.output
+    assert second.exit_code == 0
+    assert second.output == f"registered m version 2; version 1 stays champion: version 2 is {larger}% larger than it {accuracy}\n"
+    assert MlflowClient().get_model_version_by_alias("m", "challenger").version == 2
     bad = CliRunner().invoke(cli, ["promote", "--model-uri", "runs:/0123456789abcdef/model", "--registered-model-name", "m"])
     assert bad.exit_code == 1 and bad.output.startswith("Error:") and "does not name a logged model" in bad.output
 

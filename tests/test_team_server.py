@@ -106,7 +106,8 @@ def test_main_registers_the_first_champion_on_the_server(team, team_server):
     first = _versions(client, MODEL)[0]
     assert first.version == "1" and first.run_id == team["main_run_id"]
     assert first.tags[READY_TAG] == "true"
-    assert f"registered {MODEL} version 1 (champion" in team["main_output"]
+    assert (f"registered {MODEL} version 1; version 1 is champion: the first version within the tolerance"
+            in team["main_output"])
 
 
 def test_sweep_logs_its_variants_and_registers_the_best(team, team_server):
@@ -125,12 +126,12 @@ def test_sweep_logs_its_variants_and_registers_the_best(team, team_server):
 
 def test_promote_registers_a_logged_model_and_the_alias_follows_the_rule(team, team_server):
     client = MlflowClient()
-    line = re.search(rf"registered {MODEL} version (\d+) \((champion|challenger): ", team["promote_output"])
+    line = re.search(rf"registered {MODEL} version (\d+); version \d+ (is|stays) champion", team["promote_output"])
     assert line, team["promote_output"]
     version = client.get_model_version(MODEL, line.group(1))
     assert version.run_id == team["pruned_run_id"] and version.tags[READY_TAG] == "true"
-    alias = client.get_model_version_by_alias(MODEL, line.group(2))
-    assert alias.version == version.version
+    alias = client.get_model_version_by_alias(MODEL, "champion" if line.group(2) == "is" else "challenger")
+    assert str(alias.version) == str(version.version)
     # Every version was marked ready; three commands, three versions, none lost.
     versions = _versions(client, MODEL)
     assert [v.version for v in versions] == ["1", "2", "3"]
@@ -187,6 +188,7 @@ folder, me, rounds = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 sys.path.insert(0, sys.argv[4])
 import faults
 from mlflow_tflite.track.registry import promote_logged_model
+from mlflow_tflite.options import Objective
 from mlflow_tflite.track.selection import Tolerance
 faults.hold_promotion_from_env()
 for round_, (model_uri, name) in enumerate(rounds):
@@ -194,7 +196,7 @@ for round_, (model_uri, name) in enumerate(rounds):
     while not (folder / f"go-{me}-{round_}").exists():
         time.sleep(0.0005)
     start = time.time()
-    registration = promote_logged_model(model_uri, name, Tolerance(max_accuracy_drop=1.0))
+    registration = promote_logged_model(model_uri, name, Tolerance(max_accuracy_drop=1.0), Objective.ACCURACY)
     print("RESULT " + json.dumps({"version": registration.version, "champion": registration.champion,
                                   "reason": registration.reason, "start": start, "end": time.time()}), flush=True)
 """
@@ -252,30 +254,61 @@ class Promoters:
             process.stdout.close()
 
 
-def _expected(facts: dict[int, tuple[str | None, float]]) -> tuple[int | None, int | None, dict[int, str]]:
+def _noise_tied(a: dict, b: dict) -> bool:
+    """Two p50 latencies within the noise of each other: 95% intervals, widened to +-2.5% of the
+    p50, overlap (the tie the project's docs state for latency)."""
+    def interval(m):
+        p50 = m["latency_ms_p50"]
+        return min(m["latency_ms_ci95_low"], p50 * 0.975), max(m["latency_ms_ci95_high"], p50 * 1.025)
+    (a_low, a_high), (b_low, b_high) = interval(a), interval(b)
+    return a_low <= b_high and b_low <= a_high
+
+
+def _accuracy_words(new: dict, old: dict, other: str) -> str:
+    if new["accuracy"] == old["accuracy"]:
+        return f"as accurate as {other} (accuracy {new['accuracy']:.4f})"
+    better = "more" if new["accuracy"] > old["accuracy"] else "less"
+    return f"{better} accurate than {other} (accuracy {new['accuracy']:.4f} vs {old['accuracy']:.4f})"
+
+
+def _wins(new: dict, old: dict) -> bool:
+    """The objective ``accuracy``, ties by size, then latency within noise, then variant name; on a
+    full tie the champion stays."""
+    if new["accuracy"] != old["accuracy"]:
+        return new["accuracy"] > old["accuracy"]
+    if new["size_bytes"] != old["size_bytes"]:
+        return new["size_bytes"] < old["size_bytes"]
+    if not _noise_tied(new, old):
+        return new["latency_ms_p50"] < old["latency_ms_p50"]
+    return new["variant"] < old["variant"]
+
+
+def _expected(facts: dict[int, dict]) -> tuple[int | None, int | None, dict[int, str]]:
     """The champion rule stated independently of the registry code, for ready versions that all met
-    the tolerance, ``facts`` = {version: (eval digest, accuracy)}: going up in version order, a
-    version takes champion when there is none yet, or when it has the champion's digest and a
-    strictly higher accuracy. Returns (champion, challenger: the latest version that did not take
-    champion, the one-line reason per version the registry is expected to give)."""
+    the tolerance and the objective ``accuracy``, ``facts`` = {version: {eval digest, the run's
+    metrics, variant}}: going up in version order, a version takes champion when there is none
+    yet, or when it has the champion's digest and wins (:func:`_wins`). Returns (champion,
+    challenger: the latest version that did not take champion, the one-line reason per version
+    the registry is expected to give)."""
     champion, challenger, reasons, named = None, None, {}, {}
     for version in sorted(facts):
-        digest, accuracy = facts[version]
+        new = facts[version]
         if champion is None:
-            champion, reasons[version] = version, "no champion yet"
+            champion, reasons[version] = version, f"version {version} is champion: the first version within the tolerance"
             continue
-        best_digest, best = facts[champion]
-        if digest == best_digest and accuracy > best:
-            reasons[champion] = f"version {version} beat it ({best:.4f} -> {accuracy:.4f}) on the same data"
-            reasons[version] = f"beats version {champion} ({best:.4f} -> {accuracy:.4f}) on the same data"
+        old = facts[champion]
+        if new["digest"] == old["digest"] and _wins(new, old):
+            reasons[champion] = f"version {version} took champion from it"
+            reasons[version] = f"version {version} is champion: {_accuracy_words(new, old, f'version {champion}')}"
             named[champion], champion = version, version
             continue
         challenger, named[version] = version, champion
-        reasons[version] = (f"version {champion} stays champion: it was evaluated on other data" if digest != best_digest
-                            else f"version {champion} stays champion: score {best:.4f} >= {accuracy:.4f}")
+        reasons[version] = (f"version {champion} stays champion: version {version} was evaluated on other data"
+                            if new["digest"] != old["digest"] else
+                            f"version {champion} stays champion: version {version} is {_accuracy_words(new, old, 'it')}")
     for version, holder in named.items():
         if holder != champion:
-            reasons[version] += f"; version {champion} is champion"
+            reasons[version] += f"; version {champion} is champion now"
     return champion, challenger, reasons
 
 
@@ -291,10 +324,17 @@ def _possible(version: int, facts: dict, always: tuple[int, ...] = ()) -> set[tu
     return outcomes
 
 
-def _facts(client: MlflowClient, name: str, accuracy: dict[str, float]) -> dict[int, tuple[str | None, float]]:
-    """{version: (eval digest, the run's logged accuracy)} of the ready versions of ``name``."""
-    return {int(v.version): (v.tags.get(EVAL_DIGEST_TAG), accuracy[v.run_id])
-            for v in _versions(client, name) if v.tags.get(READY_TAG) == "true"}
+def _facts(client: MlflowClient, name: str, accuracy: dict[str, float]) -> dict[int, dict]:
+    """{version: eval digest, the run's logged accuracy, size and latency, variant} of the ready versions of ``name``."""
+    facts = {}
+    for v in _versions(client, name):
+        if v.tags.get(READY_TAG) == "true":
+            metrics = client.get_run(v.run_id).data.metrics
+            facts[int(v.version)] = {"digest": v.tags.get(EVAL_DIGEST_TAG), "accuracy": accuracy[v.run_id],
+                                     "variant": v.tags["mlflow_tflite.variant"],
+                                     **{k: metrics[k] for k in ("size_bytes", "latency_ms_p50", "latency_ms_ci95_low",
+                                                                "latency_ms_ci95_high")}}
+    return facts
 
 
 def _assert_aliases(client: MlflowClient, name: str, champion: int | None, challenger: int | None) -> None:
@@ -462,11 +502,10 @@ def test_a_promoter_killed_mid_promotion_holds_nobody_up(stage, team, team_serve
         assert got in _possible(version, facts, always), (version, got, sorted(_possible(version, facts, always)))
 
     resumed = _finish(_start(team_server, tmp_path, "promote", "--model-uri", runs[0].data.tags[MODEL_URI_TAG],
-                             "--registered-model-name", name, "--max-accuracy-drop", "1"))
+                             "--registered-model-name", name, "--max-accuracy-drop", "1", "--objective", "accuracy"))
     facts = _facts(client, name, accuracy)
     assert sorted(facts) == [killed, *sorted(int(o["version"]) for o in outcomes)]
     champion, challenger, reasons = _expected(facts)
     _assert_aliases(client, name, champion, challenger)
     line = [line for line in resumed.splitlines() if line.startswith("registered ")]
-    alias = "champion" if champion == killed else "challenger"
-    assert line == [f"registered {name} version {killed} ({alias}: {reasons[killed]})"], resumed[-3000:]
+    assert line == [f"registered {name} version {killed}; {reasons[killed]}"], resumed[-3000:]
