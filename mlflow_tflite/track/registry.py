@@ -185,8 +185,19 @@ def _keep_objective(client: MlflowClient, name: str, objective: Objective | None
     """Store ``objective`` on the registered model at its first registration, or when asked to ``change`` it."""
     if objective is None:
         return
-    if change or OBJECTIVE_TAG not in client.get_registered_model(name).tags:
-        client.set_registered_model_tag(name, OBJECTIVE_TAG, str(objective))
+    for _ in range(3):
+        stored = client.get_registered_model(name).tags.get(OBJECTIVE_TAG)
+        if stored == str(objective) or (stored is not None and not change):
+            return
+        try:
+            client.set_registered_model_tag(name, OBJECTIVE_TAG, str(objective))
+            return
+        except MlflowException:
+            # Two first registrations set the tag at the same moment: the store's insert of the
+            # second hits the unique key. Read again; whoever's value is stored now counts.
+            _logger.info("%s: another promoter set the objective at the same moment; reading again", name)
+    raise TFLiteError(f"the objective of model {name!r} could not be stored: another writer keeps changing it; "
+                      "retry with promote --objective")
 
 
 def _existing_version(client: MlflowClient, name: str, model_uri: str, run_id: str | None):
