@@ -243,7 +243,7 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
     for row in result.rows:
         shown = summary(row.metrics, ("accuracy_drop", "size_bytes", "latency_ms_p50"))
         missed = "" if row.tolerance_met else "  (tolerance not met: never selected)"
-        click.echo(f"  {row.variant:<28} {row.status:<9} {shown or row.error}{missed}")
+        click.echo(f"  {row.variant:<40} {row.status:<9} {shown or row.error}{missed}")
     click.echo(f"sweep run {result.parent_run_id}: {result.message}")
     if result.registration:
         _echo_registration(result.registration)
