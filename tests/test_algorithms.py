@@ -117,3 +117,20 @@ def test_the_config_file_section_sets_the_algorithm(tmp_path, tracking):
     assert result.output == ("Error: algorithm=gptq cannot be made with quant=int8 (GPTQ over calibrated int8/int16 "
                              "activations gives a broken model); use quant=dynamic, weight_only_int8, dynamic_int4, "
                              "weight_only_int4, or another algorithm\n")
+
+
+def test_a_variant_whose_algorithm_fits_no_op_fails_alone(tmp_path, tracking):
+    import tf_keras
+
+    inputs = tf_keras.Input((8, 8, 1))
+    tf_keras.Model(inputs, tf_keras.layers.Conv2D(4, 3)(inputs)).save(tmp_path / "conv.h5")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((64, 8, 8, 1), np.float32))
+    result = CliRunner().invoke(cli, ["sweep", "--model", str(tmp_path / "conv.h5"), "--data", str(tmp_path / "x.npy"),
+                                      "--quant", "dynamic", "--sparsity", "0", "--backend", "litert",
+                                      "--algorithm", "min_max,oscar", "--no-register", "--no-tensor-errors"])
+    runs = {r.data.tags["mlflow_tflite.variant"]: r for r in store.search_runs("tags.mlflow_tflite.role = 'variant'")}
+    assert {name: run.info.status for name, run in runs.items()} == {
+        "dynamic-s0-8px-litert": "FINISHED", "dynamic-s0-8px-litert-oscar": "FAILED"}, result.output
+    assert runs["dynamic-s0-8px-litert-oscar"].data.tags["mlflow_tflite.error"] == (
+        "algorithm=oscar applies to FULLY_CONNECTED, and the model has none (its weight ops: CONV_2D); use "
+        "algorithm=min_max or mse or octav")
