@@ -28,7 +28,7 @@ from mlflow_tflite.config_file import load_config  # noqa: E402
 from mlflow_tflite.build.mixed import MixedPrecision  # noqa: E402
 from mlflow_tflite.build.qat import QatOptions  # noqa: E402
 from mlflow_tflite.options import (  # noqa: E402
-    IoType, Objective, OpsSet, RunSettings, choice, click_options, from_kwargs, given, model_name, number, pop_fields,
+    IoType, Objective, OpsSet, QuantizerOptions, RunSettings, choice, click_options, from_kwargs, given, model_name, number, pop_fields,
 )
 from mlflow_tflite.quant_modes import Backend, QuantMode  # noqa: E402
 from mlflow_tflite.quiet import start_tensorflow  # noqa: E402
@@ -45,7 +45,8 @@ from mlflow_tflite.build.sources import SourceOptions  # noqa: E402
 
 # Sections of a --config YAML file and the dataclass each one's keys are fields of.
 CONFIG_SECTIONS = {"source": SourceOptions, "preprocessing": Preprocessing, "tolerance": Tolerance,
-                   "run": RunSettings, "mixed_precision": MixedPrecision, "qat": QatOptions}
+                   "run": RunSettings, "mixed_precision": MixedPrecision, "qat": QatOptions,
+                   "quantizer": QuantizerOptions}
 
 
 class _OneLineErrors(click.Group):
@@ -93,6 +94,7 @@ class JobOptions:
     run: RunSettings
     mixed_precision: MixedPrecision
     qat: QatOptions
+    quantizer: QuantizerOptions
 
     def open_args(self) -> dict:
         """``context.prepare`` keyword arguments (besides model and data)."""
@@ -104,7 +106,7 @@ class JobOptions:
 
 def _job_options(command):
     """The options of :class:`JobOptions`, from the dataclasses' fields, plus ``--config``."""
-    for cls in (QatOptions, MixedPrecision, RunSettings, Tolerance, Preprocessing, SourceOptions):
+    for cls in (QuantizerOptions, QatOptions, MixedPrecision, RunSettings, Tolerance, Preprocessing, SourceOptions):
         command = click_options(cls)(command)
     command = click.option("--user-dir", default=None, hidden=True,
                            help="Directory relative model/data/config paths are read from (the MLproject passes "
@@ -170,6 +172,14 @@ def _check_mode_options(job: JobOptions, quants) -> None:
                               f"{','.join(sorted(quants))}; add {mode} to quant or leave them out")
 
 
+def _one_algorithm(options: QuantizerOptions):
+    """``convert`` makes one variant: one algorithm (a list is for ``sweep``)."""
+    if len(options.algorithm) != 1:
+        raise TFLiteError(f"convert takes one algorithm, got algorithm={','.join(options.algorithm)}; "
+                          "pass one, or run sweep to compare several")
+    return options.algorithm[0]
+
+
 def _input_size(value: str | int | None) -> int | None:
     """'native' / None -> None; '96' -> 96; '0', '-5', '96.5', 'inf', 'abc' -> a one-line error."""
     if given(value) is None:
@@ -197,12 +207,14 @@ def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, back
     """Convert one variant, evaluate it and log it as an MLflow run (the `main` entry point)."""
     job, _ = _read_job_options(kwargs)
     requested_size = _input_size(input_size)
-    Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type, backend)  # checked before any work
+    algorithm = _one_algorithm(job.quantizer)
+    Variant(quant, sparsity, requested_size, calibration_samples, ops, io_type, backend, algorithm)  # before any work
     _check_mode_options(job, [quant])
     _check_and_start(job)
     context = prepare(job.model, job.data, **job.open_args())
     check_sizes_fit(context.dataset, [requested_size])  # before the run: resized images that cannot fit in memory
-    variant = Variant(quant, sparsity, requested_size or context.native_input_size, calibration_samples, ops, io_type, backend)
+    variant = Variant(quant, sparsity, requested_size or context.native_input_size, calibration_samples, ops, io_type,
+                      backend, algorithm)
     result = run_variant(context, variant, job.run.registered_model_name, job.run.num_threads,
                          register=not job.run.no_register, tolerance=job.tolerance)
     _print_result(result)
@@ -220,7 +232,7 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
     job, sweep_config = _read_job_options(kwargs)
     sizes = [_input_size(v) for v in parse_list(input_size, "input_size", example="native,96")]
     variants = expand_grid(parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float, example="0,0.5,0.8"),
-                           sizes, calibration_samples, ops, io_type, backend)
+                           sizes, calibration_samples, ops, io_type, backend, job.quantizer.algorithm)
     _check_mode_options(job, [v.quant for v in variants])
     config = SweepConfig(
         variants, job.model, job.data, job.open_args(), tolerance=job.tolerance,
@@ -231,7 +243,7 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
     for row in result.rows:
         shown = summary(row.metrics, ("accuracy_drop", "size_bytes", "latency_ms_p50"))
         missed = "" if row.tolerance_met else "  (tolerance not met: never selected)"
-        click.echo(f"  {row.variant:<28} {row.status:<9} {shown or row.error}{missed}")
+        click.echo(f"  {row.variant:<40} {row.status:<9} {shown or row.error}{missed}")
     click.echo(f"sweep run {result.parent_run_id}: {result.message}")
     if result.registration:
         _echo_registration(result.registration)

@@ -26,6 +26,7 @@ from mlflow_tflite.checks import (
     MODEL_NAME_EXAMPLE, check_flag, check_model_name, check_number, example_for, names_tuple,
 )
 from mlflow_tflite.errors import TFLiteError
+from mlflow_tflite.quant_modes import Algorithm
 
 # Words that mean "not set" for a path, a name, a size or a budget; MLproject parameters need a
 # word (MLflow logs an empty string as "''").
@@ -137,6 +138,19 @@ def choice(enum_type: type[enum.StrEnum], optional: bool = False) -> click.Param
     """A member of ``enum_type`` (``auto``/``none`` -> ``None`` when ``optional``)."""
     return _Type(lambda v, name: parse_enum(enum_type, v, name), enum_type.__name__, optional,
                  example=next(iter(enum_type)).value)
+
+
+def choices_list(enum_type: type[enum.StrEnum]) -> click.ParamType:
+    """Comma-separated members of ``enum_type`` (or a list of them) -> a de-duplicated tuple of members."""
+
+    def parse(value, name: str):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        parsed = tuple(dict.fromkeys(parse_enum(enum_type, item, name) for item in items if str(item).strip()))
+        if not parsed:
+            raise TFLiteError(f"{name} is an empty list; give at least one value, e.g. {name}={next(iter(enum_type))}")
+        return parsed
+
+    return _Type(parse, enum_type.__name__, example=next(iter(enum_type)).value, kind="list", parses_values=True)
 
 
 def number(cast=float, low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -324,3 +338,24 @@ class RunSettings:
         object.__setattr__(self, "task", parse_enum(Task, self.task, "task"))
         for name in ("no_register", "no_tensor_errors"):
             check_flag(getattr(self, name), name)
+
+
+@dataclass(frozen=True)
+class QuantizerOptions:
+    """LiteRT Quantizer options (``backend=litert``); config file section ``quantizer``.
+
+    Attributes:
+        algorithm: :class:`quant_modes.Algorithm` members overlaid on each mode's recipe (a sweep
+            crosses them with its modes; ``convert`` takes one). Given as comma-separated text
+            (``"min_max,octav"``) or a list.
+
+    Raises:
+        TFLiteError: an unknown algorithm or an empty list.
+    """
+
+    algorithm: tuple[Algorithm, ...] = option(
+        (Algorithm.MIN_MAX,), "backend=litert: quantizer algorithm(s), comma-separated in a sweep: "
+        + ", ".join(Algorithm) + ".", choices_list(Algorithm))
+
+    def __post_init__(self):
+        object.__setattr__(self, "algorithm", choices_list(Algorithm).parse_as(self.algorithm, "algorithm"))

@@ -32,6 +32,31 @@ class Backend(enum.StrEnum):
     LITERT = "litert"
 
 
+class Algorithm(enum.StrEnum):
+    """LiteRT Quantizer algorithms (DESIGN.md contract names) overlaid on a mode's recipe; ``min_max`` is the recipe's own.
+
+    ``key`` is the quantizer's ``algorithm_key`` (``ai_edge_quantizer.algorithm_manager.AlgorithmName``).
+    """
+
+    MIN_MAX = "min_max"
+    MSE = "mse"
+    OCTAV = "octav"
+    HADAMARD = "hadamard"
+    GPTQ = "gptq"
+    OSCAR = "oscar"
+
+    @property
+    def key(self) -> str:
+        """The quantizer's algorithm key, e.g. ``"OCTAV"``."""
+        return ALGORITHM_KEYS[self]
+
+
+ALGORITHM_KEYS: dict[Algorithm, str] = {
+    Algorithm.MIN_MAX: "min_max_uniform_quantize", Algorithm.MSE: "MSE", Algorithm.OCTAV: "OCTAV",
+    Algorithm.HADAMARD: "HADAMARD_ROTATION", Algorithm.GPTQ: "GPTQ", Algorithm.OSCAR: "OSCAR",
+}
+
+
 class Kernels(enum.StrEnum):
     """The converter op set a mode's kernels come from (``tf.lite.OpsSet``)."""
 

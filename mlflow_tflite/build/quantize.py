@@ -1,7 +1,8 @@
 """The LiteRT Quantizer backend: float .tflite + named recipe -> quantized .tflite; per-tensor error.
 
 ``quantize`` applies a named recipe of the LiteRT Quantizer (``ai_edge_quantizer.recipe``,
-table in ``quant_modes.QUANT_RECIPES``) to a float flatbuffer, calibrating with the same
+table in ``quant_modes.QUANT_RECIPES``), with the variant's algorithm overlaid on the weight
+ops it supports (``algorithms.overlay``), to a float flatbuffer, calibrating with the same
 representative dataset the converter path uses. ``tensor_errors`` runs a quantized model (from
 either backend) beside its float flatbuffer on a few evaluation examples and compares every
 tensor the two share by name (the LiteRT Quantizer's ``model_validator.compare_model``).
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlflow_tflite.build import algorithms
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.flavor.runtime import signature_samples
+from mlflow_tflite.quant_modes import Algorithm
 from mlflow_tflite.variants import Variant
 
 
@@ -52,11 +55,12 @@ def skip_rule(tensor: str) -> str:
 def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray] | None,
              input_names: list[str] | None = None, keep_float: tuple[str, ...] = (),
              calibration_result: dict | None = None) -> Quantization:
-    """Quantize a float flatbuffer with the LiteRT Quantizer recipe of ``variant.quant``.
+    """Quantize a float flatbuffer with the LiteRT Quantizer recipe of ``variant.quant`` and ``variant.algorithm``.
 
     Args:
         float_model: float32 .tflite bytes (the ``none`` conversion of the same source).
-        variant: a variant with ``backend=litert``; its mode names the recipe.
+        variant: a variant with ``backend=litert``; its mode names the recipe, its algorithm
+            (``quant_modes.Algorithm``) is overlaid on the weight ops it supports.
         calibration: representative dataset (one float32 ``(N, ...)`` array per input), needed
             by the static recipes (int8, int16x8).
         input_names: the source's input names, to match the signature's.
@@ -69,8 +73,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         :class:`Quantization`.
 
     Raises:
-        TFLiteError: a Flex model, missing calibration data, a recipe that changed nothing, or
-            the quantizer failed (the message keeps its first line and suggests backend=converter).
+        TFLiteError: a Flex model, missing calibration data, a recipe that changed nothing, an
+            algorithm that handles no weight op of the model, or the quantizer failed (the message keeps its first line and suggests backend=converter).
     """
     from ai_edge_quantizer import quantizer, recipe
 
@@ -78,9 +82,13 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         raise TFLiteError(f"the LiteRT Quantizer cannot quantize a model with Flex ops {flatbuffer.flex_ops(float_model)}; "
                           "use backend=converter")
     name = variant.recipe.litert_recipe
+    if variant.algorithm != Algorithm.MIN_MAX:
+        name += f" with algorithm {variant.algorithm.key}"
     started = time.perf_counter()
+    float_model = algorithms.float_model_for(variant.algorithm, float_model)
     try:
-        engine = quantizer.Quantizer(bytearray(float_model), getattr(recipe, name)())
+        engine = quantizer.Quantizer(bytearray(float_model), getattr(recipe, variant.recipe.litert_recipe)())
+        algorithms.overlay(engine, variant.algorithm, float_model)
         for tensor in keep_float:
             engine.update_quantization_recipe(skip_rule(tensor), "*", algorithm_key="no_quantize")
         qsvs = calibration_result

@@ -86,6 +86,7 @@ def variant_params(variant: Variant, source_uri: str, num_threads: int) -> dict[
         "source": source_uri,
         "io_type": variant.io_type,
         "backend": variant.backend,
+        "algorithm": variant.algorithm,
         "num_threads": num_threads,
     }
 
