@@ -171,6 +171,9 @@ class Builds:
         Raises:
             TFLiteError: the model could not be built or converted.
         """
+        source = self.model(key)
+        if (key, ops) not in self._floats and source.float_model is not None:  # made elsewhere (PyTorch)
+            self._floats[key, ops] = FloatModel(*source.float_model)
         if (key, ops) not in self._floats:
             variant = Variant(QuantMode.NONE, key.sparsity, key.input_size or self.inputs.native_input_size, ops=ops)
             conversion = convert.convert(self.model(key), variant)
