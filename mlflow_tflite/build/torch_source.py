@@ -79,7 +79,9 @@ def run_child(spec: TorchSpec, convert: bool, inputs: np.ndarray | None = None) 
             request["inputs"] = os.path.join(folder, "inputs.npz")
             np.savez(request["inputs"], x=inputs.astype(np.float32))
         Path(folder, "request.json").write_text(json.dumps(request))
-        env = {**os.environ, "LITERT_TORCH_SHOW_PROGRESS": "n", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        # The child imports a factory's module as this process would: same search path.
+        search_path = os.pathsep.join(dict.fromkeys([os.getcwd(), *(p for p in sys.path if p)]))
+        env = {**os.environ, "LITERT_TORCH_SHOW_PROGRESS": "n", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": search_path}
         done = subprocess.run([sys.executable, "-m", "mlflow_tflite.build.torch_worker", str(Path(folder, "request.json"))],
                               capture_output=True, text=True, env=env, cwd=os.getcwd())
         if done.returncode != 0:
