@@ -111,8 +111,9 @@ def test_a_factory_without_input_shape_is_one_line(tracking):
 def test_mtcnn_onet_float_and_int8_fidelity(tmp_path):
     """MTCNN's ONet with its pretrained weights (the mtcnn wheel) on 120 real face/background crops:
     the float model matches PyTorch; int8 (LiteRT Quantizer) keeps the face probability."""
-    np.save(tmp_path / "crops.npy", face_crops(48, count=120))
-    context = prepare("torch_nets:onet", str(tmp_path / "crops.npy"), preprocessing=MTCNN_PREPROCESSING,
+    crops = face_crops(48, count=120)  # even rows: the face, odd rows: background
+    np.savez(tmp_path / "crops.npz", x_train=crops[:60], x_test=crops[60:])
+    context = prepare("torch_nets:onet", str(tmp_path / "crops.npz"), preprocessing=MTCNN_PREPROCESSING,
                       input_shape=(1, 3, 48, 48))
     assert context.source.input_shapes == [(1, 3, 48, 48)] and context.dataset.x_test.shape[1:] == (3, 48, 48)
     face_prob = context.reference[2][:, 1]
