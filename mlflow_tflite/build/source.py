@@ -15,7 +15,7 @@ class Source:
 
     Attributes:
         name: default registered model name, e.g. ``"digits-cnn"``.
-        kind: ``"tf_keras"``, ``"keras3"``, ``"saved_model"`` or ``"frozen_graph"``.
+        kind: ``"tf_keras"``, ``"keras3"``, ``"saved_model"``, ``"frozen_graph"`` or ``"pytorch"``.
         uri: what the run records as its ``source`` param (a path, or ``demo:digits-cnn``).
         input_shapes: one shape per input, batch first (``-1`` for dynamic dims).
         output_shapes: one shape per output, batch first.
