@@ -100,6 +100,18 @@ def test_a_converter_mode_fails_alone_with_one_line(small_files, tracking):
     assert runs["dynamic-s0"].data.tags[ERROR_TAG] == NO_CONVERTER
 
 
+def test_an_mlflow_pytorch_model_is_a_source(small_files, tracking):
+    _, data = small_files
+    logged = subprocess.run([sys.executable, str(TESTS / "torch_nets.py"), "mlflow", "small_cnn", "1,3,12,12"],
+                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    context = prepare(logged, str(data))
+    assert context.source.kind == "pytorch" and context.source.input_shapes == [(1, 3, 12, 12)]
+    assert context.source_params == {"layout": "nchw"}
+    none = convert_and_evaluate(context, Variant("none", backend="litert")).metrics
+    dynamic = convert_and_evaluate(context, Variant("dynamic", backend="litert")).metrics
+    assert none["max_abs_error"] < 1e-5 and dynamic["cosine_similarity"] > 0.99
+
+
 def test_a_factory_without_input_shape_is_one_line(tracking):
     result = CliRunner().invoke(cli, ["convert", "--model", "torch_nets:onet"])
     assert result.exit_code == 1

@@ -1,7 +1,7 @@
 """PyTorch models for the PyTorch-source tests, as ``tests.torch_nets:<factory>`` references.
 
 Imported only by the converter's child process (``mlflow_tflite.build.torch_worker``) and by
-subprocesses a test starts (``python -m tests.torch_nets export ...``), never by the test process
+subprocesses a test starts (``python torch_nets.py export ...``), never by the test process
 itself (it has TensorFlow loaded). ``onet`` is MTCNN's ONet with the pretrained weights shipped in
 the ``mtcnn`` wheel (``mtcnn/assets/weights/onet.lz4``, Keras ``get_weights()`` order): the same
 weights as facenet-pytorch's ``onet.pt``, no download.
@@ -80,9 +80,22 @@ def onet() -> nn.Module:
     return net.eval()
 
 
-if __name__ == "__main__":  # python -m tests.torch_nets export <factory> <d1,d2,...> <out.pt2>
+def log_to_mlflow(factory: str, shape: tuple[int, ...]) -> str:
+    """Log the factory's module as an MLflow ``pytorch`` model (pt2, batch-1 input example) to the
+    tracking store of ``MLFLOW_TRACKING_URI``; returns its ``runs:/<id>/model`` URI."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        mlflow.pytorch.log_model(globals()[factory](), name="model", input_example=np.zeros(shape, np.float32))
+    return f"runs:/{run.info.run_id}/model"
+
+
+if __name__ == "__main__":  # python torch_nets.py export|mlflow <factory> <d1,d2,...> [<out.pt2>]
     import sys
 
-    _, _, factory, shape, out = sys.argv
-    module = globals()[factory]()
-    torch.export.save(torch.export.export(module, (torch.zeros(tuple(map(int, shape.split(",")))),)), out)
+    command, factory, shape = sys.argv[1:4]
+    dims = tuple(map(int, shape.split(",")))
+    if command == "mlflow":
+        print(log_to_mlflow(factory, dims))
+    else:
+        torch.export.save(torch.export.export(globals()[factory](), (torch.zeros(dims),)), sys.argv[4])
