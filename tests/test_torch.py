@@ -112,11 +112,19 @@ def test_an_mlflow_pytorch_model_is_a_source(small_files, tracking):
     assert none["max_abs_error"] < 1e-5 and dynamic["cosine_similarity"] > 0.99
 
 
-def test_a_factory_without_input_shape_is_one_line(tracking):
-    result = CliRunner().invoke(cli, ["convert", "--model", "torch_nets:onet"])
+@pytest.mark.parametrize("args, message", [
+    (["--model", "torch_nets:onet"],
+     "Error: model 'torch_nets:onet' is a PyTorch factory; pass its NCHW input_shape, e.g. 1,3,224,224"),
+    (["--model", "no_such_nets:build", "--input-shape", "1,3,8,8"],  # the child's error, as one line
+     "Error: PyTorch model 'no_such_nets:build' could not be converted (ModuleNotFoundError: No module named "
+     "'no_such_nets')"),
+    (["--model", "torch_nets:onet", "--input-shape", "1,3,0,8"],
+     "Error: input_shape '1,3,0,8' must have positive dimensions; pass e.g. 1,3,224,224"),
+])
+def test_bad_pytorch_source_is_one_line(args, message, tracking):
+    result = CliRunner().invoke(cli, ["convert", *args])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1] == ("Error: model 'torch_nets:onet' is a PyTorch factory; pass its NCHW input_shape, "
-                                     "e.g. 1,3,224,224")
+    assert result.output.strip().splitlines()[-1] == message
 
 
 @pytest.mark.slow
