@@ -92,24 +92,13 @@ def test_factory_source_with_nhwc_layout_and_a_pruning_it_cannot_make(small_file
     assert reproduced == pytest.approx(logged, abs=1e-9)
 
 
-def test_a_converter_mode_fails_alone_with_one_line(small_files, tracking):
-    _, data = small_files
-    result, runs = _sweep("--model", "torch_nets:small_cnn", "--input-shape", "1,3,12,12", "--data", str(data),
-                          "--quant", "none,dynamic", "--sparsity", "0")
-    assert {name: r.info.status for name, r in runs.items()} == {"none-s0": "FINISHED", "dynamic-s0": "FAILED"}
-    assert runs["dynamic-s0"].data.tags[ERROR_TAG] == NO_CONVERTER
-
-
-def test_an_mlflow_pytorch_model_is_a_source(small_files, tracking):
-    _, data = small_files
-    logged = subprocess.run([sys.executable, str(TESTS / "torch_nets.py"), "mlflow", "small_cnn", "1,3,12,12"],
-                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    context = prepare(logged, str(data))
-    assert context.source.kind == "pytorch" and context.source.input_shapes == [(1, 3, 12, 12)]
-    assert context.source_params == {"layout": "nchw"}
-    none = convert_and_evaluate(context, Variant("none", backend="litert")).metrics
-    dynamic = convert_and_evaluate(context, Variant("dynamic", backend="litert")).metrics
-    assert none["max_abs_error"] < 1e-5 and dynamic["cosine_similarity"] > 0.99
+def test_a_converter_mode_fails_with_one_line(tracking):
+    """backend=converter (the default) cannot quantize a PyTorch source: that variant fails, with its run."""
+    result = CliRunner().invoke(cli, ["convert", "--model", "torch_nets:small_cnn", "--input-shape", "1,3,12,12",
+                                      "--quant", "dynamic"])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == f"Error: {NO_CONVERTER}"
+    failed, = store.search_runs("tags.mlflow_tflite.variant != ''")
+    assert failed.info.status == "FAILED" and failed.data.tags[ERROR_TAG] == NO_CONVERTER
 
 
 @pytest.mark.parametrize("args, message", [
