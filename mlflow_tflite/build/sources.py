@@ -219,7 +219,7 @@ class SourceOptions:
     """
 
     source_format: SourceFormat | None = option(
-        None, "keras, h5, saved_model, frozen_graph, mlflow, or auto (detected).", choice(SourceFormat, optional=True))
+        None, "keras, h5, saved_model, frozen_graph, mlflow, pt2, factory, or auto (detected).", choice(SourceFormat, optional=True))
     signature_key: str = option("serving_default", "SavedModel signature.")
     input_arrays: tuple[str, ...] | None = option(None, "Frozen graph input node names, comma-separated.",
                                                   names_list())
