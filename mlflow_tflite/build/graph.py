@@ -171,9 +171,9 @@ class Builds:
         Raises:
             TFLiteError: the model could not be built or converted.
         """
-        source = self.model(key)
-        if (key, ops) not in self._floats and source.float_model is not None:  # made elsewhere (PyTorch)
-            self._floats[key, ops] = FloatModel(*source.float_model)
+        made_elsewhere = self.inputs.source.float_model  # a PyTorch source's litert-torch model
+        if (key, ops) not in self._floats and made_elsewhere is not None and key.is_source:
+            self._floats[key, ops] = FloatModel(*made_elsewhere)
         if (key, ops) not in self._floats:
             variant = Variant(QuantMode.NONE, key.sparsity, key.input_size or self.inputs.native_input_size, ops=ops)
             conversion = convert.convert(self.model(key), variant)
