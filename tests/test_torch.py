@@ -101,6 +101,18 @@ def test_a_converter_mode_fails_with_one_line(tracking):
     assert failed.info.status == "FAILED" and failed.data.tags[ERROR_TAG] == NO_CONVERTER
 
 
+def test_an_mlflow_pytorch_model_is_a_source(small_files, tracking):
+    _, data = small_files
+    logged = subprocess.run([sys.executable, str(TESTS / "torch_nets.py"), "mlflow", "small_cnn", "1,3,12,12"],
+                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    context = prepare(logged, str(data))
+    assert context.source.kind == "pytorch" and context.source.input_shapes == [(1, 3, 12, 12)]
+    assert context.source_params == {"layout": "nchw"}
+    none = convert_and_evaluate(context, Variant("none", backend="litert")).metrics
+    dynamic = convert_and_evaluate(context, Variant("dynamic", backend="litert")).metrics
+    assert none["max_abs_error"] < 1e-5 and dynamic["cosine_similarity"] > 0.99
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "torch_nets:onet"],
      "Error: model 'torch_nets:onet' is a PyTorch factory; pass its NCHW input_shape, e.g. 1,3,224,224"),
