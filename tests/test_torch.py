@@ -119,6 +119,9 @@ def test_an_mlflow_pytorch_model_is_a_source(small_files, tracking):
     (["--model", "no_such_nets:build", "--input-shape", "1,3,8,8"],  # the child's error, as one line
      "Error: PyTorch model 'no_such_nets:build' could not be converted (ModuleNotFoundError: No module named "
      "'no_such_nets')"),
+    (["--model", "torch_nets:small_cnn", "--input-shape", "1,3,12,12", "--ops", "select_tf", "--backend", "litert"],
+     "Error: ops=select_tf does not apply to PyTorch model 'torch_nets:small_cnn' (litert-torch converts to builtin "
+     "ops); use ops=builtins"),
     (["--model", "torch_nets:onet", "--input-shape", "1,3,0,8"],
      "Error: input_shape '1,3,0,8' must have positive dimensions; pass e.g. 1,3,224,224"),
 ])
