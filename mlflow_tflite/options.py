@@ -89,6 +89,15 @@ class SourceFormat(enum.StrEnum):
     SAVED_MODEL = "saved_model"
     FROZEN_GRAPH = "frozen_graph"
     MLFLOW = "mlflow"
+    PT2 = "pt2"
+    FACTORY = "factory"
+
+
+class Layout(enum.StrEnum):
+    """A PyTorch source's input layout: PyTorch's own (``nchw``), or channel-last I/O (``nhwc``)."""
+
+    NCHW = "nchw"
+    NHWC = "nhwc"
 
 
 def parse_enum(enum_type: type[enum.StrEnum], value: Any, name: str):
@@ -208,6 +217,23 @@ def floats_list() -> click.ParamType:
         return parsed
 
     return _Type(parse, "floats", True, example, "list")
+
+
+def shape() -> click.ParamType:
+    """``1,3,48,48`` (or a list) -> ``(1, 3, 48, 48)``, positive whole numbers (``none`` -> ``None``)."""
+    example = "1,3,224,224"
+
+    def parse(value, name: str):
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        try:
+            dims = tuple(int(str(d).strip()) for d in parts)
+        except ValueError:
+            raise TFLiteError(f"{name} {value!r} is not a comma-separated list of whole numbers; pass e.g. {example}") from None
+        if not dims or min(dims) < 1:
+            raise TFLiteError(f"{name} {value!r} must have positive dimensions; pass e.g. {example}")
+        return dims
+
+    return _Type(parse, "shape", True, example, "list", parses_values=True)
 
 
 def shapes_map() -> click.ParamType:

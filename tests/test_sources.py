@@ -78,7 +78,7 @@ def test_mlflow_uri_of_another_flavor_is_refused(digits, tracking):
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(LogisticRegression(max_iter=50).fit(digits.x_train.reshape(-1, 64)[:200],
                                                                               digits.y_train[:200]), name="m")
-    with pytest.raises(TFLiteError, match=r"has flavors \['sklearn'\]; mlflow-tflite converts models of the tensorflow or keras"):
+    with pytest.raises(TFLiteError, match=r"has flavors \['sklearn'\]; mlflow-tflite converts models of the tensorflow, keras or pytorch"):
         prepare(info.model_uri)
 
 

@@ -206,8 +206,8 @@ def test_sweep_input_errors_are_input_errors_before_any_run(tracking, tmp_path):
     missing = str(tmp_path / "missing.h5")
     cases = [
         (["--model", missing, "--quant", "int8", "--sparsity", "0"],
-         f"Error: model {missing!r} does not exist; pass a .keras/.h5/.pb file, a SavedModel directory or an MLflow "
-         "model URI (or omit model for the digits demo)"),
+         f"Error: model {missing!r} does not exist; pass a .keras/.h5/.pb/.pt2 file, a SavedModel directory, a "
+         "package.module:factory or an MLflow model URI (or omit model for the digits demo)"),
         (["--quant", "int8", "--sparsity", "0", "--resume", "0123456789abcdef0123456789abcdef"],
          "Error: resume '0123456789abcdef0123456789abcdef' is not a run in this tracking store; pass a sweep's "
          "parent run id"),

@@ -171,6 +171,12 @@ class Builds:
         Raises:
             TFLiteError: the model could not be built or converted.
         """
+        made_elsewhere = self.inputs.source.float_model  # a PyTorch source's litert-torch model
+        if (key, ops) not in self._floats and made_elsewhere is not None and key.is_source:
+            if ops != OpsSet.BUILTINS:
+                raise TFLiteError(f"ops={ops} does not apply to PyTorch model {self.inputs.source.uri!r} (litert-torch "
+                                  "converts to builtin ops); use ops=builtins")
+            self._floats[key, ops] = FloatModel(*made_elsewhere)
         if (key, ops) not in self._floats:
             variant = Variant(QuantMode.NONE, key.sparsity, key.input_size or self.inputs.native_input_size, ops=ops)
             conversion = convert.convert(self.model(key), variant)

@@ -15,8 +15,9 @@ import numpy as np
 
 from mlflow_tflite.build.frozen_graph import from_frozen_graph
 from mlflow_tflite.build.source import Source
+from mlflow_tflite.build.torch_source import TorchSpec, from_torch, is_factory
 from mlflow_tflite.errors import TFLiteError, first_line
-from mlflow_tflite.options import SourceFormat, choice, names_list, option, shapes_map
+from mlflow_tflite.options import Layout, SourceFormat, choice, names_list, option, shape, shapes_map
 from mlflow_tflite.tags import SOURCE_MODEL_URI_TAG, SOURCE_RUN_ID_TAG
 
 
@@ -127,8 +128,10 @@ def from_saved_model(path: str | Path, signature_key: str = "serving_default", u
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "models:")
 
 
-def from_mlflow_model(model_uri: str) -> Source:
-    """Source for an MLflow model of the ``tensorflow`` or ``keras`` flavor.
+def from_mlflow_model(model_uri: str, torch_options: tuple = (None, Layout.NCHW)) -> Source:
+    """Source for an MLflow model of the ``tensorflow``, ``keras`` or ``pytorch`` flavor.
+
+    ``torch_options`` (``(input_shape, layout)``) open a ``pytorch`` model (``torch_source``).
 
     The model is downloaded once; SavedModels (``tensorflow`` flavor, TF2 module) convert from
     their directory, Keras models through :func:`from_keras_model`. ``lineage`` records the
@@ -153,10 +156,13 @@ def from_mlflow_model(model_uri: str) -> Source:
         source = from_keras_model(mlflow.keras.load_model(str(local)), uri=model_uri)
     elif "tensorflow" in flavors:
         source = from_keras_model(mlflow.tensorflow.load_model(str(local)), uri=model_uri)
+    elif "pytorch" in flavors:
+        source = from_torch(TorchSpec("mlflow", str(local), *torch_options), local.name)
+        source.uri = model_uri
     else:
         raise TFLiteError(
             f"MLflow model {model_uri!r} has flavors {sorted(f for f in flavors if f != 'python_function')}; "
-            "mlflow-tflite converts models of the tensorflow or keras flavor"
+            "mlflow-tflite converts models of the tensorflow, keras or pytorch flavor"
         )
     source.name = _name_from_uri(model_uri, source.name)
     source.lineage = {SOURCE_MODEL_URI_TAG: model_uri, SOURCE_RUN_ID_TAG: info.run_id or ""}
@@ -208,10 +214,12 @@ class SourceOptions:
         signature_key: the SavedModel signature to convert.
         input_arrays, output_arrays: frozen graph node names (tuples of str), or ``None``.
         input_shapes: frozen graph input shapes, ``{name: (1, 224, 224, 3)}``, or ``None``.
+        input_shape: a PyTorch model's NCHW input shape incl. batch, or ``None`` (from the model).
+        layout: a PyTorch model's input layout (``options.Layout``).
     """
 
     source_format: SourceFormat | None = option(
-        None, "keras, h5, saved_model, frozen_graph, mlflow, or auto (detected).", choice(SourceFormat, optional=True))
+        None, "keras, h5, saved_model, frozen_graph, mlflow, pt2, factory, or auto (detected).", choice(SourceFormat, optional=True))
     signature_key: str = option("serving_default", "SavedModel signature.")
     input_arrays: tuple[str, ...] | None = option(None, "Frozen graph input node names, comma-separated.",
                                                   names_list())
@@ -219,6 +227,10 @@ class SourceOptions:
                                                    names_list())
     input_shapes: dict[str, tuple[int, ...]] | None = option(
         None, "Frozen graph shapes: name:1,224,224,3;other:1,10", shapes_map())
+    input_shape: tuple[int, ...] | None = option(
+        None, "PyTorch model input shape, NCHW with batch 1, e.g. 1,3,224,224 (a .pt2 records its own).", shape())
+    layout: Layout = option(Layout.NCHW, "PyTorch model input layout: nchw (as trained) or nhwc (channel-last I/O).",
+                            choice(Layout))
 
 
 def detect_format(model: str) -> str:
@@ -229,20 +241,22 @@ def detect_format(model: str) -> str:
     """
     if model.startswith(MLFLOW_SCHEMES):
         return "mlflow"
+    if is_factory(model):
+        return "factory"
     path = Path(model)
     if not path.exists():
         raise TFLiteError(
-            f"model {model!r} does not exist; pass a .keras/.h5/.pb file, a SavedModel directory or an "
-            "MLflow model URI (or omit model for the digits demo)"
+            f"model {model!r} does not exist; pass a .keras/.h5/.pb/.pt2 file, a SavedModel directory, a "
+            "package.module:factory or an MLflow model URI (or omit model for the digits demo)"
         )
     if path.is_dir():
         if not (path / "saved_model.pb").exists():
             raise TFLiteError(f"directory {model!r} is not a SavedModel (no saved_model.pb inside)")
         return "saved_model"
-    formats = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".pb": "frozen_graph"}
+    formats = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".pb": "frozen_graph", ".pt2": "pt2"}
     if path.suffix not in formats:
         raise TFLiteError(
-            f"model file {model!r} has an unknown format {path.suffix!r}; use .keras, .h5, .pb (frozen graph), "
+            f"model file {model!r} has an unknown format {path.suffix!r}; use .keras, .h5, .pb (frozen graph), .pt2, "
             "a SavedModel directory, or set source_format"
         )
     return formats[path.suffix]
@@ -255,6 +269,8 @@ def open_source(
     input_arrays: list[str] | None = None,
     output_arrays: list[str] | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    layout: Layout | str = Layout.NCHW,
 ) -> Source:
     """Open the ``model`` parameter: a Keras model object, a path or an MLflow model URI.
 
@@ -264,6 +280,7 @@ def open_source(
         source_format: one of :data:`SOURCE_FORMATS` to override detection.
         signature_key: the SavedModel signature to convert.
         input_arrays, output_arrays, input_shapes: frozen graph node names and shapes.
+        input_shape, layout: a PyTorch model's NCHW input shape and layout (``torch_source``).
 
     Returns:
         A :class:`Source`; ``name`` is the file/directory stem or registered model name.
@@ -277,8 +294,13 @@ def open_source(
     if source_format not in (None, *SOURCE_FORMATS):
         raise TFLiteError(f"source_format {source_format!r} is unknown; use one of {', '.join(SOURCE_FORMATS)}")
     source_format = source_format or detect_format(model)
+    torch_options = (input_shape, Layout(layout))
     if source_format == "mlflow":
-        return from_mlflow_model(model)
+        return from_mlflow_model(model, torch_options)
+    if source_format == "factory":
+        if input_shape is None:
+            raise TFLiteError(f"model {model!r} is a PyTorch factory; pass its NCHW input_shape, e.g. 1,3,224,224")
+        return from_torch(TorchSpec("factory", model, *torch_options), model.rpartition(":")[2])
     path = Path(model)
     if not path.exists():
         raise TFLiteError(f"model {model!r} does not exist; pass the path of a {source_format} model")
@@ -286,6 +308,9 @@ def open_source(
         return from_saved_model(path, signature_key)
     if source_format == "frozen_graph":
         return from_frozen_graph(path, input_arrays or [], output_arrays or [], input_shapes)
+    if source_format == "pt2":
+        source = from_torch(TorchSpec("pt2", str(path.resolve()), *torch_options), path.stem)
+        return source
     try:
         keras_model = _load_keras_file(path)
     except Exception as error:

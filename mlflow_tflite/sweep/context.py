@@ -7,7 +7,7 @@ write to it (the models built from it are in ``build.graph.Builds``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from mlflow_tflite.build.mixed import MixedPrecision
 from mlflow_tflite.build.qat import QatOptions
 from mlflow_tflite.build.source import Source
 from mlflow_tflite.build.sources import SourceOptions, from_tf_keras, open_source
+from mlflow_tflite.build.torch_source import image_layout
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.measure.evaluate import class_score_outputs
 from mlflow_tflite.options import Task, parse_enum
@@ -111,6 +112,8 @@ def prepare(model=None, data: str | None = None, task: str = "auto", preprocessi
     settings = Settings(tensor_errors, tolerance, mixed_precision, qat)
     source, dataset = _open(model, data, preprocessing, dataset, source_options)
     source_params = _changed_source_options(source_options)
+    if source.layout:
+        source_params["layout"] = source.layout
     if dataset is None:
         return Context(source, None, None, "fidelity", source_params=source_params, settings=settings)
     validate_dataset(dataset, source.input_shapes, None)
@@ -153,6 +156,9 @@ def _open(model, data, preprocessing, dataset, source_options) -> tuple[Source, 
     source = open_source(model, **source_options)
     if dataset is None and data:
         dataset = load_dataset(data, preprocessing)
+    if dataset is not None and source.layout:  # a PyTorch source takes the NHWC images in its layout
+        dataset = replace(dataset, x_train=image_layout(dataset.x_train, source.layout),
+                          x_test=image_layout(dataset.x_test, source.layout))
     return source, dataset
 
 
