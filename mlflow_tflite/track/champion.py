@@ -42,11 +42,12 @@ class VersionRecord:
 
 @dataclass
 class Outcome:
-    """The aliases :func:`fold_champion` computes and a one-line reason per version."""
+    """The aliases :func:`fold_champion` computes, a one-line reason per version and the objective used."""
 
     champion: int | None = None
     challenger: int | None = None
     reasons: dict[int, str] = field(default_factory=dict)
+    objective: Objective = Objective.LATENCY
 
 
 def _percent(new: float, old: float) -> float:
@@ -132,7 +133,7 @@ def fold_champion(records: list[VersionRecord], objective: Objective = Objective
         ``champion``, lost it or never took it; a reason naming a champion that lost it later
         ends with ``; version N is champion now``.
     """
-    outcome, champion, named = Outcome(), None, {}
+    outcome, champion, named = Outcome(objective=objective), None, {}
     for record in sorted(records, key=lambda r: r.version):
         takes, reason = beats(record, champion, objective)
         if takes:

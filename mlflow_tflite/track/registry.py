@@ -287,13 +287,14 @@ def register_and_promote(
     tags = _version_tags(metrics, eval_digest, variant_name, tolerance.violation(metrics))
     version = _register(client, model_uri, name, tags)
     _keep_objective(client, name, objective, change_objective)
-    before = _holders(client, name)[CHAMPION]
+    before = _current_champion(client, name)
     outcome = converge(client, name)
     reason = outcome.reasons.get(int(version), "not among the ready versions read (its ready tag was removed)")
     client.update_model_version(name, version, description=version_description(variant_name, metrics, reason))
+    before = int(before.version) if before is not None else None
     if before is not None and before != outcome.champion and before in outcome.reasons:
         _restate(client, name, before, outcome.reasons[before])
-    return Registration(name, version, outcome.champion == int(version), reason, stored_objective(client, name))
+    return Registration(name, version, outcome.champion == int(version), reason, outcome.objective)
 
 
 def _restate(client: MlflowClient, name: str, version: int, reason: str) -> None:

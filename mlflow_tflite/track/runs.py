@@ -8,7 +8,9 @@ import warnings
 
 import mlflow
 import numpy as np
+from mlflow import MlflowClient
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 from mlflow_tflite import tags
 from mlflow_tflite import flavor
@@ -44,9 +46,6 @@ def project_experiment(registered_model_name: str) -> str | None:
     """
     if mlflow.active_run() is not None or any(os.environ.get(key) for key in _CHOSEN_EXPERIMENT_ENV):
         return None
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     name = EXPERIMENT_PREFIX + registered_model_name
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
@@ -68,8 +67,6 @@ def mark_training_experiment(experiment_id: str) -> None:
 
     MLflow 3's UI opens an experiment without a kind on its GenAI overview, where no runs show.
     """
-    from mlflow import MlflowClient
-
     client = MlflowClient()
     if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
@@ -199,8 +196,6 @@ def variant_run(variant: Variant, nested: bool = False, experiment_id: str | Non
 
 def end_with_error(error: BaseException) -> None:
     """Tag the active run with the one-line error and end it: KILLED for Ctrl-C, else FAILED."""
-    from mlflow.exceptions import MlflowException
-
     interrupted = isinstance(error, KeyboardInterrupt)
     message = error.message if isinstance(error, TFLiteError) else f"{type(error).__name__}: {error}"
     try:
@@ -298,10 +293,6 @@ def check_tracking_store(timeout_seconds: int = 10) -> None:
         TFLiteError: the store at ``mlflow.get_tracking_uri()`` cannot be opened or does not
             answer; the message names the URI and the advice fits the kind of store.
     """
-    import os
-
-    from mlflow import MlflowClient
-
     uri = mlflow.get_tracking_uri()
     _check_sqlite_store(uri, timeout_seconds)
     overrides = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds)}
