@@ -150,3 +150,18 @@ def test_a_demo_sweep_over_int8_int8_mixed_and_qat_int8_logs_every_report(digits
     assert steps[0] == 1 and len(steps) == int(mixed_run.data.params["mixed_trials"]) + 1
     assert children["qat_int8-s0-8px"].data.params["qat_epochs"] == "2"
     assert client.get_model_version_by_alias("demo-mixed", "champion").tags[tags.VARIANT_TAG] in children
+
+
+@pytest.mark.parametrize("tensor, path, name", [
+    ("digits-cnn/conv2d_1/Relu;digits-cnn/conv2d_1/BiasAdd", "digits-cnn/conv2d_1", "conv2d_1"),  # Keras
+    ("torch_nets.ONet/torch.nn.modules.conv.Conv2d_conv1;3",  # litert-torch: the scope ends in the module
+     "torch_nets.ONet/torch.nn.modules.conv.Conv2d_conv1", "conv1"),
+    ("torch_nets.ONet/torch.nn.modules.linear.Linear_dense6_1;2",
+     "torch_nets.ONet/torch.nn.modules.linear.Linear_dense6_1", "dense6_1"),
+    ("nets.Net/torch.nn.modules.container.Sequential_features/torch.nn.modules.conv.Conv2d_0;1",
+     "nets.Net/torch.nn.modules.container.Sequential_features/torch.nn.modules.conv.Conv2d_0", "features.0"),
+    ("serving_default_output_0_output", "serving_default_output_0_output", "serving_default_output_0_output"),
+])
+def test_layer_names_follow_keras_and_pytorch(tensor, path, name):
+    layer = Layer(tensor, "CONV_2D", 0)
+    assert (layer.path, layer.name) == (path, name)

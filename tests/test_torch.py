@@ -4,6 +4,7 @@ models are exported by subprocesses and converted by ``mlflow_tflite.build.torch
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from mlflow_tflite.cli import cli
 from mlflow_tflite.sweep.context import prepare
 from mlflow_tflite.sweep.work import convert_and_evaluate
 from mlflow_tflite.tags import ERROR_TAG
+from mlflow_tflite.track.selection import Tolerance
 from mlflow_tflite.variants import Variant
 
 from test_real_models import MTCNN_PREPROCESSING, face_crops
@@ -151,3 +153,30 @@ def test_mtcnn_onet_float_and_int8_fidelity(tmp_path):
             ("max_abs_error", "cosine_similarity", "relative_error", "size_bytes", "float_convert_seconds"))))
     assert results["none"]["max_abs_error"] < 1e-4
     assert results["int8"]["cosine_similarity_output_2"] >= 0.99
+
+
+@pytest.mark.slow
+def test_mtcnn_onet_int4_modes_and_mixed_precision(tmp_path):
+    """The 4-bit modes and the accuracy-guided int8_mixed search on litert-torch's float ONet: int8
+    misses cosine 0.995 on the box output; int8_mixed keeps PyTorch modules (named as in PyTorch) in
+    float until it meets it, with a model still a quarter of the float size."""
+    crops = face_crops(48, count=120)
+    np.savez(tmp_path / "crops.npz", x_train=crops[:60], x_test=crops[60:])
+    context = prepare("torch_nets:onet", str(tmp_path / "crops.npz"), preprocessing=MTCNN_PREPROCESSING,
+                      input_shape=(1, 3, 48, 48))
+    context = dataclasses.replace(context, settings=dataclasses.replace(
+        context.settings, tolerance=Tolerance(min_cosine_similarity=0.995)))
+    outcomes = {quant: convert_and_evaluate(context, Variant(quant, backend="litert"))
+                for quant in ("none", "int8", "dynamic_int4", "weight_only_int4", "int8_mixed")}
+    size = {quant: o.metrics["size_bytes"] for quant, o in outcomes.items()}
+    for quant in ("dynamic_int4", "weight_only_int4"):  # 4-bit weights: about half of int8's file
+        assert size[quant] < 0.6 * size["int8"] and outcomes[quant].tensor_errors
+        assert outcomes[quant].metrics["cosine_similarity_output_2"] > 0.99  # the face probability holds
+    assert outcomes["int8"].metrics["cosine_similarity"] < 0.995
+    search = outcomes["int8_mixed"].search
+    assert search.tolerance_met and outcomes["int8_mixed"].metrics["cosine_similarity"] >= 0.995
+    assert size["int8_mixed"] < 0.3 * size["none"]
+    kept = {layer["name"] for layer in search.report()["float_layers"]}
+    module_names = {f"{kind}{i}" for kind in ("conv", "prelu", "pool") for i in range(1, 6)} | {
+        "dense5", "dense6_1", "dense6_2", "dense6_3"}
+    assert kept and kept <= module_names | {f"serving_default_output_{i}_output" for i in range(3)}

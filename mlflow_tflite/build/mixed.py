@@ -16,6 +16,7 @@ i.e. the error the op itself adds rather than the error it inherits (:func:`rank
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -72,14 +73,31 @@ class Layer:
 
     @property
     def path(self) -> str:
-        """The Keras layer path, e.g. ``digits-cnn/conv2d_1``: the tensor's first name without its TF op."""
+        """The layer path: for Keras the tensor's first name without its TF op (``digits-cnn/conv2d_1``);
+        for litert-torch, whose scopes end in the module itself, the whole first name
+        (``torch_nets.ONet/torch.nn.modules.conv.Conv2d_conv1``)."""
         first = self.tensor.split(";")[0]
+        if _torch_attributes(first):
+            return first
         return first.rsplit("/", 1)[0] if "/" in first else first
 
     @property
     def name(self) -> str:
-        """The Keras layer name, e.g. ``conv2d_1``."""
-        return self.path.rsplit("/", 1)[-1]
+        """The layer name: Keras's (``conv2d_1``), or PyTorch's dotted module name (``conv1``, ``features.0``)."""
+        attributes = _torch_attributes(self.path)
+        return ".".join(attributes) if attributes else self.path.rsplit("/", 1)[-1]
+
+
+# litert-torch names a tensor by its module scopes, each "<module class path>_<attribute>"
+# (``torch.nn.modules.conv.Conv2d_conv1``) under the root module's class path.
+_TORCH_SCOPE = re.compile(r"(?:\w+\.)+[A-Za-z]\w*?_(?P<attribute>\w+)")
+
+
+def _torch_attributes(path: str) -> list[str]:
+    """The module attribute names of a litert-torch scope path, outermost first; [] for other names."""
+    scopes = path.split("/")[1:]
+    matches = [_TORCH_SCOPE.fullmatch(scope) for scope in scopes]
+    return [m["attribute"] for m in matches] if scopes and all(matches) else []
 
 
 def model_layers(float_model: bytes) -> list[Layer]:
