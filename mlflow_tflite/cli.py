@@ -41,7 +41,7 @@ from mlflow_tflite.track.registry import promote_logged_model  # noqa: E402
 from mlflow_tflite.track.runs import check_tracking_store  # noqa: E402
 from mlflow_tflite.variants import Variant, expand_grid, parse_list  # noqa: E402
 from mlflow_tflite.track.selection import Tolerance  # noqa: E402
-from mlflow_tflite.build.sources import SourceOptions  # noqa: E402
+from mlflow_tflite.build.sources import SourceOptions, default_sparsities  # noqa: E402
 
 # Sections of a --config YAML file and the dataclass each one's keys are fields of.
 CONFIG_SECTIONS = {"source": SourceOptions, "preprocessing": Preprocessing, "tolerance": Tolerance,
@@ -225,13 +225,17 @@ def convert(quant, sparsity, input_size, calibration_samples, ops, io_type, back
 @_variant_options
 @click_options(SweepConfig)
 @click.option("--quant", default="none,dynamic,float16,int8", show_default=True, help="Comma-separated modes.")
-@click.option("--sparsity", default="0,0.5,0.8", show_default=True, help="Comma-separated target sparsities.")
+@click.option("--sparsity", default="auto", show_default=True,
+              help="Comma-separated target sparsities, or auto: 0,0.5,0.8 for a tf_keras source (the demo, .h5, "
+                   ".keras, MLflow models), 0 for one TFMOT cannot prune (SavedModel, frozen graph, PyTorch).")
 @click.option("--input-size", default="native", show_default=True, help="Comma-separated input sizes, or native.")
 def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backend, **kwargs):
     """Run a grid of variants as child runs of one parent run; register the best (`sweep` entry point)."""
     job, sweep_config = _read_job_options(kwargs)
     sizes = [_input_size(v) for v in parse_list(input_size, "input_size", example="native,96")]
-    variants = expand_grid(parse_list(quant, "quant"), parse_list(sparsity, "sparsity", float, example="0,0.5,0.8"),
+    sparsities = (default_sparsities(job.model, job.source.source_format) if sparsity.strip() == "auto"
+                  else parse_list(sparsity, "sparsity", float, example="0,0.5,0.8"))
+    variants = expand_grid(parse_list(quant, "quant"), list(sparsities),
                            sizes, calibration_samples, ops, io_type, backend, job.quantizer.algorithm)
     _check_mode_options(job, [v.quant for v in variants])
     config = SweepConfig(

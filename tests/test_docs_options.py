@@ -45,9 +45,10 @@ def test_enum_values_and_mlproject_parameters(page):
 
 def test_defaults_that_differ_per_command_are_shown_per_command(page):
     row = next(line for line in page.splitlines() if line.startswith("| `sparsity` |"))
-    assert row == ("| `sparsity` | `--sparsity` | convert: `0.0`<br>sweep: `0,0.5,0.8` | number | `convert`, `sweep` | "
+    assert row == ("| `sparsity` | `--sparsity` | convert: `0.0`<br>sweep: `auto` | number | `convert`, `sweep` | "
                    "`main`, `sweep` | convert: Target pruned fraction in [0, 1).<br>sweep: Comma-separated target "
-                   "sparsities. |")
+                   "sparsities, or auto: 0,0.5,0.8 for a tf_keras source (the demo, .h5, .keras, MLflow models), 0 for "
+                   "one TFMOT cannot prune (SavedModel, frozen graph, PyTorch). |")
 
 
 def test_quantization_mode_rows(page):

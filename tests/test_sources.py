@@ -217,3 +217,19 @@ def test_litert_backend_refuses_a_flex_model_and_suggests_the_converter(flex_sav
     assert result.exit_code == 1 and len(errors) == 1, result.output
     assert "Flex ops ['FlexCumprod']" in errors[0] and "use backend=converter" in errors[0]
     assert MlflowClient().search_registered_models() == []
+
+
+@pytest.mark.parametrize("name, sparsities", [
+    ("net.h5", (0.0, 0.5, 0.8)), ("net.keras", (0.0, 0.5, 0.8)), ("models:/net/1", (0.0, 0.5, 0.8)),
+    ("net.pt2", (0.0,)), ("graph.pb", (0.0,)), ("saved", (0.0,)), ("nets:build", (0.0,)),
+])
+def test_sweep_sparsity_auto_prunes_only_what_tfmot_can(name, sparsities, tmp_path):
+    from mlflow_tflite.build.sources import default_sparsities
+
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "saved_model.pb").write_bytes(b"")
+    for file in ("net.h5", "net.keras", "net.pt2", "graph.pb"):
+        (tmp_path / file).write_bytes(b"")
+    model = name if ":" in name else str(tmp_path / name)
+    assert default_sparsities(model) == sparsities
+    assert default_sparsities(None) == (0.0, 0.5, 0.8)  # the demo

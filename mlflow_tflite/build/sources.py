@@ -262,6 +262,27 @@ def detect_format(model: str) -> str:
     return formats[path.suffix]
 
 
+# The sweep's default pruning grid, and the formats TFMOT can prune: tf_keras files, and MLflow models
+# (which may hold one). The demo is a tf_keras model.
+PRUNING_GRID = (0.0, 0.5, 0.8)
+_PRUNABLE_FORMATS = frozenset({"keras", "h5", "mlflow"})
+
+
+def default_sparsities(model: str | None, source_format: str | None = None) -> tuple[float, ...]:
+    """What a sweep's ``sparsity=auto`` means for ``model`` (``None``: the demo).
+
+    Returns:
+        :data:`PRUNING_GRID` (fractions) for a source TFMOT can prune, else ``(0.0,)``: SavedModels,
+        frozen graphs and PyTorch models cannot be pruned, so their pruned variants would only fail.
+
+    Raises:
+        TFLiteError: as :func:`detect_format`, for a path that does not exist or has no known format.
+    """
+    if model is None:
+        return PRUNING_GRID
+    return PRUNING_GRID if (source_format or detect_format(model)) in _PRUNABLE_FORMATS else (0.0,)
+
+
 def open_source(
     model: Any,
     source_format: str | None = None,
