@@ -4,8 +4,9 @@
     python examples/algorithm_table.py                       # the newest sweep in ./mlflow.db
     python examples/algorithm_table.py --parent <run id>     # or one sweep
 
-Columns: the mode, the algorithm, accuracy (or, without labels, the mean cosine similarity to the
-source model's outputs), its drop from the float variant, file size (KB = 1000 bytes) and the
+Columns: the mode, the algorithm, accuracy (or, without labels, the cosine similarity to the
+source model's outputs, the lowest of its outputs), the drop from the source model (``accuracy_drop``,
+or 1 - cosine), file size (KB = 1000 bytes) and the
 lowest per-tensor SNR against the float model (dB). Failed children are listed with their error.
 """
 
@@ -40,7 +41,6 @@ def rows(client: MlflowClient, parent_id: str) -> list[list[str]]:
     parent = client.get_run(parent_id)
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     measure = "accuracy" if any("accuracy" in c.data.metrics for c in children) else "cosine_similarity"
-    float_value = next((c.data.metrics.get(measure) for c in children if c.data.params.get("quant") == "none"), None)
 
     def key(run):
         return (MODE_ORDER.index(run.data.params["quant"]),
@@ -53,10 +53,10 @@ def rows(client: MlflowClient, parent_id: str) -> list[list[str]]:
             table.append([params["quant"], params.get("algorithm", "min_max"), "failed: " + child.data.tags.get(
                 ERROR_TAG, child.info.status), "", "", ""])
             continue
-        value = metrics.get(measure)
-        drop = "" if value is None or float_value is None else f"{float_value - value:.4f}"
+        value = metrics[measure]  # both are against the source model: accuracy_drop, or 1 - cosine
+        drop = metrics["accuracy_drop"] if measure == "accuracy" else 1 - value
         snr = metrics.get("min_tensor_snr_db")
-        table.append([params["quant"], params.get("algorithm", "min_max"), f"{value:.4f}", drop,
+        table.append([params["quant"], params.get("algorithm", "min_max"), f"{value:.4f}", f"{drop:.4f}",
                       f"{metrics['size_bytes'] / 1000:.1f}", "" if snr is None else f"{snr:.1f}"])
     return [["mode", "algorithm", measure, "drop", "size (KB)", "min tensor SNR (dB)"]] + table
 

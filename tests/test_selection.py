@@ -122,3 +122,9 @@ def test_median_interval_matches_the_binomial_table():
     assert _median_ci95(np.arange(1.0, 11.0)) == (2.0, 9.0)
     assert _median_ci95(np.arange(20.0, 0.0, -1.0)) == (6.0, 15.0)
     assert _median_ci95(np.array([3.0, 1.0, 2.0])) == (1.0, 3.0)  # too few rounds: the full range
+
+
+def test_a_tolerance_reads_as_the_user_types_it():
+    assert str(Tolerance()) == "max_accuracy_drop=0.01, min_cosine_similarity=0.99"
+    assert str(Tolerance(max_accuracy_drop=0.005, max_relative_error=0.05)) == (
+        "max_accuracy_drop=0.005, min_cosine_similarity=0.99, max_relative_error=0.05")

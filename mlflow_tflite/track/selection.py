@@ -59,6 +59,12 @@ class Tolerance:
         object.__setattr__(self, "max_relative_error", check_optional_number(
             self.max_relative_error, "max_relative_error", float, low=0, low_open=True, **_RELATIVE_ERROR_ADVICE))
 
+    def __str__(self) -> str:
+        """The bounds as a user types them, e.g. ``max_accuracy_drop=0.01, min_cosine_similarity=0.99``."""
+        bounds = {"max_accuracy_drop": self.max_accuracy_drop, "min_cosine_similarity": self.min_cosine_similarity,
+                  "max_relative_error": self.max_relative_error}
+        return ", ".join(f"{name}={value:g}" for name, value in bounds.items() if value is not None)
+
     def violation(self, metrics: dict[str, float]) -> str | None:
         """Why ``metrics`` are outside the tolerance (one line), or ``None`` when they are within."""
         if "accuracy_drop" in metrics:
