@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.flavor.runtime import signature_samples
 from mlflow_tflite.quant_modes import Algorithm
 from mlflow_tflite.variants import Variant
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,9 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
     except TFLiteError:
         raise
     except Exception as error:
+        advice = "backend=converter" if variant.algorithm == Algorithm.MIN_MAX else "algorithm=min_max"
         raise TFLiteError(f"the LiteRT Quantizer failed on recipe {name} ({first_line(error, 300)}); "
-                          "try backend=converter") from None
+                          f"try {advice}") from None
     quantized = bytes(result.quantized_model)
     if quantized == bytes(float_model) or not _has_quantized_tensors(quantized):
         raise TFLiteError(f"recipe {name} left the model unchanged (no op it quantizes); use backend=converter "
@@ -111,12 +115,33 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
     return Quantization(quantized, json.dumps(result.recipe, default=str), time.perf_counter() - started, qsvs)
 
 
+class _Held(logging.Filter):
+    """Holds the records of a logger instead of letting its handlers print them."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
 @contextlib.contextmanager
 def _quiet_quantizer():
-    """Silence the quantizer's progress bar (tqdm on stderr, it breaks the CLI's lines) and debugging-mode warning."""
-    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-        yield
+    """Silence the quantizer's progress bar (tqdm on stderr, it breaks the CLI's lines) and debugging-mode
+    warning; its absl log lines (e.g. OSCAR's documented fallback to unscaled clipping when it has no
+    calibration data) go to this module's log at INFO instead of through the sweep's progress line."""
+    absl, held = logging.getLogger("absl"), _Held()
+    absl.addFilter(held)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+            yield
+    finally:
+        absl.removeFilter(held)
+        for record in held.records:
+            _LOG.info("LiteRT Quantizer %s: %s", record.levelname.lower(), record.getMessage())
 
 
 def _has_quantized_tensors(tflite_model: bytes) -> bool:

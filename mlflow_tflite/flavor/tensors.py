@@ -61,7 +61,7 @@ def invalid_model_error(tflite_model: bytes, error: Exception) -> TFLiteError:
     if "failed to prepare" in reason:
         return TFLiteError(
             f"the {len(tflite_model)}-byte model loads but LiteRT cannot prepare one of its ops ({reason}); "
-            "its quantized ranges do not fit that kernel: choose another quant mode for this model"
+            "its quantized ranges do not fit that kernel: choose another quant mode (or quantizer algorithm) for this model"
         )
     return TFLiteError(
         f"the {len(tflite_model)}-byte model is not a valid TFLite flatbuffer ({reason}); "
