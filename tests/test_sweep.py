@@ -359,3 +359,15 @@ def test_identical_reruns_choose_the_same_variant(digits_files, tracking):
     chosen = [run_sweep(SweepConfig(variants, model, data, workers=2, register=False), progress=False).best.variant
               for _ in range(3)]
     assert len(set(chosen)) == 1, chosen
+
+
+def test_a_litert_sweep_in_a_terminal_prints_only_its_own_lines(digits_files, tracking):
+    """The LiteRT Quantizer runs tqdm bars in the workers; the workers end by SIGTERM. Nothing of
+    either reaches the terminal: no bar, no "leaked semaphore" warning at exit."""
+    model, data = digits_files
+    result = subprocess.run([sys.executable, "-m", "mlflow_tflite.cli", "sweep", "--model", model, "--data", data,
+                             "--quant", "dynamic", "--sparsity", "0", "--backend", "litert", "--no-register"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "leaked semaphore" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "dynamic-s0-8px-litert                    FINISHED" in result.stdout

@@ -5,12 +5,15 @@ that each hold one ``worker.Worker`` and talk to the driver through a pipe (the 
 from __future__ import annotations
 
 import signal
+import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
+
+import tqdm
 
 from mlflow_tflite.sweep.worker import Job, Worker, task_name
 
@@ -34,6 +37,9 @@ def serve(connection: Connection, job: Job) -> None:
     """A worker process's loop: open the job, then answer each task until the pipe closes (or the
     driver terminates the process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it ends the runs and stops us
+    # The LiteRT Quantizer's (hidden) tqdm bars would create tqdm's cross-process lock, a named semaphore;
+    # a worker ends by SIGTERM, so Python's resource tracker would print it as "leaked" when the sweep ends.
+    tqdm.tqdm.set_lock(threading.RLock())
     worker = Worker(job)
     worker.warm_up()
     while True:
