@@ -171,4 +171,5 @@ def test_explore_bad_inputs_are_one_line_errors(runs, monkeypatch):
         assert explore_error(runs["int8"], "--port", str(port)) == (
             f"Error: port {port} on 127.0.0.1 is in use; pass another --port or leave it out for a free one\n")
     monkeypatch.setitem(sys.modules, "model_explorer", None)  # as if the [explorer] extra were not installed
-    assert explore_error(runs["int8"]) == 'Error: Model Explorer is not installed; pip install "mlflow-tflite[explorer]"\n'
+    assert explore_error(runs["int8"]) == (
+        'Error: Model Explorer is not installed; pip install "mlflow-tflite[explorer]"\n')
