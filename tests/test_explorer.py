@@ -115,12 +115,13 @@ def test_explore_serves_the_champion_and_its_overlay_on_localhost(runs, tmp_path
         assert overlay == json.loads(Path(mlflow.artifacts.download_artifacts(
             run_id=runs["int8"], artifact_path=OVERLAY)).read_text())
     finally:
-        server.send_signal(signal.SIGINT)  # Model Explorer's own way to stop: Ctrl-C
+        server.send_signal(signal.SIGTERM)  # as Ctrl-C (Model Explorer's own way to stop)
         server.wait(timeout=30)
     text = log.read_text()
     assert text.startswith(f"run {runs['int8']}: int8-s0-8px.tflite, SNR of {len(overlay['results'])} tensors "
                            "against the float model: bad (red) <= 20 dB, doubtful (orange) 20-30 dB, good (green) "
                            "> 30 dB; Ctrl-C stops Model Explorer\n"), text  # first: no download progress bars
+    assert "Stopping server..." in text  # Model Explorer's own shutdown
     assert server.returncode == 0 and not Path(model["url"]).exists()  # the downloads are removed
     print(f"explore answered with the model and overlay loaded in {answered:.1f} s")
 

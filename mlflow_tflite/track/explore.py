@@ -11,8 +11,10 @@ import contextlib
 import json
 import logging
 import re
+import signal
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +96,11 @@ def downloaded(value: str, port: int | None):
 
 
 def serve(session: ExploreSession, open_browser: bool) -> None:
-    """Start Model Explorer on 127.0.0.1 with the session's model and overlay; return on Ctrl-C.
+    """Start Model Explorer on 127.0.0.1 with the session's model and overlay; return on Ctrl-C or SIGTERM.
 
     Model Explorer prints the URL (its ``data`` parameter names both files) and serves its bundled
-    web app: nothing is fetched from the network for the graph.
+    web app: nothing is fetched from the network for the graph. Called from the main thread,
+    SIGTERM stops it as Ctrl-C does, so the caller's cleanup runs (the downloads are removed).
 
     Raises:
         TFLiteError: the ``[explorer]`` extra is not installed.
@@ -106,7 +109,18 @@ def serve(session: ExploreSession, open_browser: bool) -> None:
     config = model_explorer.config()
     config.add_model_from_path(str(session.model_file))
     config.add_node_data_from_path(str(session.overlay_file))
-    model_explorer.visualize_from_config(config, host=HOST, port=session.port, no_open_in_browser=not open_browser)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        model_explorer.visualize_from_config(config, host=HOST, port=session.port, no_open_in_browser=not open_browser)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: Model Explorer stops its server on ``KeyboardInterrupt`` and returns."""
+    raise KeyboardInterrupt
 
 
 def _resolve(value: str) -> tuple[str, str, dict]:
