@@ -174,3 +174,25 @@ def test_explore_bad_inputs_are_one_line_errors(runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "model_explorer", None)  # as if the [explorer] extra were not installed
     assert explore_error(runs["int8"]) == (
         'Error: Model Explorer is not installed; pip install "mlflow-tflite[explorer]"\n')
+
+
+def test_a_run_logged_before_the_overlay_gets_one_made_from_its_table(runs, monkeypatch):
+    from mlflow_tflite import flavor
+    from mlflow_tflite.track.explore import downloaded
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", runs["uri"])
+    mlflow.set_tracking_uri(runs["uri"])
+    int8 = runs["int8"]
+    model = Path(mlflow.artifacts.download_artifacts(f"runs:/{int8}/model")) / "model.tflite"
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=int8, artifact_path="tensor_errors.json"))
+                       .read_text())
+    with mlflow.start_run() as old:  # what a variant run logged before the overlay existed
+        flavor.log_model(model.read_bytes(), name="model", quantization="int8")
+        mlflow.log_dict(table, "tensor_errors.json")
+    with downloaded(old.info.run_id, None) as session:
+        made = json.loads(session.overlay_file.read_text())
+        assert session.model_file.read_bytes() == model.read_bytes() and session.tensors == len(table["data"])
+    logged = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=int8, artifact_path=OVERLAY)).read_text())
+    assert made["thresholds"] == THRESHOLDS and made["name"] == logged["name"]
+    assert {k: v["value"] for k, v in made["results"].items()} == pytest.approx(
+        {k: v["value"] for k, v in logged["results"].items()}, abs=1e-9)

@@ -24,7 +24,8 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.tags import VARIANT_TAG
-from mlflow_tflite.track.node_data import TENSOR_SNR_ARTIFACT
+from mlflow_tflite.track.node_data import TENSOR_SNR_ARTIFACT, tensor_snr_node_data
+from mlflow_tflite.track.runs import TENSOR_ERRORS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -78,19 +79,19 @@ def downloaded(value: str, port: int | None):
         :class:`ExploreSession` (the files live until the block ends).
 
     Raises:
-        TFLiteError: no such run or model, a model that is not ``tflite``, a run without the
-            overlay (no per-tensor table), or a port in use; the message names the value.
+        TFLiteError: no such run or model, a model that is not ``tflite``, a run without a
+            per-tensor table, or a port in use; the message names the value. A run with the table
+            but without the overlay (logged before the overlay existed) gets one made from the table.
     """
     run_id, model_uri, flavor = _resolve(value)
-    _check_overlay(run_id)
+    from_table = _overlay_source(run_id)
     port = _checked_port(port) if port is not None else _free_port()
     with tempfile.TemporaryDirectory(prefix="mlflow-tflite-explore-") as folder:
         model_dir = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(Path(folder, "model")))
         variant = MlflowClient().get_run(run_id).data.tags.get(VARIANT_TAG) or run_id
         model_file = Path(folder, re.sub(r"[^\w.-]", "_", variant) + ".tflite")
         model_file.write_bytes(Path(model_dir, flavor.get("model_file", "model.tflite")).read_bytes())
-        overlay_file = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TENSOR_SNR_ARTIFACT,
-                                                                dst_path=folder))
+        overlay_file = _download_overlay(run_id, Path(folder), from_table)
         tensors = len(json.loads(overlay_file.read_text())["results"])
         yield ExploreSession(run_id, model_file, overlay_file, tensors, port)
 
@@ -155,13 +156,34 @@ def _model_info(uri: str, missing: str):
         raise TFLiteError(missing) from None
 
 
-def _check_overlay(run_id: str) -> None:
-    """The run logged ``model_explorer/tensor_snr.json``."""
+def _overlay_source(run_id: str) -> bool:
+    """Whether the run's overlay must be made from its table (a run logged before the overlay existed).
+
+    Raises:
+        TFLiteError: the run has neither the overlay nor a per-tensor table.
+    """
+    client = MlflowClient()
     folder = TENSOR_SNR_ARTIFACT.rsplit("/", 1)[0]
-    if TENSOR_SNR_ARTIFACT not in {f.path for f in MlflowClient().list_artifacts(run_id, folder)}:
-        raise TFLiteError(f"the run {run_id} has no {TENSOR_SNR_ARTIFACT}: only quantized variants with float I/O "
-                          "get a per-tensor table (not quant=none, int8_full or --no-tensor-errors); "
-                          "pass such a run, e.g. an int8 variant")
+    if TENSOR_SNR_ARTIFACT in {f.path for f in client.list_artifacts(run_id, folder)}:
+        return False
+    if TENSOR_ERRORS_FILE in {f.path for f in client.list_artifacts(run_id)}:
+        return True
+    raise TFLiteError(f"the run {run_id} has no {TENSOR_SNR_ARTIFACT}: only quantized variants with float I/O "
+                      "get a per-tensor table (not quant=none, int8_full or --no-tensor-errors); "
+                      "pass such a run, e.g. an int8 variant")
+
+
+def _download_overlay(run_id: str, folder: Path, from_table: bool) -> Path:
+    """The run's overlay in ``folder``: downloaded, or made from its ``tensor_errors.json`` table."""
+    if not from_table:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TENSOR_SNR_ARTIFACT,
+                                                        dst_path=str(folder)))
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TENSOR_ERRORS_FILE,
+                                                                dst_path=str(folder))).read_text())
+    rows = [dict(zip(table["columns"], values)) for values in table["data"]]  # mlflow.log_table's layout
+    overlay_file = folder / Path(TENSOR_SNR_ARTIFACT).name
+    overlay_file.write_text(json.dumps(tensor_snr_node_data(rows)))
+    return overlay_file
 
 
 def _checked_port(port: int) -> int:
