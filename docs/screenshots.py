@@ -1,13 +1,15 @@
-"""Screenshots of the MLflow UI for the guide's UI tour (docs/ui-tour.md), saved as docs/images/*.png.
+"""Screenshots of the MLflow UI for the guide's UI tour (docs/ui-tour.md), saved as docs/images/*.png,
+and of Model Explorer showing an ``int8_mixed`` run's graph with its SNR overlay (docs/model-explorer.md).
 
 From a fresh temporary directory it runs the quick start (the main job, then the default sweep on
 the demo) into a sqlite store, starts ``mlflow ui`` on 127.0.0.1 and photographs the pages with
 headless Chromium (Debian's ``/usr/bin/chromium``, driven by the ``playwright`` package; no browser
 is downloaded). Run it from the repository root, in an environment with the project and its
-``[docs]`` extra installed::
+``[docs]`` and ``[explorer]`` extras installed::
 
     python docs/screenshots.py                  # 2-4 minutes: the runs, then the pages
     python docs/screenshots.py --reuse /tmp/x   # reuse (or keep) a store in /tmp/x
+    python docs/screenshots.py --model-explorer-only   # 1 minute: the int8_mixed run, then Model Explorer
 
 Needs ``apt-get install chromium`` once. Nothing outside 127.0.0.1 is contacted.
 """
@@ -35,6 +37,13 @@ CHROMIUM = "/usr/bin/chromium"
 MODEL_NAME = "digits-cnn"
 EXPERIMENT_NAME = f"mlflow-tflite/{MODEL_NAME}"
 VIEWPORT = {"width": 1440, "height": 900}
+# int8_mixed on the digits demo at 8x8 px with a cosine bound plain int8 misses (tests/test_mixed.py), so
+# the search keeps some layers in float; its own store, so the UI tour's runs table does not show it.
+MIXED_CONVERT = ("convert", "--quant", "int8_mixed", "--input-size", "8", "--task", "fidelity",
+                 "--min-cosine-similarity", "0.999991", "--no-register")
+# Model Explorer's search for the run's first layer, kept in float (checked: it must select a node with
+# float32 weights); its first result is that conv (node 0).
+FLOAT_NODE_SEARCH = "conv2d/Conv2D"
 # The runs table's extra columns: what a user compares variants by.
 RUN_COLUMNS = ("accuracy_drop", "size_bytes", "gzip_size_bytes", "latency_ms_p50", "quant", "sparsity")
 
@@ -241,11 +250,119 @@ def shoot_pages(base: str, targets: Targets, debug: Path) -> list[Path]:
     return sorted(IMAGES.glob("*.png"))
 
 
+def mixed_run(workdir: Path, env: dict[str, str]) -> str:
+    """The id of an ``int8_mixed`` run in ``workdir/explorer/mlflow.db``, converted there if missing.
+
+    Raises:
+        RuntimeError: the conversion failed or printed no run id (its log is named).
+    """
+    from mlflow import MlflowClient
+
+    folder = workdir / "explorer"
+    folder.mkdir(exist_ok=True)
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{folder.resolve() / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
+    if (folder / "mlflow.db").exists():
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        found = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   "params.quant = 'int8_mixed' and attributes.status = 'FINISHED'")
+        if found:
+            return found[0].info.run_id
+    log_file = folder / "convert.log"
+    log.info("running mlflow-tflite %s (log: %s)", " ".join(MIXED_CONVERT), log_file)
+    with log_file.open("w") as out:
+        subprocess.run([sys.executable, "-m", "mlflow_tflite.cli", *MIXED_CONVERT], cwd=folder, env=env, stdout=out,
+                       stderr=subprocess.STDOUT)
+    match = re.search(r"^run (\w+) variant int8_mixed", log_file.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"the int8_mixed conversion printed no run; see {log_file}")
+    return match.group(1)
+
+
+def start_explorer(run_id: str, workdir: Path, port: int, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """``mlflow-tflite explore run_id`` on 127.0.0.1:``port``; returns it and the URL it prints.
+
+    Raises:
+        RuntimeError: it exited or printed no URL within 120 s (its log is named).
+    """
+    folder = workdir / "explorer"
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{folder.resolve() / 'mlflow.db'}", "PYTHONPATH": str(REPO),
+           "PYTHONUNBUFFERED": "1"}
+    log_file = folder / "explore.log"
+    with log_file.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow_tflite.cli", "explore", run_id, "--port", str(port),
+                                   "--no-browser"], cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and server.poll() is None:
+        urls = [line for line in log_file.read_text().splitlines() if line.startswith(f"http://127.0.0.1:{port}/")]
+        if urls:
+            return server, urls[0]
+        time.sleep(1)
+    stop_explorer(server)
+    raise RuntimeError(f"mlflow-tflite explore printed no URL within 120 s; see {log_file}")
+
+
+def stop_explorer(server: subprocess.Popen) -> None:
+    """Ctrl-C, as Model Explorer expects (it then returns and explore removes its downloads)."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def shoot_model_explorer(url: str, debug: Path) -> Path:
+    """The graph with its layers expanded, coloured by SNR, and the first (float) conv selected.
+
+    When the click selects no node with float32 weights, the page goes to ``debug/failed-page.png``.
+    """
+    from playwright.sync_api import sync_playwright
+
+    image = IMAGES / "model-explorer-int8-mixed.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url)
+        page.get_by_text("SNR vs float (dB)").first.wait_for(state="visible", timeout=60_000)
+        page.locator(".mat-icon-container.expand-all").first.click()
+        page.mouse.move(700, 850)  # away from the toolbar: no tooltip in the picture
+        page.wait_for_timeout(2000)
+        search = page.get_by_placeholder("Search nodes/layers by regex")
+        search.fill(FLOAT_NODE_SEARCH)
+        page.get_by_text("Alt+Click to locate and select node").wait_for(state="visible")
+        page.get_by_text("conv_2d", exact=True).first.click(modifiers=["Alt"])  # locate and select
+        search.fill("")
+        page.mouse.move(700, 850)
+        try:
+            # the selected node's float weights in its info panel (hidden copies of the text exist too)
+            page.locator("text=float32[32,3,3,1] >> visible=true").first.wait_for(state="visible", timeout=10_000)
+        except Exception:
+            page.screenshot(path=debug / "failed-page.png")
+            raise
+        page.wait_for_timeout(1500)
+        page.screenshot(path=image)
+        browser.close()
+    return image
+
+
+def model_explorer_screenshot(workdir: Path, env: dict[str, str]) -> Path:
+    """docs/images/model-explorer-int8-mixed.png: an int8_mixed run of the demo in ``mlflow-tflite explore``."""
+    run_id = mixed_run(workdir, env)
+    server, url = start_explorer(run_id, workdir, free_port(), env)
+    try:
+        return shoot_model_explorer(url, workdir)
+    finally:
+        stop_explorer(server)
+
+
 def main() -> int:
     """Command line: run the quick start (unless ``--reuse`` finds a store), then photograph the UI."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reuse", type=Path, help="directory whose mlflow.db to reuse (made there and kept if missing); "
                         "without it a temporary directory is used and deleted")
+    parser.add_argument("--model-explorer-only", action="store_true",
+                        help="only the Model Explorer screenshot (an int8_mixed run of its own)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not Path(CHROMIUM).exists():
@@ -257,6 +374,11 @@ def main() -> int:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri}
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
     env.pop("MLFLOW_EXPERIMENT_ID", None)
+    if args.model_explorer_only:
+        log.info("wrote %s", model_explorer_screenshot(workdir, env).relative_to(REPO))
+        if args.reuse is None:
+            shutil.rmtree(workdir)
+        return 0
     if not (workdir / "mlflow.db").exists():
         run_quick_start(workdir, env)
     targets = find_targets(store_uri)
@@ -266,6 +388,7 @@ def main() -> int:
         written = shoot_pages(f"http://127.0.0.1:{port}", targets, workdir)
     finally:
         stop_ui(server)
+    written.append(model_explorer_screenshot(workdir, env))
     log.info("wrote %s", ", ".join(str(p.relative_to(REPO)) for p in written))
     if args.reuse is None:
         shutil.rmtree(workdir)

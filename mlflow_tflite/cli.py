@@ -37,6 +37,8 @@ from mlflow_tflite.sweep.context import prepare  # noqa: E402
 from mlflow_tflite.sweep.main_job import run_variant  # noqa: E402
 from mlflow_tflite.sweep.orchestrate import run_sweep  # noqa: E402
 from mlflow_tflite.tags import NOT_EVALUATED_TAG  # noqa: E402
+from mlflow_tflite.track.explore import downloaded, require_model_explorer, serve  # noqa: E402
+from mlflow_tflite.track.node_data import bands_legend  # noqa: E402
 from mlflow_tflite.track.registry import promote_logged_model  # noqa: E402
 from mlflow_tflite.track.runs import check_tracking_store  # noqa: E402
 from mlflow_tflite.variants import Variant, expand_grid, parse_list  # noqa: E402
@@ -268,6 +270,21 @@ def promote(model_uri, registered_model_name, objective, **kwargs):
     tolerance = from_kwargs(Tolerance, kwargs)
     check_tracking_store()
     _echo_registration(promote_logged_model(model_uri, registered_model_name, tolerance, objective))
+
+
+@cli.command()
+@click.argument("model", metavar="RUN_ID|MODEL_URI")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port on 127.0.0.1; default: a free one.")
+@click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
+def explore(model, port, no_browser):
+    """Open a variant's graph in Model Explorer, coloured by its per-tensor SNR (extra [explorer])."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars would break the one-line output
+    require_model_explorer()
+    check_tracking_store()
+    with downloaded(model, port) as session:
+        click.echo(f"run {session.run_id}: {session.model_file.name}, SNR of {session.tensors} tensors against the "
+                   f"float model: {bands_legend()}; Ctrl-C stops Model Explorer")
+        serve(session, open_browser=not no_browser)
 
 
 def _print_result(result) -> None:

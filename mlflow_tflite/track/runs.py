@@ -19,6 +19,7 @@ from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.tags import (ERROR_TAG, EXPERIMENT_KIND_TAG, ROLE_TAG, ROLE_VARIANT, TRAINING_EXPERIMENT_KIND,
                                 VARIANT_TAG)
 from mlflow_tflite.track.figures import tensor_error_figure
+from mlflow_tflite.track.node_data import TENSOR_SNR_ARTIFACT, tensor_snr_node_data
 from mlflow_tflite.variants import Variant
 
 MODEL_NAME = "model"
@@ -238,7 +239,8 @@ TENSOR_ERRORS_PLOT = "tensor_errors.png"
 
 
 def log_tensor_errors(rows: list[dict] | None, note: str | None) -> None:
-    """Per-tensor error on the active run: a table, a bar chart of the 20 worst, the worst tensor.
+    """Per-tensor error on the active run: a table, a bar chart of the 20 worst, the worst tensor,
+    and the SNR as a Model Explorer overlay (``model_explorer/tensor_snr.json``, ``track.node_data``).
 
     ``rows`` as from ``measure.tensors.tensor_errors`` (worst SNR first); ``note`` (tag
     ``mlflow_tflite.tensor_errors``) says why there are none, or qualifies them (QAT: how many
@@ -254,6 +256,7 @@ def log_tensor_errors(rows: list[dict] | None, note: str | None) -> None:
     mlflow.set_tag(tags.WORST_TENSOR_TAG, f"{rows[0]['tensor']} ({rows[0]['op']})"[:5000])
     # Drawn outside pyplot (figures.py): nothing to close, freed with its last reference.
     mlflow.log_figure(tensor_error_figure(rows), TENSOR_ERRORS_PLOT)
+    mlflow.log_dict(tensor_snr_node_data(rows), TENSOR_SNR_ARTIFACT)
 
 
 # Metrics logged at each mixed-precision trial's step (the run's final values follow at the next step).
