@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,8 @@ def _worker_flavor_origins(spark) -> set[tuple[str, bool]]:
     return {(file, tensorflow == "True") for file, tensorflow in (r.seen.split("|") for r in rows if r.seen)}
 
 
-@pytest.mark.parametrize("quant, input_dtype, batch", [("int8", "float32", -1), ("int8_full", "int8", 1)])
+@pytest.mark.parametrize("quant, input_dtype, batch", [pytest.param("int8", "float32", -1, id="int8-float-io"),
+                                                        pytest.param("int8_full", "int8", 1, id="int8_full-int-io-batch1")])
 def test_spark_udf_scores_every_row_like_the_in_process_pyfunc(spark, tracking, demo_prepared, tmp_path,
                                                                quant, input_dtype, batch):
     name = f"digits-{quant}"
@@ -71,7 +73,7 @@ def test_spark_udf_scores_every_row_like_the_in_process_pyfunc(spark, tracking, 
     assert registration.champion, registration
     uri = f"models:/{name}@champion"
     local = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model"))
-    tensor = yaml.safe_load(open(f"{local}/MLmodel"))["flavors"]["tflite"]["inputs"][0]
+    tensor = yaml.safe_load((Path(local) / "MLmodel").read_text())["flavors"]["tflite"]["inputs"][0]
     assert (tensor["dtype"], tensor["shape"]) == (input_dtype, [batch, 8, 8, 1])
 
     images = demo_prepared.dataset.x_test[:ROWS]
