@@ -208,6 +208,17 @@ def _comparison(tflite_model: bytes, inputs: list[TensorInfo], outputs: list[Ten
     }
 
 
+def available() -> bool:
+    """Whether ``tflite-micro`` is installed (its wheels are for Linux x86_64 only)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tflite_micro") is not None
+
+
+NOT_INSTALLED = ("tflite-micro is not installed (its wheels are for Linux x86_64 only), so the model was not run "
+                 "in TensorFlow Lite Micro; pip install tflite-micro on Linux x86_64")
+
+
 def readiness(tflite_model: bytes, arrays: list[np.ndarray] | None = None, input_names: list[str] | None = None,
               samples: int = TFLM_SAMPLES) -> dict:
     """Run a model in TFLite Micro: does it run, the arena it needs, how far it is from LiteRT.
@@ -221,7 +232,8 @@ def readiness(tflite_model: bytes, arrays: list[np.ndarray] | None = None, input
         samples: rows run (the first ``samples`` of ``arrays``), >= 1.
 
     Returns:
-        A JSON-serialisable dict: ``ok`` (bool), ``samples`` (rows run), ``seconds`` (wall time of
+        A JSON-serialisable dict: ``ok`` (bool; ``None`` with ``skipped`` saying why when
+        ``tflite-micro`` is not installed), ``samples`` (rows run), ``seconds`` (wall time of
         the whole check), ``tflm_version``; when it ran: ``arena_bytes`` / ``arena_head_bytes`` /
         ``arena_tail_bytes`` (bytes, from the allocator's report), ``arena_check``
         (:func:`_arena_check`), ``max_abs_diff`` (float, model output units, worst output),
@@ -235,6 +247,8 @@ def readiness(tflite_model: bytes, arrays: list[np.ndarray] | None = None, input
     import time
     from importlib.metadata import version
 
+    if not available():
+        return {"ok": None, "skipped": NOT_INSTALLED}
     start = time.perf_counter()
     inputs, outputs = flatbuffer.static_io_tensors(tflite_model)
     ordered = None if arrays is None else [arrays[i] for i in match_order(inputs, input_names or [])]
@@ -259,7 +273,9 @@ def readiness(tflite_model: bytes, arrays: list[np.ndarray] | None = None, input
 
 def metrics(report: dict) -> dict[str, float]:
     """Run metrics of a :func:`readiness` report: ``tflm_ok`` (1.0 or 0.0) and, when it ran,
-    ``tflm_arena_bytes`` (bytes) and ``tflm_max_abs_diff`` (model output units)."""
+    ``tflm_arena_bytes`` (bytes) and ``tflm_max_abs_diff`` (model output units); none when skipped."""
+    if report["ok"] is None:
+        return {}
     values = {"tflm_ok": 1.0 if report["ok"] else 0.0}
     if report["ok"] and report.get("arena_bytes") is not None:
         values["tflm_arena_bytes"] = float(report["arena_bytes"])

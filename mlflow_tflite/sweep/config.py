@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.checks import check_flag, check_model_name, check_number, check_optional_number
+from mlflow_tflite.measure import tflm
 from mlflow_tflite.options import Executor, Objective, choice, given, number, option, parse_enum, text
 from mlflow_tflite.track.selection import Tolerance
 from mlflow_tflite.variants import Variant
@@ -72,6 +73,9 @@ class SweepConfig:
         for name, example in (("max_size_bytes", 1000000), ("max_latency_ms", 5), ("max_arena_bytes", 65536)):
             object.__setattr__(self, name, check_optional_number(
                 getattr(self, name), name, float, low=0, low_open=True, example=example, hint=", or none for no budget"))
+        if self.max_arena_bytes is not None and not tflm.available():
+            raise TFLiteError(f"max_arena_bytes={self.max_arena_bytes:g} needs TensorFlow Lite Micro, but "
+                              f"{tflm.NOT_INSTALLED}; or leave max_arena_bytes out")
         for name in ("workers", "num_threads"):
             object.__setattr__(self, name, check_number(getattr(self, name), name, int, 1, example=2))
         if self.registered_model_name is not None:
