@@ -38,6 +38,7 @@ import tempfile
 
 import numpy as np
 
+from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.flavor.runtime import dequantize, invoke, make_interpreter, match_order, quantize
 from mlflow_tflite.flavor.tensors import TensorInfo
@@ -111,6 +112,8 @@ def _batches(inputs: list[TensorInfo], arrays: list[np.ndarray] | None, samples:
     or ``B`` rows (the last batch zero-padded) for a model with a fixed batch ``B``. Without data,
     one batch of zeros.
     """
+    if not inputs:
+        return [[]]
     step = max(1, inputs[0].shape[0]) if inputs[0].shape else 1
     if arrays is None:
         arrays = [np.zeros([step, *[max(1, d) for d in t.shape[1:]]], np.float32) for t in inputs]
@@ -237,7 +240,8 @@ def readiness(tflite_model: bytes, arrays: list[np.ndarray] | None = None, input
         ``tflite-micro`` is not installed), ``samples`` (rows run), ``seconds`` (wall time of
         the whole check), ``tflm_version``; when it ran: ``arena_bytes`` / ``arena_head_bytes`` /
         ``arena_tail_bytes`` (bytes, from the allocator's report), ``arena_check``
-        (:func:`_arena_check`), ``max_abs_diff`` (float, model output units, worst output),
+        (:func:`_arena_check`), ``max_abs_diff`` (float, model output units, worst output; instead
+        ``comparison_error`` when LiteRT could not run the same batches),
         ``outputs`` (per output: name, scale, zero point, max abs diff, and ``diff_in_steps`` =
         diff / scale for quantized outputs); when it did not: ``error``, ``first_failed_op``
         (``{"op", "index", "phase", "outputs"}`` or ``None``) and ``log`` (TFLM's lines, at most 20).
@@ -254,7 +258,7 @@ def readiness(tflite_model: bytes, arrays: list[np.ndarray] | None = None, input
     inputs, outputs = flatbuffer.static_io_tensors(tflite_model)
     ordered = None if arrays is None else [arrays[i] for i in match_order(inputs, input_names or [])]
     batches = _batches(inputs, ordered, samples)
-    report = {"tflm_version": version("tflite-micro"), "samples": sum(int(b[0].shape[0]) for b in batches)}
+    report = {"tflm_version": version("tflite-micro"), "samples": sum(int(b[0].shape[0]) for b in batches if b)}
     tflm, log, error = _probe(tflite_model, batches, len(outputs))
     if error is not None:
         ops = flatbuffer.op_tensors(tflite_model)
@@ -265,7 +269,10 @@ def readiness(tflite_model: bytes, arrays: list[np.ndarray] | None = None, input
         logger.info("TFLite Micro cannot run the model: %s", failed or error)
     else:
         report.update(ok=True, **_allocation_report(log))
-        report.update(_comparison(tflite_model, inputs, outputs, batches, tflm))
+        try:
+            report.update(_comparison(tflite_model, inputs, outputs, batches, tflm))
+        except TFLiteError as error:  # LiteRT could not run these batches: the TFLM facts still stand
+            report["comparison_error"] = error.message
         if report["arena_bytes"] is not None:
             report["arena_check"] = _arena_check(tflite_model, report["arena_bytes"], batches[0], len(outputs))
     report["seconds"] = time.perf_counter() - start
@@ -280,6 +287,6 @@ def metrics(report: dict) -> dict[str, float]:
     values = {"tflm_ok": 1.0 if report["ok"] else 0.0}
     if report["ok"] and report.get("arena_bytes") is not None:
         values["tflm_arena_bytes"] = float(report["arena_bytes"])
-    if report["ok"]:
+    if report["ok"] and report.get("max_abs_diff") is not None:
         values["tflm_max_abs_diff"] = float(report["max_abs_diff"])
     return values
