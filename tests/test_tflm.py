@@ -26,12 +26,12 @@ from mlflow_tflite.variants import Variant
 ROWS = 8  # evaluation rows the tests run through TFLM themselves
 
 
-def _output_step(tflite_model: bytes) -> float:
-    """The quantization step of the model's output, read from the flatbuffer: the output tensor's
+def _output_step(tflite_model: bytes, position: int = 0) -> float:
+    """The quantization step of a model output, read from the flatbuffer: the output tensor's
     scale, or for a float output the scale of the int8 tensor its DEQUANTIZE reads."""
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite_model), 0))
     subgraph = model.subgraphs[0]
-    output = subgraph.outputs[0]
+    output = subgraph.outputs[position]
     if subgraph.tensors[output].quantization is not None and subgraph.tensors[output].quantization.scale is not None:
         return float(subgraph.tensors[output].quantization.scale[0])
     producer = next(op for op in subgraph.operators if output in list(op.outputs))
@@ -40,11 +40,11 @@ def _output_step(tflite_model: bytes) -> float:
 
 
 def _independent_max_diff(tflite_model: bytes, arena_bytes: int, images: np.ndarray) -> float:
-    """Run TFLM (with exactly ``arena_bytes``) and LiteRT's builtin kernels row by row, here in the
+    """Run TFLM (with exactly ``arena_bytes``) and LiteRT's reference kernels row by row, here in the
     test; the largest |difference| of the outputs, dequantized with LiteRT's output details."""
     micro = tflm_runtime.Interpreter.from_bytes(tflite_model, arena_size=arena_bytes)
     litert = Interpreter(model_content=tflite_model,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
     litert.allocate_tensors()
     (inp,), (out,) = litert.get_input_details(), litert.get_output_details()
     in_scale, in_zero = inp["quantization"]
@@ -184,3 +184,33 @@ def test_bad_arena_budget_from_python_and_config_file(tracking, tmp_path):
         "Error: config section 'sweep': max_arena_bytes=-5.0 must be > 0; pass e.g. 65536, or none for no budget "
         f"(config file '{config}')")
     assert store.search_runs() == []
+
+
+@pytest.mark.slow
+def test_real_weights_mtcnn_onet_int8_is_within_one_step_of_litert_reference_kernels():
+    """MTCNN's ONet (pretrained weights from the mtcnn wheel, PReLU, three outputs): TFLM's int8
+    FULLY_CONNECTED rounds a step away from LiteRT's reference kernel, never more at an output."""
+    import tensorflow as tf
+    import tf_keras
+    from mtcnn_nets import build_mtcnn_net
+
+    net = build_mtcnn_net("onet", tf_keras)
+    images = np.random.default_rng(0).random((24, 48, 48, 3), np.float32)
+    function = tf.function(lambda x: net(x)).get_concrete_function(tf.TensorSpec([1, 48, 48, 3], tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], net)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in images[:16])
+    tflite_model = converter.convert()
+
+    report = tflm.readiness(tflite_model, [images[16:]])
+    assert report["ok"] is True and report["samples"] == 8
+    arena = report["arena_bytes"]
+    tflm_runtime.Interpreter.from_bytes(tflite_model, arena_size=arena)
+    with pytest.raises(RuntimeError):
+        tflm_runtime.Interpreter.from_bytes(tflite_model, arena_size=arena - 16)
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite_model), 0))
+    names = [model.subgraphs[0].tensors[i].name.decode() for i in model.subgraphs[0].outputs]
+    for position, row in enumerate(report["outputs"]):
+        step = _output_step(tflite_model, position)
+        assert row["step"] == pytest.approx(step)
+        assert row["max_abs_diff"] <= step * (1 + 1e-5), (names[position], row)

@@ -16,10 +16,10 @@ same inputs. What a device needs to know:
   every allocation to 16 bytes, so the true minimum can lie a few bytes under the report, as
   8 bytes do for the demo's int8 model, never a whole alignment unit under it).
 * **its outputs** (``tflm_max_abs_diff``): the largest absolute difference of TFLM's outputs from
-  LiteRT's built-in kernels (no XNNPACK delegate), both dequantized with the output tensor's scale
-  and zero point from the flatbuffer (model output units); the report also has the difference
-  from LiteRT with XNNPACK, as the runs' accuracy metrics use it (its int8 kernels round
-  differently: 4 output steps on the demo's softmax).
+  LiteRT's reference kernels (TFLM's kernels are ports of them), both dequantized with the output
+  tensor's scale and zero point from the flatbuffer (model output units); the report also has the
+  difference from LiteRT as the runs' accuracy metrics use it, with XNNPACK (its int8 kernels
+  round differently: 4 output steps on the demo's softmax).
 
 Cost: TFLM's reference kernels are slow (no SIMD), so only the first :data:`TFLM_SAMPLES` rows of
 the evaluation data are run. The arena does not depend on the data and the outputs of the
@@ -177,38 +177,60 @@ def _max_abs_diff(tflm: list[list[np.ndarray]], litert: list[list[np.ndarray]], 
 
 
 def _litert_outputs(tflite_model: bytes, inputs: list[TensorInfo], outputs: list[TensorInfo],
-                    batches: list[list[np.ndarray]], builtin_kernels: bool) -> list[list[np.ndarray]]:
+                    batches: list[list[np.ndarray]], reference_kernels: bool) -> list[list[np.ndarray]]:
     """LiteRT's raw outputs on the same batches, from a fresh interpreter (the caller's stays untouched).
 
-    ``builtin_kernels``: LiteRT's own kernels without the default XNNPACK delegate (the kernels TFLM's
-    reference kernels are written to match: the demo's int8 models agree bit for bit); else LiteRT
-    as the runs' accuracy metrics use it, with XNNPACK, whose int8 requantization rounds differently
-    (one step per op on the demo, four at its softmax output).
+    ``reference_kernels``: LiteRT's reference kernels (op resolver ``BUILTIN_REF``, no XNNPACK), the
+    ones TFLM's kernels are ported from; else LiteRT as the runs' accuracy metrics use it (XNNPACK
+    and the optimized kernels), whose int8 arithmetic rounds differently: on the demo one step per
+    op and four at its softmax output; on MTCNN's ONet up to 5 steps at an output, where the
+    reference kernels differ from TFLM by at most one step (its FULLY_CONNECTED ops).
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    if not builtin_kernels:
+    if not reference_kernels:
         interpreter = make_interpreter(tflite_model)
     else:
         interpreter = Interpreter(model_content=bytes(tflite_model),
-                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
         interpreter.allocate_tensors()
     return [invoke(interpreter, inputs, outputs, batch) for batch in batches]
 
 
+def _output_steps(tflite_model: bytes, outputs: list[TensorInfo]) -> list[float | None]:
+    """Per output, its quantization step: its scale, or for a float output made by a DEQUANTIZE
+    the scale of the integer tensor it reads (int8 models with float I/O); ``None`` for float."""
+    model = flatbuffer.read_flatbuffer(tflite_model)
+    subgraph, names = model.subgraphs[0], flatbuffer.op_names(model)
+    producers = {int(o): op for op in subgraph.operators or [] for o in (op.outputs if op.outputs is not None else [])}
+    steps = []
+    for tensor in outputs:
+        op = producers.get(tensor.index)
+        source = None
+        if not tensor.quantized and op is not None and names[op.opcodeIndex] == "DEQUANTIZE":
+            source = subgraph.tensors[op.inputs[0]].quantization
+        scale = tensor.scale if tensor.quantized else (
+            float(source.scale[0]) if source is not None and source.scale is not None and len(source.scale) else None)
+        steps.append(scale)
+    return steps
+
+
 def _comparison(tflite_model: bytes, inputs: list[TensorInfo], outputs: list[TensorInfo],
                 batches: list[list[np.ndarray]], tflm: list[list[np.ndarray]]) -> dict:
-    """TFLM's outputs against LiteRT's builtin kernels (``max_abs_diff``) and against LiteRT with
-    XNNPACK (``max_abs_diff_vs_xnnpack``), overall and per output (``diff_in_steps``: diff / scale)."""
-    builtin = _max_abs_diff(tflm, _litert_outputs(tflite_model, inputs, outputs, batches, True), outputs)
+    """TFLM's outputs against LiteRT's reference kernels (``max_abs_diff``) and against LiteRT as the
+    runs use it (``max_abs_diff_vs_xnnpack``), overall and per output with ``step`` (the output's
+    quantization step, :func:`_output_steps`) and the differences in steps."""
+    reference = _max_abs_diff(tflm, _litert_outputs(tflite_model, inputs, outputs, batches, True), outputs)
     xnnpack = _max_abs_diff(tflm, _litert_outputs(tflite_model, inputs, outputs, batches, False), outputs)
-    steps = lambda d, t: {"diff_in_steps": d / t.scale} if t.quantized else {}  # noqa: E731
+    rows = []
+    for tensor, step, ref, xnn in zip(outputs, _output_steps(tflite_model, outputs), reference, xnnpack):
+        in_steps = {"diff_in_steps": ref / step, "diff_in_steps_vs_xnnpack": xnn / step} if step else {}
+        rows.append({"name": tensor.name, "step": step, "max_abs_diff": ref, "max_abs_diff_vs_xnnpack": xnn,
+                     **in_steps})
     return {
-        "compared_with": "LiteRT builtin kernels (no XNNPACK delegate), on the same quantized inputs",
-        "max_abs_diff": max(builtin, default=0.0), "max_abs_diff_vs_xnnpack": max(xnnpack, default=0.0),
-        "outputs": [{"name": t.name, "scale": t.scale, "zero_point": t.zero_point, "max_abs_diff": b, **steps(b, t),
-                     "max_abs_diff_vs_xnnpack": x, **{f"{k}_vs_xnnpack": v for k, v in steps(x, t).items()}}
-                    for t, b, x in zip(outputs, builtin, xnnpack)],
+        "compared_with": "LiteRT reference kernels (op resolver BUILTIN_REF), on the same quantized inputs",
+        "max_abs_diff": max(reference, default=0.0), "max_abs_diff_vs_xnnpack": max(xnnpack, default=0.0),
+        "outputs": rows,
     }
 
 
@@ -242,8 +264,8 @@ def readiness(tflite_model: bytes, arrays: list[np.ndarray] | None = None, input
         ``arena_tail_bytes`` (bytes, from the allocator's report), ``arena_check``
         (:func:`_arena_check`), ``max_abs_diff`` (float, model output units, worst output; instead
         ``comparison_error`` when LiteRT could not run the same batches),
-        ``outputs`` (per output: name, scale, zero point, max abs diff, and ``diff_in_steps`` =
-        diff / scale for quantized outputs); when it did not: ``error``, ``first_failed_op``
+        ``outputs`` (per output: name, quantization ``step``, max abs diff, and ``diff_in_steps``
+        = diff / step when there is a step); when it did not: ``error``, ``first_failed_op``
         (``{"op", "index", "phase", "outputs"}`` or ``None``) and ``log`` (TFLM's lines, at most 20).
 
     Raises:
