@@ -152,6 +152,9 @@ def test_sweep_under_an_arena_budget_chooses_an_int8_variant_tflm_runs_like_lite
     parent = MlflowClient().get_run(int8_run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["mlflow_tflite.best_variant"] == "qat_int8-s0-8px"
     assert parent.data.params["max_arena_bytes"] == str(float(budget))
+    table = store.load_table(parent.info.run_id, "comparison.json").set_index("variant")
+    assert table.loc["none-s0-8px", "tflm_arena_bytes"] == floats["tflm_arena_bytes"]
+    assert bool(table.loc["qat_int8-s0-8px", "chosen"]) and not bool(table.loc["none-s0-8px", "chosen"])
 
     champion = mlflow.artifacts.download_artifacts("models:/digits-mcu@champion")
     tflite_model = next(p for p in pathlib.Path(champion).rglob("*.tflite")).read_bytes()
