@@ -132,7 +132,7 @@ def _probe(tflite_model: bytes, batches: list[list[np.ndarray]], output_count: i
     arena = max(FIRST_PROBE_ARENA, 4 * len(tflite_model))
     while True:
         outputs, log, error = _run_tflm(tflite_model, arena, batches, output_count, allocations=True)
-        if error is None or arena >= MAX_PROBE_ARENA or not any(_ARENA_TOO_SMALL.search(l) for l in log):
+        if error is None or arena >= MAX_PROBE_ARENA or not any(_ARENA_TOO_SMALL.search(line) for line in log):
             return outputs, log, error
         arena *= 2
 
