@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.checks import check_flag, check_model_name, check_number, check_optional_number
+from mlflow_tflite.measure import tflm
 from mlflow_tflite.options import Executor, Objective, choice, given, number, option, parse_enum, text
 from mlflow_tflite.track.selection import Tolerance
 from mlflow_tflite.variants import Variant
@@ -22,6 +23,9 @@ class SweepConfig:
         objective: ``latency``, ``size``, ``gzip_size`` or ``accuracy`` (see ``selection.select_best``).
         tolerance: accuracy / fidelity bounds a variant must meet (``selection.Tolerance``).
         max_size_bytes, max_latency_ms: optional budgets (bytes, ms).
+        max_arena_bytes: optional TensorFlow Lite Micro tensor arena budget (bytes, a microcontroller's
+            RAM for tensors): a variant qualifies only when TFLM ran it and ``tflm_arena_bytes`` is
+            within it (``selection.within_budgets``).
         registered_model_name: registry name (default from the source).
         workers: worker processes (>= 1); with ``executor=ray`` the number of Ray actors (one CPU each).
         executor: ``local`` (worker processes on this machine) or ``ray`` (Ray actors on a cluster).
@@ -48,6 +52,9 @@ class SweepConfig:
         float, 0, low_open=True, optional=True, example=1000000, hint=", or none for no budget"))
     max_latency_ms: float | None = option(None, "Latency p50 budget in ms, or none.", number(
         float, 0, low_open=True, optional=True, example=5, hint=", or none for no budget"))
+    max_arena_bytes: float | None = option(None, "TFLite Micro tensor arena budget in bytes (tflm_arena_bytes), or none.",
+                                           number(float, 0, low_open=True, optional=True, example=65536,
+                                                  hint=", or none for no budget"))
     registered_model_name: str | None = None
     workers: int = option(1, "Worker processes (executor=ray: Ray actors).", number(int, 1, example=2))
     executor: Executor = option(Executor.LOCAL, "local (worker processes) or ray (Ray actors; see ray_address).",
@@ -63,9 +70,12 @@ class SweepConfig:
         if not self.variants:
             raise TFLiteError("the sweep has no variants; give at least one quant, sparsity and input_size")
         object.__setattr__(self, "objective", parse_enum(Objective, self.objective, "objective"))
-        for name, example in (("max_size_bytes", 1000000), ("max_latency_ms", 5)):
+        for name, example in (("max_size_bytes", 1000000), ("max_latency_ms", 5), ("max_arena_bytes", 65536)):
             object.__setattr__(self, name, check_optional_number(
                 getattr(self, name), name, float, low=0, low_open=True, example=example, hint=", or none for no budget"))
+        if self.max_arena_bytes is not None and not tflm.available():
+            raise TFLiteError(f"max_arena_bytes={self.max_arena_bytes:g} needs TensorFlow Lite Micro, but "
+                              f"{tflm.NOT_INSTALLED}; or leave max_arena_bytes out")
         for name in ("workers", "num_threads"):
             object.__setattr__(self, name, check_number(getattr(self, name), name, int, 1, example=2))
         if self.registered_model_name is not None:
@@ -97,6 +107,7 @@ class SweepConfig:
             "open_options": {k: str(v) for k, v in sorted(self.open_options.items())},
             "objective": self.objective, "tolerance": asdict(self.tolerance),
             "max_size_bytes": self.max_size_bytes, "max_latency_ms": self.max_latency_ms,
+            "max_arena_bytes": self.max_arena_bytes,
             "num_threads": self.num_threads, "registered_model_name": self.registered_model_name,
             "register": self.register,
         }

@@ -220,6 +220,7 @@ def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str)
         **asdict(config.tolerance),
         "max_size_bytes": config.max_size_bytes,
         "max_latency_ms": config.max_latency_ms,
+        "max_arena_bytes": config.max_arena_bytes,
         "workers": config.workers,
         "executor": config.executor,
         "variants": len(variants),
@@ -227,7 +228,8 @@ def _sweep_params(config: SweepConfig, variants: list[Variant], source_uri: str)
 
 
 def _no_winner_message(config: SweepConfig, candidates: int) -> str:
-    budgets = "".join(f", {name}={getattr(config, name):g}" for name in ("max_size_bytes", "max_latency_ms")
+    budgets = "".join(f", {name}={getattr(config, name):g}"
+                      for name in ("max_size_bytes", "max_latency_ms", "max_arena_bytes")
                       if getattr(config, name) is not None)
     return (f"no variant meets the tolerance ({config.tolerance}){budgets} among {candidates} finished variants; "
             "nothing registered")
@@ -238,7 +240,7 @@ def _choose_and_register(parent_run_id: str, rows: list[Row], config: SweepConfi
     # An int8_mixed search that missed the tolerance is never a candidate (tag tolerance_met=false).
     candidates = [r for r in rows if r.candidate]
     best = selection.select_best(candidates, config.objective, config.tolerance,
-                                 config.max_size_bytes, config.max_latency_ms)
+                                 config.max_size_bytes, config.max_latency_ms, config.max_arena_bytes)
     report.log_comparison(rows, best, config.tolerance)
     result = SweepResult(parent_run_id, rows, best)
     if best is None:

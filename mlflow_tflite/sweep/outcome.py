@@ -26,6 +26,7 @@ class Outcome:
         tensor_errors: per-tensor error rows against the float model (``measure.tensors``),
             or ``None`` with ``tensor_errors_note`` saying why.
         edgetpu: static Edge TPU readiness report (``edgetpu.readiness``) of variants with int8 kernels, else ``None``.
+        tflm: TFLite Micro readiness report (``tflm.readiness``) of a variant LiteRT could run, else ``None``.
         search: the mixed-precision search of ``int8_mixed``, else ``None``.
         mode_params: run params of the mode's own options (``qat_epochs``, ``qat_learning_rate``).
     """
@@ -40,6 +41,7 @@ class Outcome:
     tensor_errors: list[dict] | None = None
     tensor_errors_note: str | None = None
     edgetpu: dict | None = None
+    tflm: dict | None = None
     search: SearchResult | None = None
     mode_params: dict = field(default_factory=dict)
 

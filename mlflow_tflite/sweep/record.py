@@ -64,6 +64,8 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
     mlflow.log_dict(outcome.op_inventory, "op_inventory.json")
     if outcome.edgetpu:
         mlflow.log_dict(outcome.edgetpu, "edgetpu_readiness.json")
+    if outcome.tflm:
+        mlflow.log_dict(outcome.tflm, "tflm_readiness.json")
     if outcome.not_evaluated:
         mlflow.set_tag(tags.NOT_EVALUATED_TAG, outcome.not_evaluated[:5000])
     eval_digest = runs.log_dataset_inputs(dataset, outcome.calibration) if dataset else None

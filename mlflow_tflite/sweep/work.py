@@ -2,8 +2,9 @@
 
 Build the variant's model (``build.graph``), make its .tflite (``build.produce``), read the
 flatbuffer once (``measure.inspect``), evaluate it against the source's reference outputs and
-compare it tensor by tensor with its float model. No MLflow calls and no latency here: latency
-is timed later in a quiet phase (``measure.latency``), and the run is logged by the caller.
+compare it tensor by tensor with its float model, and run it in TFLite Micro (``measure.tflm``).
+No MLflow calls and no latency here: latency is timed later in a quiet phase
+(``measure.latency``), and the run is logged by the caller.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mlflow_tflite.flavor.runtime import make_interpreter
 from mlflow_tflite.measure.evaluate import evaluate, size_metrics
 from mlflow_tflite.measure.inspect import Inspection, inspect
 from mlflow_tflite.measure.tensors import tensor_errors
+from mlflow_tflite.measure import tflm
 from mlflow_tflite.quant_modes import Kernels, QuantMode
 from mlflow_tflite.sweep.context import Context
 from mlflow_tflite.sweep.outcome import Outcome
@@ -68,6 +70,9 @@ def variant_work(context: Context, builds: Builds, variant: Variant) -> Outcome:
         metrics = {**size_metrics(produced.tflite_model), **produced.seconds, "float_ops": inspection.float_ops}
         return Outcome(produced.tflite_model, metrics, not_evaluated=error.message, **common)
     metrics = {**_measure(context, source, x_test, produced.tflite_model, inspection, interpreter), **produced.seconds}
+    # Every mode, float ones too: an arena budget compares the int8 arenas with the float ones.
+    common["tflm"] = tflm.readiness(produced.tflite_model, x_test, source.input_names)
+    metrics.update(tflm.metrics(common["tflm"]))
     rows, note = _tensor_table(builds, variant, key, produced, x_test, table_note)
     if rows:
         metrics["min_tensor_snr_db"] = rows[0]["snr_db"]

@@ -20,7 +20,7 @@ PLOT_FILE = "pareto.png"
 TABLE_METRICS = (
     "accuracy", "accuracy_drop", "agreement", "max_abs_error", "size_bytes", "gzip_size_bytes",
     "latency_ms_p50", "latency_ms_p90", "latency_ms_ci95_low", "latency_ms_ci95_high", "sparsity_achieved",
-    "convert_seconds",
+    "convert_seconds", "tflm_arena_bytes",
 )
 QUALITY_METRICS = ("accuracy", "agreement", "cosine_similarity")  # the order of ``selection.quality``
 QUALITY_LABELS = {

@@ -103,17 +103,23 @@ def quality(metrics: dict[str, float]) -> float | None:
     return None if key is None else float(metrics[key])
 
 
-def within_budgets(metrics: dict[str, float], max_size_bytes: float | None, max_latency_ms: float | None) -> bool:
-    """True when ``size_bytes`` and ``latency_ms_p50`` are within the optional budgets (bytes, ms)."""
+def within_budgets(metrics: dict[str, float], max_size_bytes: float | None, max_latency_ms: float | None,
+                   max_arena_bytes: float | None = None) -> bool:
+    """True when ``size_bytes``, ``latency_ms_p50`` and ``tflm_arena_bytes`` are within the optional
+    budgets (bytes, ms, bytes). Under an arena budget a variant TFLite Micro could not run (no
+    ``tflm_arena_bytes``) is not within it."""
     if max_size_bytes is not None and metrics["size_bytes"] > max_size_bytes:
+        return False
+    if max_arena_bytes is not None and not metrics.get("tflm_arena_bytes", float("inf")) <= max_arena_bytes:
         return False
     return max_latency_ms is None or metrics["latency_ms_p50"] <= max_latency_ms
 
 
 def qualifies(metrics: dict[str, float], tolerance: Tolerance, max_size_bytes: float | None = None,
-              max_latency_ms: float | None = None) -> bool:
-    """Whether a variant meets the tolerance (:meth:`Tolerance.violation`) and the budgets."""
-    return tolerance.violation(metrics) is None and within_budgets(metrics, max_size_bytes, max_latency_ms)
+              max_latency_ms: float | None = None, max_arena_bytes: float | None = None) -> bool:
+    """Whether a variant meets the tolerance (:meth:`Tolerance.violation`) and the budgets (:func:`within_budgets`)."""
+    return (tolerance.violation(metrics) is None
+            and within_budgets(metrics, max_size_bytes, max_latency_ms, max_arena_bytes))
 
 
 def latency_interval(metrics: dict[str, float]) -> tuple[float, float]:
@@ -168,8 +174,8 @@ def rank_best(candidates: list[Row], objective: str) -> Row:
     return min(remaining, key=lambda c: c.variant)
 
 
-def select_best(candidates: list[Row], objective: str, tolerance: Tolerance,
-                max_size_bytes: float | None = None, max_latency_ms: float | None = None) -> Row | None:
+def select_best(candidates: list[Row], objective: str, tolerance: Tolerance, max_size_bytes: float | None = None,
+                max_latency_ms: float | None = None, max_arena_bytes: float | None = None) -> Row | None:
     """The best candidate by ``objective`` among those that qualify, or ``None``.
 
     Args:
@@ -177,9 +183,9 @@ def select_best(candidates: list[Row], objective: str, tolerance: Tolerance,
         objective: ``latency`` (p50 ms), ``size`` (bytes), ``gzip_size`` (bytes after gzip) or
             ``accuracy`` (:func:`quality`).
         tolerance: accuracy / fidelity bounds (:class:`Tolerance`).
-        max_size_bytes, max_latency_ms: optional budgets.
+        max_size_bytes, max_latency_ms, max_arena_bytes: optional budgets (:func:`within_budgets`).
 
     Ties (see :func:`rank_best`) go to quality, then size, then latency, then variant name.
     """
-    eligible = [c for c in candidates if qualifies(c.metrics, tolerance, max_size_bytes, max_latency_ms)]
+    eligible = [c for c in candidates if qualifies(c.metrics, tolerance, max_size_bytes, max_latency_ms, max_arena_bytes)]
     return rank_best(eligible, objective) if eligible else None
