@@ -25,8 +25,9 @@ _NOISE = re.compile(
 
 
 @contextlib.contextmanager
-def dropped_lines(noise: re.Pattern):
-    """Capture file descriptor 2 (C++ logging) in the block; write back the lines ``noise`` does not match."""
+def captured_stderr(lines: list[str]):
+    """Capture file descriptor 2 (C++ logging, which Python's ``sys.stderr`` settings do not reach)
+    in the block; append its non-blank lines, without line ends, to ``lines`` when the block ends."""
     with tempfile.TemporaryFile(mode="w+b") as captured:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -38,9 +39,18 @@ def dropped_lines(noise: re.Pattern):
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                    if line.strip() and not noise.search(line)]
-            sys.stderr.write("".join(kept))
+            lines.extend(line for line in captured.read().decode(errors="replace").splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def dropped_lines(noise: re.Pattern):
+    """Capture file descriptor 2 (C++ logging) in the block; write back the lines ``noise`` does not match."""
+    lines: list[str] = []
+    try:
+        with captured_stderr(lines):
+            yield
+    finally:
+        sys.stderr.write("".join(line + "\n" for line in lines if not noise.search(line)))
 
 
 @functools.cache  # once per process

@@ -29,12 +29,8 @@ well as hundreds (the demo CNN takes well under a second for all of it).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
-import sys
-import tempfile
 
 import numpy as np
 
@@ -42,6 +38,7 @@ from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.flavor.runtime import dequantize, invoke, make_interpreter, match_order, quantize
 from mlflow_tflite.flavor.tensors import TensorInfo
+from mlflow_tflite.quiet import captured_stderr
 
 logger = logging.getLogger(__name__)
 
@@ -60,24 +57,6 @@ _NO_KERNEL = re.compile(r"Didn't find op for builtin opcode '(\w+)'|Failed to ge
 _ARENA_TOO_SMALL = re.compile(r"Failed to (resize buffer|allocate)")
 
 
-@contextlib.contextmanager
-def _captured_stderr(lines: list[str]):
-    """Capture file descriptor 2 (TFLM's C++ ``MicroPrintf``) in the block into ``lines``."""
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines.extend(line.strip() for line in captured.read().decode(errors="replace").splitlines()
-                         if line.strip())
-
-
 def _run_tflm(tflite_model: bytes, arena_size: int, batches: list[list[np.ndarray]], output_count: int,
               allocations: bool = False):
     """Build a TFLM interpreter with ``arena_size`` bytes and invoke it on each batch.
@@ -90,7 +69,7 @@ def _run_tflm(tflite_model: bytes, arena_size: int, batches: list[list[np.ndarra
 
     log: list[str] = []
     outputs: list[list[np.ndarray]] = []
-    with _captured_stderr(log):
+    with captured_stderr(log):
         try:
             interpreter = tflm_runtime.Interpreter.from_bytes(bytes(tflite_model), arena_size=int(arena_size))
             for batch in batches:
