@@ -11,8 +11,11 @@ the end.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +28,8 @@ from mlflow_tflite.track.selection import Tolerance
 from mlflow_tflite.variants import Variant
 
 from recurrent_nets import FASHION_DIR, STEPS, save_encoder
+
+TESTS = Path(__file__).parent
 
 STRICT = Tolerance(min_cosine_similarity=0.99)
 BACKENDS = ("converter", "litert")
@@ -59,6 +64,18 @@ def baseline(rnn_context):
     return results
 
 
+def _unrolled_lstm_ops(tflite_model: bytes) -> Counter:
+    """Op counts of a float LSTM model, checked to be unrolled: per step three LOGISTIC (gates), two
+    TANH and three MUL (litert-torch drops the first step's forget gate: its state is zero), at least
+    12 ops a step in all, and no fused or looped op."""
+    ops = Counter(op for op, _, _ in flatbuffer.op_tensors(tflite_model))
+    steps = STEPS - 1
+    assert ops["LOGISTIC"] >= 3 * steps and ops["TANH"] >= 2 * steps and ops["MUL"] >= 3 * steps
+    assert sum(ops.values()) >= 12 * STEPS
+    assert not {"UNIDIRECTIONAL_SEQUENCE_LSTM", "WHILE"} & set(ops)
+    return ops
+
+
 def test_the_lstm_learns_from_wide_range_inputs_and_converts_unrolled(rnn_files, baseline):
     _, data, accuracy = rnn_files
     assert accuracy > 0.6  # 10 classes: the encoder has learned the images' structure
@@ -66,11 +83,8 @@ def test_the_lstm_learns_from_wide_range_inputs_and_converts_unrolled(rnn_files,
         x = arrays["x_train"]
     assert x.shape[1:] == (STEPS, 15) and x.min() >= 0.0 and x.max() > 10.0 and np.median(x) < 0.1
     float_model, _ = baseline["converter"]["none"]
-    ops = Counter(op for op, _, _ in flatbuffer.op_tensors(float_model.tflite_model))
-    # Per step: two FULLY_CONNECTED (input, state), three gates (LOGISTIC), two TANH, three MUL.
-    assert ops["FULLY_CONNECTED"] >= 2 * STEPS and ops["LOGISTIC"] >= 3 * STEPS and ops["TANH"] >= 2 * STEPS
-    assert ops["MUL"] >= 3 * STEPS and sum(ops.values()) >= 12 * STEPS
-    assert not {"UNIDIRECTIONAL_SEQUENCE_LSTM", "WHILE"} & set(ops)  # no fused or looped recurrence
+    ops = _unrolled_lstm_ops(float_model.tflite_model)
+    assert ops["FULLY_CONNECTED"] >= 2 * STEPS  # per step: the input's and the state's
     assert float_model.metrics["cosine_similarity"] > 0.9999
 
 
@@ -96,6 +110,24 @@ def test_the_damage_is_in_the_recurrence(rnn_context, baseline):
     assert len(outcome.search.chosen.float_layers) >= 10 * STEPS  # every per-step op of the cell
     assert outcome.metrics["cosine_similarity"] >= STRICT.min_cosine_similarity
     assert baseline["converter"]["int8"][0].metrics["cosine_similarity"] < STRICT.min_cosine_similarity
+
+
+def test_pytorch_lstm_unrolled_by_litert_torch_gets_a_static_int8_larger_than_float(rnn_files, tmp_path):
+    """The same encoder as ``nn.LSTM`` (``torch_rnn.py``, trained and exported by a subprocess):
+    litert-torch unrolls it, and the LiteRT Quantizer's static int8 model is larger than the float
+    one (issue 19's fourth point), while dynamic-range int8 is smaller and within the bound."""
+    _, data, _ = rnn_files
+    exported = subprocess.run([sys.executable, str(TESTS / "torch_rnn.py"), str(tmp_path / "lstm.pt2")],
+                              capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert float(exported.stdout.strip().splitlines()[-1]) > 0.6  # the classifier's test accuracy
+    context = prepare(str(tmp_path / "lstm.pt2"), str(data), task="fidelity")
+    outcomes = {quant: convert_and_evaluate(context, Variant(quant, backend="litert"))
+                for quant in ("none", "int8", "dynamic")}
+    _unrolled_lstm_ops(outcomes["none"].tflite_model)
+    size = {quant: outcome.metrics["size_bytes"] for quant, outcome in outcomes.items()}
+    assert size["int8"] > 1.2 * size["none"] and size["dynamic"] < 0.7 * size["none"]
+    assert outcomes["dynamic"].metrics["cosine_similarity"] >= STRICT.min_cosine_similarity
 
 
 # Issue 19's Done-when, for the new search: on backend=litert, int8_mixed meets cos >= 0.99 with a
