@@ -12,7 +12,7 @@ SPLIT for each of the 28 steps: about 400 ops), as litert-torch does with ``nn.L
 one fused ``UNIDIRECTIONAL_SEQUENCE_LSTM``. A tf_keras source works with both backends
 (``converter`` and ``litert``), which a PyTorch source does not.
 
-Training and saving take about 6 s on 2 cores (3,000 training rows, 5 epochs); TensorFlow must
+Training and saving take 5 to 16 s on 2 shared cores (3,000 training rows, 5 epochs); TensorFlow must
 already be importable (the test process has it loaded).
 """
 
