@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 import store
 from mlflow_tflite import tags
-from mlflow_tflite.build import mixed
+from mlflow_tflite.build import mixed, mixed_search
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.cli import cli
 from mlflow_tflite.errors import TFLiteError
-from mlflow_tflite.build.mixed import Layer, MixedPrecision
+from mlflow_tflite.build.mixed import Group, Layer, MixedPrecision, Precision
 from mlflow_tflite.sweep.work import convert_and_evaluate
 from mlflow_tflite.sweep.main_job import run_variant
 from mlflow_tflite.track.selection import Tolerance
@@ -29,11 +29,11 @@ STRICT = Tolerance(min_cosine_similarity=0.999991)
 def _search(harmful: set[str], ranked: list[str], max_trials: int):
     """The search over ten named layers where a trial passes once every ``harmful`` layer is float."""
     layers = [Layer(name, "CONV_2D", i) for i, name in enumerate(sorted(ranked))]
-    return mixed.search(
-        quantize=lambda keep: ",".join(keep).encode(),
+    return mixed_search.search(
+        quantize=lambda plan: ",".join(mixed.float_tensors(plan)).encode(),
         measure=lambda model: {"accuracy_drop": 0.0 if harmful <= set(filter(None, model.decode().split(","))) else 0.05},
         violation=lambda metrics: "too much" if metrics["accuracy_drop"] > 0.01 else None,
-        rank=lambda full_int8: [next(layer for layer in layers if layer.tensor == t) for t in ranked],
+        rank=lambda full_int8: [Group(t, (next(layer for layer in layers if layer.tensor == t),), 1.0) for t in ranked],
         layers=layers,
         options=MixedPrecision(max_trials=max_trials),
     )
@@ -52,6 +52,55 @@ def test_the_float_set_grows_geometrically_then_bisects_to_the_fewest_layers():
     # Full int8 within tolerance: one trial, no layer in float.
     easy = _search(set(), ranked, max_trials=8)
     assert len(easy.trials) == 1 and easy.chosen.float_layers == () and easy.tolerance_met
+
+
+def _group_search(needed: dict[str, str], max_trials: int = 8):
+    """Four groups ``g0``..``g3`` (ranked in that order) of one FULLY_CONNECTED op (falls back to
+    dynamic_int8) and one ADD (no dynamic kernel: falls back to float) each, like the time steps of a
+    recurrent layer. A trial passes once every op in ``needed`` has at least the given precision."""
+    layers = [Layer(f"net/g{g}/{op}", op.upper(), 2 * g + i) for g in range(4) for i, op in enumerate(("matmul", "add"))]
+    groups = [Group(f"g{g}", tuple(layers[2 * g: 2 * g + 2]), 10.0 - g) for g in range(4)]
+    order = ["int8", "dynamic_int8", "float"]
+    at_least = lambda plan: all(order.index(dict(plan).get(t, "int8")) >= order.index(p)  # noqa: E731
+                                for t, p in needed.items())
+    return mixed_search.search(
+        quantize=lambda plan: json.dumps([[t, p.value] for t, p in plan]).encode(),
+        measure=lambda model: {"accuracy_drop": 0.0 if at_least(json.loads(model)) else 0.05},
+        violation=lambda metrics: "too much" if metrics["accuracy_drop"] > 0.01 else None,
+        rank=lambda full_int8: groups, layers=layers, options=MixedPrecision(max_trials=max_trials),
+        fallback=lambda layer: Precision.DYNAMIC_INT8 if layer.op == "MATMUL" else Precision.FLOAT)
+
+
+def test_groups_go_to_their_cheapest_fallback_first():
+    # g2's matmul must leave static int8: groups 1, 2 fail, 4 pass, 3 pass; each moved group's matmul
+    # runs dynamic_int8 and its add float.
+    result = _group_search({"net/g2/matmul": "dynamic_int8"})
+    assert [len(t.plan) for t in result.trials] == [0, 2, 4, 8, 6]
+    D, F = Precision.DYNAMIC_INT8, Precision.FLOAT
+    assert result.tolerance_met and result.chosen.plan == (
+        ("net/g0/matmul", D), ("net/g0/add", F), ("net/g1/matmul", D), ("net/g1/add", F),
+        ("net/g2/matmul", D), ("net/g2/add", F))
+    report = result.report()
+    assert [(g["name"], g["precision"], g["op_precisions"]) for g in report["groups"]] == [
+        ("g0", "dynamic_int8", {"dynamic_int8": 1, "float": 1}), ("g1", "dynamic_int8", {"dynamic_int8": 1, "float": 1}),
+        ("g2", "dynamic_int8", {"dynamic_int8": 1, "float": 1}), ("g3", "int8", {"int8": 2})]
+    assert report["layers"][0] == {"name": "g0", "path": "net/g0", "op": "MATMUL", "tensor": "net/g0/matmul",
+                                   "precision": "dynamic_int8"}
+    assert result.message == "within tolerance with 3 layer(s) in dynamic_int8, 3 layer(s) in float after 5 trial(s)"
+
+
+def test_groups_go_float_only_when_every_group_at_its_fallback_misses():
+    # g1's matmul must be float: every group at dynamic_int8 (1, 2, 4 groups) fails, then 1 group in
+    # float fails and 2 pass: g0 and g1 float, g2 and g3 stay at their fallback.
+    result = _group_search({"net/g1/matmul": "float"})
+    assert [(len(t.float_layers), len(t.plan)) for t in result.trials] == [(0, 0), (1, 2), (2, 4), (4, 8), (5, 8), (6, 8)]
+    D, F = Precision.DYNAMIC_INT8, Precision.FLOAT
+    assert result.tolerance_met and result.chosen.plan == (
+        ("net/g0/matmul", F), ("net/g0/add", F), ("net/g1/matmul", F), ("net/g1/add", F),
+        ("net/g2/matmul", D), ("net/g2/add", F), ("net/g3/matmul", D), ("net/g3/add", F))
+    assert result.short_layer_list() == "g0,g1,g2,g3"  # every group has an op in float (the adds)
+    # With five trials the search stops after the fallback phase, nothing met.
+    assert not _group_search({"net/g1/matmul": "float"}, max_trials=5).tolerance_met
 
 
 @pytest.mark.parametrize("backend", ["converter", "litert"])
@@ -98,7 +147,7 @@ def test_an_unmeetable_tolerance_finishes_tagged_false_and_is_never_registered(d
                for m in ("cosine_similarity", "float_ops", "size_bytes", "latency_ms_p50")}
     assert [step for step, _ in history["latency_ms_p50"]] == [1, 2, 3, 4]  # three trials, then the final value
     assert history["cosine_similarity"][-1][1] == run.data.metrics["cosine_similarity"]
-    report = json.loads(open(client.download_artifacts(result.run_id, "float_layers.json")).read())
+    report = json.loads(open(client.download_artifacts(result.run_id, "mixed_precision.json")).read())
     assert [t["trial"] for t in report["trials"]] == [1, 2, 3] and report["tolerance_met"] is False
 
 
@@ -145,7 +194,7 @@ def test_a_demo_sweep_over_int8_int8_mixed_and_qat_int8_logs_every_report(digits
         assert {"tensor_errors.json", "edgetpu_readiness.json"} <= artifacts, (name, artifacts)
         assert {"min_tensor_snr_db", "edgetpu_mapped_fraction", "float_ops", "latency_ms_p50"} <= set(run.data.metrics)
     mixed_run = children["int8_mixed-s0-8px"]
-    assert "float_layers.json" in {a.path for a in client.list_artifacts(mixed_run.info.run_id)}
+    assert "mixed_precision.json" in {a.path for a in client.list_artifacts(mixed_run.info.run_id)}
     steps = sorted(h.step for h in client.get_metric_history(mixed_run.info.run_id, "accuracy_drop"))
     assert steps[0] == 1 and len(steps) == int(mixed_run.data.params["mixed_trials"]) + 1
     assert children["qat_int8-s0-8px"].data.params["qat_epochs"] == "2"
