@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -11,7 +12,8 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 import store
 from mlflow_tflite import tags
-from mlflow_tflite.build import mixed, mixed_search
+from mlflow_tflite.build import mixed, precision_search, quantize, rules
+from mlflow_tflite.build.data import calibration_sample
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.cli import cli
 from mlflow_tflite.errors import TFLiteError
@@ -29,7 +31,7 @@ STRICT = Tolerance(min_cosine_similarity=0.999991)
 def _search(harmful: set[str], ranked: list[str], max_trials: int):
     """The search over ten named layers where a trial passes once every ``harmful`` layer is float."""
     layers = [Layer(name, "CONV_2D", i) for i, name in enumerate(sorted(ranked))]
-    return mixed_search.search(
+    return precision_search.search(
         quantize=lambda plan: ",".join(mixed.float_tensors(plan)).encode(),
         measure=lambda model: {"accuracy_drop": 0.0 if harmful <= set(filter(None, model.decode().split(","))) else 0.05},
         violation=lambda metrics: "too much" if metrics["accuracy_drop"] > 0.01 else None,
@@ -63,7 +65,7 @@ def _group_search(needed: dict[str, str], max_trials: int = 8):
     order = ["int8", "dynamic_int8", "float"]
     at_least = lambda plan: all(order.index(dict(plan).get(t, "int8")) >= order.index(p)  # noqa: E731
                                 for t, p in needed.items())
-    return mixed_search.search(
+    return precision_search.search(
         quantize=lambda plan: json.dumps([[t, p.value] for t, p in plan]).encode(),
         measure=lambda model: {"accuracy_drop": 0.0 if at_least(json.loads(model)) else 0.05},
         violation=lambda metrics: "too much" if metrics["accuracy_drop"] > 0.01 else None,
@@ -125,8 +127,8 @@ def test_given_float_layers_and_unknown_names(demo_prepared):
         demo_prepared.settings, mixed_precision=MixedPrecision(float_layers=("probabilities",))))
     outcome = convert_and_evaluate(prepared, Variant("int8_mixed", input_size=8))
     assert len(outcome.search.trials) == 1
-    (kept,) = outcome.search.report()["float_layers"]
-    assert kept["name"] == "probabilities" and kept["op"] == "FULLY_CONNECTED"
+    (kept,) = outcome.search.report()["layers"]
+    assert (kept["name"], kept["op"], kept["precision"]) == ("probabilities", "FULLY_CONNECTED", "float")
     wrong = dataclasses.replace(prepared, settings=dataclasses.replace(
         prepared.settings, mixed_precision=MixedPrecision(float_layers=("probabilites",))))
     with pytest.raises(TFLiteError, match="float_layers names 'probabilites'.*nearest: probabilities"):
@@ -214,3 +216,56 @@ def test_a_demo_sweep_over_int8_int8_mixed_and_qat_int8_logs_every_report(digits
 def test_layer_names_follow_keras_and_pytorch(tensor, path, name):
     layer = Layer(tensor, "CONV_2D", 0)
     assert (layer.path, layer.name) == (path, name)
+
+
+def test_a_scope_pattern_matches_exactly_the_named_scopes():
+    names = ["net/block[0]/dense:0;net/block[0]/add;", "a.b/c;", "x(1)+y?;"]
+    pattern = re.compile(rules.scope_pattern(names))
+    assert all(pattern.search(name) for name in names)
+    # A scope that starts with a named one, a dot or bracket read as a regex, a name without its ';'.
+    for other in ["net/block[0]/dense:0;net/block[0]/add;more;", "a.b/c;d;", "aXb/c;", "net/block0/dense:0;",
+                  "x(1)+y?", "x1+y;", "prefix/a.b/c;"]:
+        assert not pattern.search(other), other
+
+
+def _output_types(tflite_model: bytes) -> dict[str, str]:
+    """First output tensor name -> its type name, for each op of the main subgraph."""
+    model = flatbuffer.as_model(tflite_model)
+    subgraph = model.subgraphs[0]
+    return {subgraph.tensors[op.outputs[0]].name.decode(): flatbuffer.type_name(subgraph.tensors[op.outputs[0]].type)
+            for op in subgraph.operators}
+
+
+def test_one_combined_float_rule_keeps_exactly_the_named_ops_float(demo_prepared):
+    source = demo_prepared.source
+    float_model = convert_and_evaluate(demo_prepared, Variant("none", input_size=8, backend="litert")).tflite_model
+    calibration = [calibration_sample(demo_prepared.dataset.x_train, 100)]
+    variant = Variant("int8_mixed", input_size=8, backend="litert")
+    full = _output_types(quantize.quantize(float_model, variant, calibration, source.input_names).tflite_model)
+    own = [outputs[0] for _, _, outputs in flatbuffer.op_tensors(float_model)]
+    # Names with ';', '/' and ':' (the fused Keras conv and the model output), kept float by one rule.
+    kept = ("digits-cnn/conv2d_1/Relu;digits-cnn/conv2d_1/BiasAdd;digits-cnn/conv2d_1/Conv2D;"
+            "digits-cnn/conv2d_1/BiasAdd/ReadVariableOp1", "StatefulPartitionedCall:0")
+    plan = tuple((tensor, Precision.FLOAT) for tensor in kept)
+    quantized = quantize.quantize(float_model, variant, calibration, source.input_names, plan)
+    mixed_types = _output_types(quantized.tflite_model)
+    assert {t for t in own if mixed_types[t] == "FLOAT32"} == set(kept)
+    assert {t for t in own if full[t] == "FLOAT32"} == set()
+    float_rules = [rule for rule in json.loads(quantized.recipe_json) if rule["algorithm_key"] == "no_quantize"]
+    assert len(float_rules) == 1
+
+
+def test_litert_groups_go_dynamic_range_before_float_on_the_demo(demo_prepared):
+    # Full int8 has cosine 0.998 on the LiteRT backend; every weight layer in dynamic-range int8 (and the
+    # pooling and softmax, which have no dynamic kernel, in float) meets 0.9995 without a float weight layer.
+    prepared = dataclasses.replace(demo_prepared, task="fidelity", settings=dataclasses.replace(
+        demo_prepared.settings, tolerance=Tolerance(min_cosine_similarity=0.9995)))
+    outcome = convert_and_evaluate(prepared, Variant("int8_mixed", input_size=8, backend="litert"))
+    report = outcome.search.report()
+    assert report["tolerance_met"] and outcome.metrics["cosine_similarity"] >= 0.9995
+    precisions = {group["name"]: group["precision"] for group in report["groups"]}
+    assert precisions == {"conv2d": "dynamic_int8", "conv2d_1": "dynamic_int8", "conv2d_2": "dynamic_int8",
+                          "probabilities": "dynamic_int8", "max_pooling2d": "float", "global_average_pooling2d": "float",
+                          "StatefulPartitionedCall:0": "float"}
+    assert {layer["op"] for layer in report["layers"] if layer["precision"] == "float"} <= {
+        "MAX_POOL_2D", "MEAN", "SOFTMAX"}

@@ -1,6 +1,6 @@
 """Accuracy-guided mixed precision (``quant=int8_mixed``): int8, with the worst layer groups kept out of it.
 
-The search (``mixed_search.search``): quantize fully; while the variant is outside the tolerance
+The search (``precision_search.search``): quantize fully; while the variant is outside the tolerance
 (``accuracy_drop`` > ``max_accuracy_drop``, or the fidelity bound without labels), move more of the
 layer *groups* that add the most quantization error out of static int8 and quantize again. A group
 is every op of one layer (:attr:`Layer.name`): all time steps of an unrolled recurrent layer, all

@@ -4,7 +4,7 @@
 the float flatbuffer of its key itself. ``litert``: the float flatbuffer of the variant's key
 (``graph.Builds.float_model``, converted once per key and op set), then the LiteRT Quantizer
 recipe (``quantize.py``). ``int8_mixed`` searches the layer groups to take out of int8
-(``mixed_search.search``) with either backend.
+(``precision_search.search``) with either backend.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from mlflow_tflite.build import convert, mixed, mixed_search, quantize, rules
+from mlflow_tflite.build import convert, mixed, precision_search, quantize, rules
 from mlflow_tflite.build.graph import Builds, FloatModel, ModelKey
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.flavor import flatbuffer
@@ -103,8 +103,8 @@ class MixedSearch:
 
 
 def mixed_search(builds: Builds, variant: Variant, key: ModelKey, calibration: list[np.ndarray] | None,
-                 how: MixedSearch) -> tuple[Produced, mixed_search.SearchResult]:
-    """``int8_mixed``: search the layer groups to take out of int8 (``mixed_search.search``) with the
+                 how: MixedSearch) -> tuple[Produced, precision_search.SearchResult]:
+    """``int8_mixed``: search the layer groups to take out of int8 (``precision_search.search``) with the
     variant's backend.
 
     The converter calibrates once and re-quantizes with denylisted nodes
@@ -136,7 +136,7 @@ def mixed_search(builds: Builds, variant: Variant, key: ModelKey, calibration: l
         finally:
             spent[0] += time.perf_counter() - started
 
-    result = mixed_search.search(timed, how.measure, how.violation, lambda full: how.rank(float_model.tflite_model, full),
+    result = precision_search.search(timed, how.measure, how.violation, lambda full: how.rank(float_model.tflite_model, full),
                                  mixed.model_layers(float_model.tflite_model), how.options, _fallback(variant))
     return (Produced(result.chosen.tflite_model, _split(float_model.seconds, spent[0]),
                      recipes.get(result.chosen.plan), float_model.tflite_model), result)

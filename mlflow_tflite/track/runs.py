@@ -274,7 +274,7 @@ def log_search(search) -> None:
     search's one-line outcome.
 
     Args:
-        search: ``mixed_search.SearchResult``.
+        search: ``precision_search.SearchResult``.
     """
     log_params_once({"max_trials": search.max_trials, "mixed_float_layers": search.short_layer_list(),
                      "mixed_trials": len(search.trials)})
