@@ -137,24 +137,20 @@ def mixed_search(builds: Builds, variant: Variant, key: ModelKey, calibration: l
             spent[0] += time.perf_counter() - started
 
     result = precision_search.search(timed, how.measure, how.violation, lambda full: how.rank(float_model.tflite_model, full),
-                                 mixed.model_layers(float_model.tflite_model), how.options, _fallback(variant))
+                                 mixed.model_layers(float_model.tflite_model), how.options,
+                                     _fallback(variant, float_model.tflite_model))
     return (Produced(result.chosen.tflite_model, _split(float_model.seconds, spent[0]),
                      recipes.get(result.chosen.plan), float_model.tflite_model), result)
 
 
-def _fallback(variant: Variant) -> Callable[[mixed.Layer], mixed.Precision]:
+def _fallback(variant: Variant, float_model: bytes) -> Callable[[mixed.Layer], mixed.Precision]:
     """An op's cheapest precision above static int8 on the variant's backend: float on the converter
-    (its debugger has no per-op dynamic range), the LiteRT Quantizer's per op type otherwise."""
+    (its debugger has no per-op dynamic range), the LiteRT Quantizer's per op otherwise
+    (``rules.op_fallbacks``)."""
     if variant.backend == Backend.CONVERTER:
         return lambda layer: mixed.Precision.FLOAT
-    by_op: dict[str, mixed.Precision] = {}
-
-    def fallback(layer: mixed.Layer) -> mixed.Precision:
-        if layer.op not in by_op:
-            by_op[layer.op] = rules.op_fallback(layer.op)
-        return by_op[layer.op]
-
-    return fallback
+    fallbacks = rules.op_fallbacks(float_model)
+    return lambda layer: fallbacks.get(layer.tensor, mixed.Precision.FLOAT)
 
 
 def _trial_quantizer(builds: Builds, variant: Variant, key: ModelKey, calibration):

@@ -55,6 +55,53 @@ def op_fallback(op: str) -> Precision:
     return Precision.FLOAT
 
 
+# Bytes per output channel of a channelwise int8 weight: a float32 scale and an int64 zero point.
+_CHANNEL_PARAM_BYTES = 12
+# Ops whose weight is quantized along its last dimension (the others along the first).
+_LAST_AXIS_OPS = ("DEPTHWISE_CONV_2D", "BATCH_MATMUL")
+
+
+def op_fallbacks(float_model: bytes) -> dict[str, Precision]:
+    """First output tensor name -> the op's cheapest precision above static int8 on the LiteRT Quantizer.
+
+    :func:`op_fallback` for the op type, but float when the op has no constant weight (nothing for
+    dynamic range to quantize) or when its int8 weight with channelwise parameters would not be
+    smaller than the float weight (a Dense on a ``(3136, 1)`` constant: 3,136 channels of one value
+    each, 37.6 KB of parameters against 12.5 KB of float).
+
+    Raises:
+        TFLiteError: the bytes are not a TFLite flatbuffer.
+    """
+    model = flatbuffer.as_model(float_model)
+    subgraph, names, by_type = model.subgraphs[0], flatbuffer.op_names(model), {}
+    fallbacks = {}
+    for op in subgraph.operators or []:
+        if op.outputs is None or not len(op.outputs):
+            continue
+        name = names[op.opcodeIndex]
+        if name not in by_type:
+            by_type[name] = op_fallback(name)
+        shapes = [tuple(subgraph.tensors[i].shape) for i in op.inputs if i >= 0 and _constant(model, subgraph, i)]
+        weight = max(shapes, key=lambda shape: int(_elements(shape)), default=None)
+        smaller = weight is not None and len(weight) > 0 and (
+            _elements(weight) + _CHANNEL_PARAM_BYTES * weight[-1 if name in _LAST_AXIS_OPS else 0] < 4 * _elements(weight))
+        first = subgraph.tensors[op.outputs[0]].name.decode()
+        fallbacks[first] = by_type[name] if smaller else Precision.FLOAT
+    return fallbacks
+
+
+def _constant(model, subgraph, index: int) -> bool:
+    buffer = model.buffers[subgraph.tensors[index].buffer]
+    return buffer.data is not None and len(buffer.data) > 0
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count
+
+
 def add_plan_rules(engine, float_model: bytes, plan: Plan) -> None:
     """Add one rule per precision of ``plan`` to a quantizer, after the recipe's own (the latest match wins).
 
