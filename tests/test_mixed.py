@@ -269,3 +269,18 @@ def test_litert_groups_go_dynamic_range_before_float_on_the_demo(demo_prepared):
                           "StatefulPartitionedCall:0": "float"}
     assert {layer["op"] for layer in report["layers"] if layer["precision"] == "float"} <= {
         "MAX_POOL_2D", "MEAN", "SOFTMAX"}
+
+
+def test_litert_fallback_is_float_where_dynamic_range_would_not_shrink_the_weight():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    # Dense(512) on one feature: a (512, 1) weight, 512 channels of one value: int8 with a scale and
+    # zero point per channel (512 + 12 * 512 bytes) is larger than float (4 * 512). Dense(8) on 512
+    # features: (8, 512), 4,096 + 96 bytes against 16,384: dynamic range. The softmax has no weight.
+    model = keras.Sequential([keras.layers.Input((1,)), keras.layers.Dense(512), keras.layers.Dense(8),
+                              keras.layers.Softmax()])
+    float_model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    fallbacks = rules.op_fallbacks(float_model)
+    assert [(op, fallbacks[outputs[0]]) for op, _, outputs in flatbuffer.op_tensors(float_model)] == [
+        ("FULLY_CONNECTED", Precision.FLOAT), ("FULLY_CONNECTED", Precision.DYNAMIC_INT8), ("SOFTMAX", Precision.FLOAT)]
