@@ -1,12 +1,12 @@
 """The ``int8_mixed`` search schedule over layer groups and precisions (see ``mixed``'s module doc).
 
-Phase 1 moves the top-k ranked groups to their cheapest fallback (each op to the first precision
-above static int8 it has: ``dynamic_int8``, ``weight_only_int8`` or ``float``), k = 1, 2, 4, ...
-up to every group. Phase 2 runs only when phase 1 tried every group and still missed the tolerance:
-every group stays at its fallback and the top-j groups that had a cheaper fallback than float go
-float, j = 1, 2, 4, .... In the phase that meets the tolerance, the remaining trials bisect between
-the last size that failed and the first that passed. A trial is one quantization; there are at
-most ``max_trials`` (the first is full int8).
+The top-k ranked groups leave static int8, k = 1, 2, 4, ... up to every group. At each size the
+groups first go to their cheapest fallback (each op to the first precision above static int8 it
+has: ``dynamic_int8``, ``weight_only_int8`` or ``float``), and only if that misses the tolerance to
+float; a size whose groups have no fallback below float gets the float trial alone. Once a size
+meets the tolerance, the remaining trials bisect, in the tier that met it, between the last size
+that failed and the first that passed. A trial is one quantization; there are at most
+``max_trials`` (the first is full int8).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _group_precision(counts: Counter) -> str:
 
 
 def _sizes(limit: int):
-    """Sizes 1, 2, 4, ... capped at ``limit`` (generator; bisection is in :func:`_fewest`)."""
+    """Sizes 1, 2, 4, ... capped at ``limit`` (generator; bisection is in :func:`_grow_then_bisect`)."""
     size = 1
     while size < limit:
         yield size
@@ -120,29 +120,35 @@ def _sizes(limit: int):
         yield limit
 
 
-def _fewest(passes: Callable[[int], bool], limit: int, budget_left: Callable[[], bool]) -> tuple[int | None, bool]:
-    """Grow a size geometrically up to ``limit`` until ``passes``, then bisect down.
+def _moves(groups: list[Group], cheapest: dict[str, Precision], in_float: bool) -> dict[str, Precision]:
+    """Each op of ``groups`` in float, or at its cheapest fallback."""
+    return {layer.tensor: Precision.FLOAT if in_float else cheapest[layer.tensor]
+            for group in groups for layer in group.layers}
 
-    Returns:
-        ``(fewest passing size found or None, True when every size up to limit was tried and failed)``.
-    """
-    failed, passed = 0, None
-    for size in _sizes(limit):
-        if not budget_left():
-            return None, False
-        if passes(size):
-            passed = size
+
+def _grow_then_bisect(passes: Callable[[dict[str, Precision]], bool], groups: list[Group],
+                      cheapest: dict[str, Precision], budget_left: Callable[[], bool]) -> None:
+    """The schedule of the module doc: sizes 1, 2, 4, ... of the top groups, each first at the cheapest
+    fallback (when one of those groups has one below float), then in float; then bisect in the tier
+    that passed between the last size that failed and the first that passed."""
+    failed, passed, in_float = 0, None, True
+    for size in _sizes(len(groups)):
+        cheaper = any(cheapest[layer.tensor] != Precision.FLOAT for group in groups[:size] for layer in group.layers)
+        for in_float in ((False,) if cheaper else ()) + (True,):
+            if not budget_left():
+                return
+            if passes(_moves(groups[:size], cheapest, in_float)):
+                passed = size
+                break
+        if passed is not None:
             break
         failed = size
-    if passed is None:
-        return None, True
-    while passed - failed > 1 and budget_left():
+    while passed is not None and passed - failed > 1 and budget_left():
         middle = (failed + passed) // 2
-        if passes(middle):
+        if passes(_moves(groups[:middle], cheapest, in_float)):
             passed = middle
         else:
             failed = middle
-    return passed, False
 
 
 def _plan(moves: dict[str, Precision], layers: list[Layer]) -> Plan:
@@ -186,15 +192,8 @@ def search(quantize: Callable[[Plan], bytes], measure: Callable[[bytes], dict],
     if passes({}) or options.max_trials == 1:
         return _result(trials, layers, options.max_trials, [])
     groups = rank(trials[0].tflite_model)
-    budget_left = lambda: len(trials) < options.max_trials  # noqa: E731
     cheapest = {layer.tensor: fallback(layer) for group in groups for layer in group.layers}
-    moved = lambda chosen: {layer.tensor: cheapest[layer.tensor] for g in chosen for layer in g.layers}  # noqa: E731
-    _, exhausted = _fewest(lambda k: passes(moved(groups[:k])), len(groups), budget_left)
-    promotable = [g for g in groups if any(cheapest[layer.tensor] != Precision.FLOAT for layer in g.layers)]
-    if exhausted and promotable:
-        everything = moved(groups)
-        _fewest(lambda j: passes({**everything, **{layer.tensor: Precision.FLOAT for g in promotable[:j]
-                                                   for layer in g.layers}}), len(promotable), budget_left)
+    _grow_then_bisect(passes, groups, cheapest, lambda: len(trials) < options.max_trials)
     return _result(trials, layers, options.max_trials, groups)
 
 
