@@ -4,9 +4,10 @@ The top-k ranked groups leave static int8, k = 1, 2, 4, ... up to every group. A
 groups first go to their cheapest fallback (each op to the first precision above static int8 it
 has: ``dynamic_int8``, ``weight_only_int8`` or ``float``), and only if that misses the tolerance to
 float; a size whose groups have no fallback below float gets the float trial alone. Once a size
-meets the tolerance, the remaining trials bisect, in the tier that met it, between the last size
-that failed and the first that passed. A trial is one quantization; there are at most
-``max_trials`` (the first is full int8).
+meets the tolerance, the remaining trials bisect: at the fallback, between the last size that failed
+and the first that passed; in float after the fallback of the same size failed, on how many of
+those top groups must be float, the others staying at their fallback. A trial is one quantization;
+there are at most ``max_trials`` (the first is full int8).
 """
 
 from __future__ import annotations
@@ -129,9 +130,8 @@ def _moves(groups: list[Group], cheapest: dict[str, Precision], in_float: bool) 
 def _grow_then_bisect(passes: Callable[[dict[str, Precision]], bool], groups: list[Group],
                       cheapest: dict[str, Precision], budget_left: Callable[[], bool]) -> None:
     """The schedule of the module doc: sizes 1, 2, 4, ... of the top groups, each first at the cheapest
-    fallback (when one of those groups has one below float), then in float; then bisect in the tier
-    that passed between the last size that failed and the first that passed."""
-    failed, passed, in_float = 0, None, True
+    fallback (when one of those groups has one below float), then in float; then bisect."""
+    failed, passed, in_float, cheaper = 0, None, True, False
     for size in _sizes(len(groups)):
         cheaper = any(cheapest[layer.tensor] != Precision.FLOAT for group in groups[:size] for layer in group.layers)
         for in_float in ((False,) if cheaper else ()) + (True,):
@@ -143,9 +143,20 @@ def _grow_then_bisect(passes: Callable[[dict[str, Precision]], bool], groups: li
         if passed is not None:
             break
         failed = size
-    while passed is not None and passed - failed > 1 and budget_left():
+    if passed is None:
+        return
+    if in_float and cheaper:  # all at their fallback failed, all float passed: the fewest top ones in float
+        moved = _moves(groups[:passed], cheapest, False)
+        _bisect(lambda j: passes({**moved, **_moves(groups[:j], cheapest, True)}), 0, passed, budget_left)
+    else:
+        _bisect(lambda k: passes(_moves(groups[:k], cheapest, in_float)), failed, passed, budget_left)
+
+
+def _bisect(passes_at: Callable[[int], bool], failed: int, passed: int, budget_left: Callable[[], bool]) -> None:
+    """Halve the gap between a failing and a passing count while trials are left."""
+    while passed - failed > 1 and budget_left():
         middle = (failed + passed) // 2
-        if passes(_moves(groups[:middle], cheapest, in_float)):
+        if passes_at(middle):
             passed = middle
         else:
             failed = middle

@@ -67,7 +67,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         :class:`Quantization`.
 
     Raises:
-        TFLiteError: a Flex model, missing calibration data, a recipe that changed nothing, an
+        TFLiteError: a Flex model, missing calibration data, a recipe that changed nothing (with
+            no ``plan``), an
             algorithm that handles no weight op of the model, or the quantizer failed (the message keeps its first line and suggests backend=converter).
     """
     from ai_edge_quantizer import quantizer, recipe
@@ -99,7 +100,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         raise TFLiteError(f"the LiteRT Quantizer failed on recipe {name} ({first_line(error, 300)}); "
                           f"try {advice}") from None
     quantized = bytes(result.quantized_model)
-    if quantized == bytes(float_model) or not _has_quantized_tensors(quantized):
+    # A mixed trial that keeps every op float is the float model: a valid trial.
+    if not plan and (quantized == bytes(float_model) or not _has_quantized_tensors(quantized)):
         raise TFLiteError(f"recipe {name} left the model unchanged (no op it quantizes); use backend=converter "
                           "or another quant")
     return Quantization(quantized, json.dumps(result.recipe, default=str), time.perf_counter() - started, qsvs)
