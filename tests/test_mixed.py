@@ -123,7 +123,8 @@ def test_int8_mixed_keeps_layers_in_float_until_the_tolerance_is_met(demo_prepar
     # The chosen layers are float in the model: every op writing one of them has float outputs.
     float_outputs = {outs[0] for op, ins, outs in flatbuffer.op_tensors(outcome.tflite_model)}
     assert set(search.chosen.float_layers) <= float_outputs
-    assert outcome.metrics["size_bytes"] > full.metrics["size_bytes"]
+    if backend == "converter":  # float weights are larger; the LiteRT search may use dynamic range, int8 weights
+        assert outcome.metrics["size_bytes"] > full.metrics["size_bytes"]
 
 
 def test_given_float_layers_and_unknown_names(demo_prepared):
