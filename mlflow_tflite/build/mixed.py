@@ -1,24 +1,30 @@
-"""Accuracy-guided mixed precision (``quant=int8_mixed``): int8, with the worst layers kept in float.
+"""Accuracy-guided mixed precision (``quant=int8_mixed``): int8, with the worst layer groups kept out of it.
 
-The search (:func:`search`): quantize fully; while the variant is outside the tolerance
-(``accuracy_drop`` > ``max_accuracy_drop``, or the fidelity bound without labels), keep more of
-the layers that add the most quantization error in float and quantize again. The float set
-grows geometrically (1, 2, 4, ... layers) so a large model needs few trials; once a size meets
-the tolerance, the remaining trials bisect between the last size that failed and it, so the
-result is the fewest float layers found within ``max_trials``. This is the accuracy-driven
-fallback of Intel Neural Compressor and OpenVINO NNCF, applied to a TFLite model.
+The search (``precision_search.search``): quantize fully; while the variant is outside the tolerance
+(``accuracy_drop`` > ``max_accuracy_drop``, or the fidelity bound without labels), move more of the
+layer *groups* that add the most quantization error out of static int8 and quantize again. A group
+is every op of one layer (:attr:`Layer.name`): all time steps of an unrolled recurrent layer, all
+ops of a Keras layer or PyTorch module. Each op has a ladder of precisions, cheapest first
+(:class:`Precision`): static ``int8`` < ``dynamic_int8`` (int8 weights, activations quantized at
+run time) or ``weight_only_int8`` where the op has no dynamic-range kernel < ``float``; which of the
+middle rungs an op has depends on the backend (the LiteRT Quantizer has them for weight ops, the
+converter has none). The number of groups moved grows geometrically (1, 2, 4, ...), first to their
+cheapest fallback, then, if every group there still misses the tolerance, to float; once a size
+meets the tolerance the remaining trials bisect, so the result is the fewest groups moved found
+within ``max_trials``. This is the accuracy-driven fallback of Intel Neural Compressor and OpenVINO
+NNCF, applied to a TFLite model.
 
-Layers are ranked by the per-tensor error of the fully quantized model against the float model
-(``measure.tensors.tensor_errors``): for each op, the SNR of its output below the SNR of its inputs,
-i.e. the error the op itself adds rather than the error it inherits (:func:`rank_layers`).
+Groups are ranked by the worst per-tensor error their ops add in the fully quantized model against
+the float model (``measure.tensors.tensor_errors``): for each op, the SNR of its output below the SNR
+of its inputs, i.e. the error the op itself adds rather than the error it inherits (:func:`rank_groups`).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from enum import Enum
 
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.errors import TFLiteError
@@ -32,7 +38,7 @@ _INPUT_SNR_DB = 200.0
 
 @dataclass(frozen=True)
 class MixedPrecision:
-    """How ``int8_mixed`` searches for the layers to keep in float.
+    """How ``int8_mixed`` searches for the layer groups to take out of int8.
 
     Attributes:
         max_trials: quantizations tried at most (>= 1); the first is full int8.
@@ -55,6 +61,24 @@ class MixedPrecision:
         object.__setattr__(self, "max_trials", check_number(self.max_trials, "max_trials", int, 1, example=8,
                                                             hint=" (the first trial is full int8)"))
         object.__setattr__(self, "float_layers", names_tuple(self.float_layers, "float_layers", "conv2d,dense"))
+
+
+class Precision(str, Enum):
+    """How one op is computed, cheapest first (the order the search tries them)."""
+
+    INT8 = "int8"  # static int8: int8 weights and activations
+    DYNAMIC_INT8 = "dynamic_int8"  # int8 weights, activations quantized at run time
+    WEIGHT_ONLY_INT8 = "weight_only_int8"  # int8 weights dequantized to float, float kernel
+    FLOAT = "float"
+
+
+# A trial's precisions: (output tensor name, precision) of each op not in static int8, in model order.
+Plan = tuple[tuple[str, Precision], ...]
+
+
+def float_tensors(plan: Plan) -> tuple[str, ...]:
+    """The output tensor names a plan keeps in float."""
+    return tuple(tensor for tensor, precision in plan if precision == Precision.FLOAT)
 
 
 @dataclass(frozen=True)
@@ -128,8 +152,8 @@ def resolve_layers(names: tuple[str, ...], layers: list[Layer]) -> list[Layer]:
     return sorted(chosen, key=lambda layer: layer.index)
 
 
-def rank_layers(tensor_errors: list[dict], float_model: bytes) -> list[Layer]:
-    """Layers ordered by the quantization error each adds, most first.
+def added_errors(tensor_errors: list[dict], float_model: bytes) -> dict[Layer, float]:
+    """The quantization error (dB) each op adds: ``min(input SNR) - output SNR``.
 
     Args:
         tensor_errors: rows of ``measure.tensors.tensor_errors`` for the fully quantized model
@@ -137,8 +161,8 @@ def rank_layers(tensor_errors: list[dict], float_model: bytes) -> list[Layer]:
         float_model: the float .tflite the rows were measured against.
 
     Returns:
-        The layers whose output was compared, by ``min(input SNR) - output SNR`` (dB) descending,
-        then by output SNR ascending; inputs that are model inputs or constants count as exact.
+        Layer -> added dB, for the layers whose output was compared; inputs that are model inputs or
+        constants count as exact.
     """
     snr = {row["tensor"]: row["snr_db"] for row in tensor_errors}
     added = {}
@@ -146,146 +170,39 @@ def rank_layers(tensor_errors: list[dict], float_model: bytes) -> list[Layer]:
         if layer.tensor in snr:
             inherited = min((snr[name] for name in inputs if name in snr), default=_INPUT_SNR_DB)
             added[layer] = inherited - snr[layer.tensor]
-    return sorted(added, key=lambda layer: (-added[layer], snr[layer.tensor], layer.index))
+    return added
 
 
 @dataclass(frozen=True)
-class Trial:
-    """One quantization of the search.
+class Group:
+    """The ops of one layer (same :attr:`Layer.name`), moved out of int8 together.
 
     Attributes:
-        number: 1 for full int8, then 2, 3, ...
-        float_layers: output tensor names of the ops kept in float.
-        tflite_model: its flatbuffer bytes.
-        metrics: its evaluation (``accuracy_drop`` or fidelity metrics, ``size_bytes``,
-            ``gzip_size_bytes``, ``float_ops``).
-        violation: why it is outside the tolerance (``Tolerance.violation``), or ``None``.
+        name: the layer name shared by its ops.
+        layers: its ops, in model order.
+        added_db: the most error (dB) one of its ops adds (:func:`added_errors`).
     """
 
-    number: int
-    float_layers: tuple[str, ...]
-    tflite_model: bytes = field(repr=False)
-    metrics: dict[str, float]
-    violation: str | None
+    name: str
+    layers: tuple[Layer, ...]
+    added_db: float
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    """The trials and the one chosen.
-
-    Attributes:
-        trials: every trial, in the order tried.
-        chosen: the trial within tolerance with the fewest float layers, or, when none is, the
-            one with the smallest accuracy drop (largest cosine similarity without labels).
-        tolerance_met: ``chosen`` is within the tolerance.
-        layers: every layer of the float model (``Layer``), for names in the report.
-        message: one line on the outcome.
-        max_trials: the bound the search ran under.
-    """
-
-    trials: list[Trial]
-    chosen: Trial
-    tolerance_met: bool
-    layers: list[Layer]
-    message: str
-    max_trials: int
-
-    def _chosen_layers(self) -> list[Layer]:
-        by_tensor = {layer.tensor: layer for layer in self.layers}
-        return [by_tensor[tensor] for tensor in self.chosen.float_layers]
-
-    def report(self) -> dict:
-        """JSON-able summary: the float layers of the chosen trial (name, path, op, tensor) and every trial."""
-        describe = lambda layer: {"name": layer.name, "path": layer.path, "op": layer.op,  # noqa: E731
-                                  "tensor": layer.tensor}
-        return {
-            "tolerance_met": self.tolerance_met, "message": self.message, "chosen_trial": self.chosen.number,
-            "float_layers": [describe(layer) for layer in self._chosen_layers()],
-            "trials": [{"trial": t.number, "float_layers": len(t.float_layers), "violation": t.violation,
-                        **t.metrics} for t in self.trials],
-        }
-
-    def short_layer_list(self, limit: int = 250) -> str:
-        """The chosen float layers' Keras names, comma-separated, cut to ``limit`` characters (a run param)."""
-        text = ",".join(layer.name for layer in self._chosen_layers()) or "none"
-        return text if len(text) <= limit else text[: limit - 20].rsplit(",", 1)[0] + f",...({len(self.chosen.float_layers)})"
-
-
-def _sizes(ranked: int):
-    """Float-set sizes after full int8: 1, 2, 4, ... capped at ``ranked`` (generator; bisection is in search)."""
-    size = 1
-    while size < ranked:
-        yield size
-        size *= 2
-    yield ranked
-
-
-def search(quantize: Callable[[tuple[str, ...]], bytes], measure: Callable[[bytes], dict],
-           violation: Callable[[dict], str | None], rank: Callable[[bytes], list[Layer]],
-           layers: list[Layer], options: MixedPrecision) -> SearchResult:
-    """Find the fewest layers to keep in float for the tolerance (see module doc).
+def rank_groups(tensor_errors: list[dict], float_model: bytes) -> list[Group]:
+    """Layer groups ordered by the worst error one of their ops adds, most first.
 
     Args:
-        quantize: float-layer tensor names -> the model's flatbuffer bytes (backend specific).
-        measure: flatbuffer -> metrics (as ``Trial.metrics``).
-        violation: metrics -> why they are outside the tolerance, or ``None``.
-        rank: the fully quantized flatbuffer -> layers, most harmful first (:func:`rank_layers`).
-        layers: the float model's layers (:func:`model_layers`).
-        options: ``max_trials`` and the user's ``float_layers`` (then one trial, no search).
+        tensor_errors: rows of ``measure.tensors.tensor_errors`` for the fully quantized model.
+        float_model: the float .tflite the rows were measured against.
 
     Returns:
-        :class:`SearchResult`.
-
-    Raises:
-        TFLiteError: a float layer name that is not in the model, or a quantization failure.
+        A :class:`Group` for each layer name with at least one compared op, holding every op of
+        that name (compared or not), by ``added_db`` descending, then by first op index.
     """
-    trials: list[Trial] = []
-
-    def attempt(float_layers: tuple[str, ...]) -> Trial:
-        model = quantize(float_layers)
-        metrics = measure(model)
-        trial = Trial(len(trials) + 1, float_layers, model, metrics, violation(metrics))
-        trials.append(trial)
-        return trial
-
-    if options.float_layers is not None:
-        attempt(tuple(layer.tensor for layer in resolve_layers(options.float_layers, layers)))
-        return _result(trials, layers, options.max_trials, searched=False)
-    first = attempt(())
-    if first.violation is None or options.max_trials == 1:
-        return _result(trials, layers, options.max_trials)
-    ranked = [layer.tensor for layer in rank(first.tflite_model)]
-    failed, passed = 0, None
-    for size in _sizes(len(ranked)):
-        if len(trials) >= options.max_trials:
-            break
-        if attempt(tuple(ranked[:size])).violation is None:
-            passed = size
-            break
-        failed = size
-    while passed is not None and passed - failed > 1 and len(trials) < options.max_trials:
-        middle = (failed + passed) // 2
-        if attempt(tuple(ranked[:middle])).violation is None:
-            passed = middle
-        else:
-            failed = middle
-    return _result(trials, layers, options.max_trials)
-
-
-def _quality(trial: Trial) -> float:
-    metrics = trial.metrics
-    return -metrics["accuracy_drop"] if "accuracy_drop" in metrics else metrics.get("cosine_similarity", 0.0)
-
-
-def _result(trials: list[Trial], layers: list[Layer], max_trials: int, searched: bool = True) -> SearchResult:
-    within = [t for t in trials if t.violation is None]
-    if within:
-        chosen = min(within, key=lambda t: (len(t.float_layers), t.number))
-        what = "full int8" if not chosen.float_layers else f"{len(chosen.float_layers)} layer(s) in float"
-        return SearchResult(trials, chosen, True, layers,
-                            f"within tolerance with {what} after {len(trials)} trial(s)", max_trials)
-    chosen = max(trials, key=lambda t: (_quality(t), -t.number))
-    how = "with the given float_layers" if not searched else f"after {len(trials)} trial(s)"
-    return SearchResult(trials, chosen, False, layers,
-                        f"tolerance not met {how} ({chosen.violation}); raise max_trials, name float_layers, "
-                        "or try qat_int8 or float16; this variant is never selected or promoted", max_trials)
+    added = added_errors(tensor_errors, float_model)
+    members: dict[str, list[Layer]] = {}
+    for layer in model_layers(float_model):
+        members.setdefault(layer.name, []).append(layer)
+    groups = [Group(name, tuple(layers), max(added[layer] for layer in layers if layer in added))
+              for name, layers in members.items() if any(layer in added for layer in layers)]
+    return sorted(groups, key=lambda group: (-group.added_db, group.layers[0].index))

@@ -3,8 +3,8 @@
 ``converter``: one ``TFLiteConverter`` call per variant (``convert.py``); the ``none`` variant is
 the float flatbuffer of its key itself. ``litert``: the float flatbuffer of the variant's key
 (``graph.Builds.float_model``, converted once per key and op set), then the LiteRT Quantizer
-recipe (``quantize.py``). ``int8_mixed`` searches the layers to keep in float (``mixed.search``)
-with either backend.
+recipe (``quantize.py``). ``int8_mixed`` searches the layer groups to take out of int8
+(``precision_search.search``) with either backend.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from mlflow_tflite.build import convert, mixed, quantize
+from mlflow_tflite.build import convert, mixed, precision_search, quantize, rules
 from mlflow_tflite.build.graph import Builds, FloatModel, ModelKey
 from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.flavor import flatbuffer
@@ -91,24 +91,28 @@ class MixedSearch:
     Attributes:
         measure: flatbuffer bytes -> metrics (accuracy or fidelity, size, float ops).
         violation: metrics -> why they are outside the tolerance, or ``None``.
-        rank: (float flatbuffer, fully quantized flatbuffer) -> layers, most harmful first.
+        rank: (float flatbuffer, fully quantized flatbuffer) -> layer groups, most harmful first
+            (``mixed.rank_groups``).
         options: ``mixed.MixedPrecision``.
     """
 
     measure: Callable[[bytes], dict]
     violation: Callable[[dict], str | None]
-    rank: Callable[[bytes, bytes], list[mixed.Layer]]
+    rank: Callable[[bytes, bytes], list[mixed.Group]]
     options: mixed.MixedPrecision
 
 
 def mixed_search(builds: Builds, variant: Variant, key: ModelKey, calibration: list[np.ndarray] | None,
-                 how: MixedSearch) -> tuple[Produced, mixed.SearchResult]:
-    """``int8_mixed``: search the layers to keep in float (``mixed.search``) with the variant's backend.
+                 how: MixedSearch) -> tuple[Produced, precision_search.SearchResult]:
+    """``int8_mixed``: search the layer groups to take out of int8 (``precision_search.search``) with the
+    variant's backend.
 
     The converter calibrates once and re-quantizes with denylisted nodes
-    (``convert.SelectiveQuantizer``); the LiteRT Quantizer calibrates once and re-quantizes with
-    ``NO_QUANTIZE`` rules (``quantize.quantize(keep_float=...)``). Layers are ranked against the
-    float model: the debugger's calibrated model (converter), the key's float flatbuffer (LiteRT).
+    (``convert.SelectiveQuantizer``): its only fallback is float. The LiteRT Quantizer calibrates once
+    and re-quantizes with one rule per precision (``quantize.quantize(plan=...)``): weight ops fall
+    back to dynamic-range int8 (or weight-only int8) before float (``rules.op_fallback``). Groups are
+    ranked against the float model: the debugger's calibrated model (converter), the key's float
+    flatbuffer (LiteRT).
 
     Returns:
         ``(Produced, SearchResult)``: the chosen trial's model; ``quantize_seconds`` sums the
@@ -125,35 +129,46 @@ def mixed_search(builds: Builds, variant: Variant, key: ModelKey, calibration: l
     make, recipes, float_model = _trial_quantizer(builds, variant, key, calibration)
     spent[0] += time.perf_counter() - started
 
-    def timed(keep_float: tuple[str, ...]) -> bytes:
+    def timed(plan: mixed.Plan) -> bytes:
         started = time.perf_counter()
         try:
-            return make(keep_float)
+            return make(plan)
         finally:
             spent[0] += time.perf_counter() - started
 
-    result = mixed.search(timed, how.measure, how.violation, lambda full: how.rank(float_model.tflite_model, full),
-                          mixed.model_layers(float_model.tflite_model), how.options)
+    result = precision_search.search(timed, how.measure, how.violation, lambda full: how.rank(float_model.tflite_model, full),
+                                 mixed.model_layers(float_model.tflite_model), how.options,
+                                     _fallback(variant, float_model.tflite_model))
     return (Produced(result.chosen.tflite_model, _split(float_model.seconds, spent[0]),
-                     recipes.get(result.chosen.float_layers), float_model.tflite_model), result)
+                     recipes.get(result.chosen.plan), float_model.tflite_model), result)
+
+
+def _fallback(variant: Variant, float_model: bytes) -> Callable[[mixed.Layer], mixed.Precision]:
+    """An op's cheapest precision above static int8 on the variant's backend: float on the converter
+    (its debugger has no per-op dynamic range), the LiteRT Quantizer's per op otherwise
+    (``rules.op_fallbacks``)."""
+    if variant.backend == Backend.CONVERTER:
+        return lambda layer: mixed.Precision.FLOAT
+    fallbacks = rules.op_fallbacks(float_model)
+    return lambda layer: fallbacks.get(layer.tensor, mixed.Precision.FLOAT)
 
 
 def _trial_quantizer(builds: Builds, variant: Variant, key: ModelKey, calibration):
-    """(float layers -> flatbuffer, recipes by float layers, the float model the layers are named in):
+    """(plan -> flatbuffer, recipes by plan, the float model the layers are named in):
     the backend's calibrate-once quantizer. The converter's float model is the debugger's calibrated
     model (the same conversion: no second float conversion); the LiteRT Quantizer's is the key's."""
-    recipes: dict[tuple[str, ...], str] = {}
+    recipes: dict[mixed.Plan, str] = {}
     if variant.backend == Backend.CONVERTER:
         selective = convert.SelectiveQuantizer(builds.model(key), variant, calibration)
-        return selective, recipes, FloatModel(bytes(selective.debugger.calibrated_model), 0.0)
+        return lambda plan: selective(mixed.float_tensors(plan)), recipes, FloatModel(bytes(selective.debugger.calibrated_model), 0.0)
     float_model = builds.float_model(key, variant.ops)
     float_bytes = float_model.tflite_model
     calibrated: dict = {}
     input_names = builds.model(key).input_names
 
-    def make(keep_float: tuple[str, ...]) -> bytes:
-        result = quantize.quantize(float_bytes, variant, calibration, input_names, keep_float, calibrated.get("qsvs"))
-        calibrated["qsvs"], recipes[keep_float] = result.calibration_result, result.recipe_json
+    def make(plan: mixed.Plan) -> bytes:
+        result = quantize.quantize(float_bytes, variant, calibration, input_names, plan, calibrated.get("qsvs"))
+        calibrated["qsvs"], recipes[plan] = result.calibration_result, result.recipe_json
         return result.tflite_model
 
     return make, recipes, float_model

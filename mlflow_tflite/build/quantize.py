@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlflow_tflite.build import algorithms
+from mlflow_tflite.build import algorithms, rules
+from mlflow_tflite.build.mixed import Plan
 from mlflow_tflite.flavor import flatbuffer
 from mlflow_tflite.errors import TFLiteError, first_line
 from mlflow_tflite.flavor.runtime import signature_samples
@@ -44,19 +45,8 @@ class Quantization:
     calibration_result: dict | None = None
 
 
-def skip_rule(tensor: str) -> str:
-    """The recipe scope regex that matches the op whose (first) output tensor is ``tensor``.
-
-    The LiteRT Quantizer names an op's scope by its output tensor names joined by ``;`` with a
-    trailing ``;`` (``ai_edge_quantizer.utils.tfl_flatbuffer_utils.get_op_scope``).
-    """
-    import re
-
-    return "^" + re.escape(tensor) + ";"
-
-
 def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray] | None,
-             input_names: list[str] | None = None, keep_float: tuple[str, ...] = (),
+             input_names: list[str] | None = None, plan: Plan = (),
              calibration_result: dict | None = None) -> Quantization:
     """Quantize a float flatbuffer with the LiteRT Quantizer recipe of ``variant.quant`` and ``variant.algorithm``.
 
@@ -67,8 +57,9 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         calibration: representative dataset (one float32 ``(N, ...)`` array per input), needed
             by the static recipes (int8, int16x8).
         input_names: the source's input names, to match the signature's.
-        keep_float: output tensor names of ops to leave in float (mixed precision): each gets a
-            ``NO_QUANTIZE`` rule after the recipe's own, and the latest matching rule wins.
+        plan: ``(output tensor name, precision)`` of ops to take out of static int8 (mixed
+            precision, ``mixed.Plan``): one rule per precision after the recipe's own, and the
+            latest matching rule wins (``rules.add_plan_rules``).
         calibration_result: an earlier :class:`Quantization`'s ``calibration_result`` of the
             same float model, reused instead of calibrating again.
 
@@ -76,7 +67,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         :class:`Quantization`.
 
     Raises:
-        TFLiteError: a Flex model, missing calibration data, a recipe that changed nothing, an
+        TFLiteError: a Flex model, missing calibration data, a recipe that changed nothing (with
+            no ``plan``), an
             algorithm that handles no weight op of the model, or the quantizer failed (the message keeps its first line and suggests backend=converter).
     """
     from ai_edge_quantizer import quantizer, recipe
@@ -92,8 +84,7 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
     try:
         engine = quantizer.Quantizer(bytearray(float_model), getattr(recipe, variant.recipe.litert_recipe)())
         algorithms.overlay(engine, variant.algorithm, float_model)
-        for tensor in keep_float:
-            engine.update_quantization_recipe(skip_rule(tensor), "*", algorithm_key="no_quantize")
+        rules.add_plan_rules(engine, float_model, plan)
         qsvs = calibration_result
         if engine.need_calibration and qsvs is None:
             if calibration is None or not len(calibration[0]):
@@ -109,7 +100,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         raise TFLiteError(f"the LiteRT Quantizer failed on recipe {name} ({first_line(error, 300)}); "
                           f"try {advice}") from None
     quantized = bytes(result.quantized_model)
-    if quantized == bytes(float_model) or not _has_quantized_tensors(quantized):
+    # A mixed trial that keeps every op float is the float model: a valid trial.
+    if not plan and (quantized == bytes(float_model) or not _has_quantized_tensors(quantized)):
         raise TFLiteError(f"recipe {name} left the model unchanged (no op it quantizes); use backend=converter "
                           "or another quant")
     return Quantization(quantized, json.dumps(result.recipe, default=str), time.perf_counter() - started, qsvs)

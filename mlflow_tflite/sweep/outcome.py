@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlflow_tflite.build.mixed import SearchResult
+from mlflow_tflite.build.precision_search import SearchResult
 
 
 @dataclass(frozen=True)

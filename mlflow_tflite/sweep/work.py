@@ -13,7 +13,7 @@ import numpy as np
 
 from mlflow_tflite.build.data import calibration_sample
 from mlflow_tflite.build.graph import Builds, ModelKey
-from mlflow_tflite.build.mixed import rank_layers
+from mlflow_tflite.build.mixed import rank_groups
 from mlflow_tflite.build.produce import MixedSearch, Produced, mixed_search, produce
 from mlflow_tflite.build.qat import qat_params
 from mlflow_tflite.build.source import Source
@@ -34,7 +34,7 @@ def variant_work(context: Context, builds: Builds, variant: Variant) -> Outcome:
 
     Accuracy and fidelity compare the variant (on test images at its input size) with the
     source model's reference outputs, so resizing and pruning losses both show. ``int8_mixed``
-    searches its float layers first; the chosen trial is the model.
+    searches the layer groups to take out of int8 first; the chosen trial is the model.
 
     Args:
         context: the source, data and reference outputs (``context.prepare``).
@@ -108,7 +108,7 @@ def _mixed_search(context: Context, source: Source, x_test) -> MixedSearch:
         raise TFLiteError("quant=int8_mixed measures each trial against the source; pass data")
 
     def rank(float_bytes: bytes, full_int8: bytes):
-        return rank_layers(tensor_errors(float_bytes, full_int8, x_test, source.input_names), float_bytes)
+        return rank_groups(tensor_errors(float_bytes, full_int8, x_test, source.input_names), float_bytes)
 
     return MixedSearch(lambda model: _measure(context, source, x_test, model, None), context.settings.tolerance.violation,
                        rank, context.settings.mixed_precision)

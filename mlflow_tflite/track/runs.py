@@ -261,25 +261,26 @@ def log_tensor_errors(rows: list[dict] | None, note: str | None) -> None:
 
 # Metrics logged at each mixed-precision trial's step (the run's final values follow at the next step).
 TRIAL_STEP_METRICS = ("accuracy_drop", "cosine_similarity", "float_ops", "size_bytes", "gzip_size_bytes")
-FLOAT_LAYERS_FILE = "float_layers.json"
+MIXED_PRECISION_FILE = "mixed_precision.json"
 
 
 def log_search(search) -> None:
-    """An ``int8_mixed`` search on the active run: trial steps, the float layers, the tolerance tag.
+    """An ``int8_mixed`` search on the active run: trial steps, the chosen precisions, the tolerance tag.
 
     Each trial ``t`` logs :data:`TRIAL_STEP_METRICS` at step ``t``; the param ``mixed_float_layers``
-    holds the chosen Keras layer names (short; ``float_layers.json`` has them in full with every
-    trial), tag ``mlflow_tflite.tolerance_met`` is ``true`` or ``false`` and the run's description
-    gives the search's one-line outcome.
+    holds the names of the layers kept in float (short; ``mixed_precision.json`` has every op out of
+    static int8 with its precision, every ranked group and every trial), tag
+    ``mlflow_tflite.tolerance_met`` is ``true`` or ``false`` and the run's description gives the
+    search's one-line outcome.
 
     Args:
-        search: ``mixed.SearchResult``.
+        search: ``precision_search.SearchResult``.
     """
     log_params_once({"max_trials": search.max_trials, "mixed_float_layers": search.short_layer_list(),
                      "mixed_trials": len(search.trials)})
     mlflow.set_tag(tags.TOLERANCE_MET_TAG, str(search.tolerance_met).lower())
     mlflow.set_tag("mlflow.note.content", f"int8_mixed: {search.message}")  # the run's description in the UI
-    mlflow.log_dict(search.report(), FLOAT_LAYERS_FILE)
+    mlflow.log_dict(search.report(), MIXED_PRECISION_FILE)
     for trial in search.trials:
         mlflow.log_metrics({k: trial.metrics[k] for k in TRIAL_STEP_METRICS if k in trial.metrics}, step=trial.number)
 
