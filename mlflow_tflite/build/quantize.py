@@ -94,7 +94,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         :class:`Quantization`.
 
     Raises:
-        TFLiteError: a Flex model, missing calibration data, a recipe that changed nothing, an
+        TFLiteError: a Flex model, missing calibration data, a recipe that changed nothing (unless
+            ``keep_float`` asked for float ops), an
             algorithm that handles no weight op of the model, or the quantizer failed (the message keeps its first line and suggests backend=converter).
     """
     from ai_edge_quantizer import quantizer, recipe
@@ -129,7 +130,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
         raise TFLiteError(f"the LiteRT Quantizer failed on recipe {name} ({first_line(error, 300)}); "
                           f"try {advice}") from None
     quantized = bytes(result.quantized_model)
-    if quantized == bytes(float_model) or not _has_quantized_tensors(quantized):
+    # With float I/O, a mixed trial that keeps every op float is the float model: a valid trial.
+    if not keep_float and (quantized == bytes(float_model) or not _has_quantized_tensors(quantized)):
         raise TFLiteError(f"recipe {name} left the model unchanged (no op it quantizes); use backend=converter "
                           "or another quant")
     return Quantization(quantized, json.dumps(result.recipe, default=str), time.perf_counter() - started, qsvs)
