@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlflow_tflite.display import human_bytes
 from mlflow_tflite.flavor import flatbuffer
 
 # Ops whose bias is an input, and its index (the TFLite builtin op signatures).
@@ -116,8 +117,9 @@ def size_warning(float_model: bytes, quantized_model: bytes, quant: str) -> str 
 
     Returns:
         ``None`` when the quantized model is not larger; else one line, e.g. ``"int8 model is
-        1.56x the float model (1.90 MB vs 1.22 MB): 412 int32 bias tensors (1.20 MB; float
-        model: 103, 0.40 MB); quantization parameters of 824 tensors, 412 per-channel (0.30 MB)"``:
+        1.56x the float model (1.9 MB vs 1.22 MB): 412 int32 bias tensors (1.2 MB; float model:
+        103, 401 KB); quantization parameters of 824 tensors, 412 per-channel (300 KB)"``
+        (sizes as ``display.human_bytes``):
         the parts that grew, largest growth first.
 
     Raises:
@@ -129,24 +131,17 @@ def size_warning(float_model: bytes, quantized_model: bytes, quant: str) -> str 
     types = "/".join(q.bias_types).lower() + " " if q.bias_types else ""
     parts = [
         (q.bias_bytes - f.bias_bytes,
-         f"{q.biases} {types}bias tensors ({_bytes(q.bias_bytes)}; float model: {f.biases}, {_bytes(f.bias_bytes)})"),
+         f"{q.biases} {types}bias tensors ({human_bytes(q.bias_bytes)}; float model: {f.biases}, {human_bytes(f.bias_bytes)})"),
         (q.quantization_bytes - f.quantization_bytes,
          f"quantization parameters of {q.quantized_tensors} tensors, {q.per_channel} per-channel "
-         f"({_bytes(q.quantization_bytes)})"),
+         f"({human_bytes(q.quantization_bytes)})"),
         (q.constant_bytes - f.constant_bytes,
-         f"{q.constants} other constants ({_bytes(q.constant_bytes)}, {_bytes(q.float_constant_bytes)} of all "
-         f"constants float; float model: {f.constants}, {_bytes(f.constant_bytes)})"),
+         f"{q.constants} other constants ({human_bytes(q.constant_bytes)}, {human_bytes(q.float_constant_bytes)} of all "
+         f"constants float; float model: {f.constants}, {human_bytes(f.constant_bytes)})"),
         (q.graph_bytes - f.graph_bytes,
-         f"graph records of {q.ops} ops and {q.tensors} tensors ({_bytes(q.graph_bytes)}; float model: "
-         f"{f.ops} ops, {f.tensors} tensors, {_bytes(f.graph_bytes)})"),
+         f"graph records of {q.ops} ops and {q.tensors} tensors ({human_bytes(q.graph_bytes)}; float model: "
+         f"{f.ops} ops, {f.tensors} tensors, {human_bytes(f.graph_bytes)})"),
     ]
     grown = [text for growth, text in sorted(parts, key=lambda p: -p[0]) if growth > 0]
     return (f"{quant} model is {len(quantized_model) / len(float_model):.2f}x the float model "
-            f"({_bytes(len(quantized_model))} vs {_bytes(len(float_model))}): " + "; ".join(grown))
-
-
-def _bytes(count: int) -> str:
-    """``812 B``, ``12.3 kB``, ``1.20 MB`` (powers of 1000)."""
-    if count < 1000:
-        return f"{count} B"
-    return f"{count / 1e3:.1f} kB" if count < 1e6 else f"{count / 1e6:.2f} MB"
+            f"({human_bytes(len(quantized_model))} vs {human_bytes(len(float_model))}): " + "; ".join(grown))
