@@ -250,6 +250,8 @@ def sweep(quant, sparsity, input_size, calibration_samples, ops, io_type, backen
         shown = summary(row.metrics, ("accuracy_drop", "size_bytes", "latency_ms_p50"))
         missed = "" if row.tolerance_met else "  (tolerance not met: never selected)"
         click.echo(f"  {row.variant:<40} {row.status:<9} {shown or row.error}{missed}")
+        if row.size_warning:
+            click.echo(f"    warning: {row.size_warning}")
     click.echo(f"sweep run {result.parent_run_id}: {result.message}")
     if result.registration:
         _echo_registration(result.registration)
@@ -292,6 +294,8 @@ def _print_result(result) -> None:
     click.echo(f"run {result.run_id} variant {result.variant.name}: {summary(metrics)}")
     if result.message:
         click.echo(f"int8_mixed: {result.message}")
+    if result.size_warning:
+        click.echo(f"warning: {result.size_warning}")
     if "latency_ms_p50" not in metrics:
 
         click.echo(f"not evaluated or registered: see the run's tag {NOT_EVALUATED_TAG}")

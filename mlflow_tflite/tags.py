@@ -21,6 +21,9 @@ TENSOR_ERRORS_NOTE_TAG = "mlflow_tflite.tensor_errors"  # why a quantized run ha
 # int8_mixed: "true" / "false"; a "false" variant is never selected or promoted (DESIGN.md contract).
 TOLERANCE_MET_TAG = "mlflow_tflite.tolerance_met"
 SUPERSEDED_TAG = "mlflow_tflite.superseded_by"  # on a replaced FAILED / KILLED child: the new run id
+# Set only when a quantized variant is larger than the float model of the same source and input
+# size: why, read from both flatbuffers (measure.size.size_warning), e.g. per-channel parameters.
+SIZE_WARNING_TAG = "mlflow_tflite.size_warning"
 
 # --- experiments -----------------------------------------------------------------------------
 # MLflow 3's UI opens an experiment by its kind: without one it shows the GenAI overview, not runs.

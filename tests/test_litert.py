@@ -3,6 +3,7 @@ record, the sweep's shared float conversion, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -157,3 +158,58 @@ def test_calibration_inputs_must_match_the_signature(demo_prepared):
     assert list(samples) == ["serving_default"] and len(samples["serving_default"]) == 4
     with pytest.raises(TFLiteError, match=r"calibration data has inputs \['a', 'b'\] but the model's signature"):
         quantize.signature_samples(float_bytes, [x, x], ["a", "b"])
+
+
+# The I/O dtypes each mode promises (README's quant mode table): float32 in and out for every mode
+# but int8_full, whose inputs and outputs are integers of its io_type. Written out, not derived.
+EXPECTED_IO = {
+    ("none", "converter", "int8"): ("float32", "float32"),
+    ("dynamic", "converter", "int8"): ("float32", "float32"),
+    ("float16", "converter", "int8"): ("float32", "float32"),
+    ("int8", "converter", "int8"): ("float32", "float32"),
+    ("int8_full", "converter", "int8"): ("int8", "int8"),
+    ("int8_full", "converter", "uint8"): ("uint8", "uint8"),
+    ("int16x8", "converter", "int8"): ("float32", "float32"),
+    ("int8_mixed", "converter", "int8"): ("float32", "float32"),
+    ("qat_int8", "converter", "int8"): ("float32", "float32"),
+    ("none", "litert", "int8"): ("float32", "float32"),
+    ("dynamic", "litert", "int8"): ("float32", "float32"),
+    ("int8", "litert", "int8"): ("float32", "float32"),
+    ("int16x8", "litert", "int8"): ("float32", "float32"),
+    ("weight_only_int8", "litert", "int8"): ("float32", "float32"),
+    ("dynamic_int4", "litert", "int8"): ("float32", "float32"),
+    ("weight_only_int4", "litert", "int8"): ("float32", "float32"),
+    ("int8_mixed", "litert", "int8"): ("float32", "float32"),
+}
+
+
+def _io_dtypes(tflite_model: bytes) -> tuple[str, str]:
+    """The model's input and output dtypes as the LiteRT interpreter reports them (one each here)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite_model)
+    (inputs,), (outputs,) = interpreter.get_input_details(), interpreter.get_output_details()
+    return np.dtype(inputs["dtype"]).name, np.dtype(outputs["dtype"]).name
+
+
+def test_every_mode_has_float_io_on_both_backends_except_int8_full(demo_prepared):
+    """int8, int8_mixed and int16x8 of the LiteRT Quantizer keep float I/O as the converter's do
+    (QUANTIZE after the input, DEQUANTIZE before the output); int8_full alone has integer I/O.
+    int8_mixed searches under a strict bound so that it keeps layers in float; qat_int8 trains one epoch."""
+    from mlflow_tflite.build.graph import Builds
+    from mlflow_tflite.build.qat import QatOptions
+    from test_mixed import STRICT
+
+    prepared = dataclasses.replace(demo_prepared, task="fidelity", settings=dataclasses.replace(
+        demo_prepared.settings, tolerance=STRICT, qat=QatOptions(qat_epochs=1)))
+    builds = Builds(prepared.build_inputs())
+    outcomes = {(quant, backend, io_type): convert_and_evaluate(prepared, Variant(quant, input_size=8, io_type=io_type,
+                                                                                   backend=backend), builds)
+                for quant, backend, io_type in EXPECTED_IO}
+    table = {key: _io_dtypes(outcome.tflite_model) for key, outcome in outcomes.items()}
+    print("\n" + "\n".join(f"{q:17} {b:9} {i:5} -> in {a}, out {o}" for (q, b, i), (a, o) in table.items()))
+    assert table == EXPECTED_IO
+    litert = outcomes[("int8", "litert", "int8")]
+    assert {"QUANTIZE", "DEQUANTIZE"} <= set(litert.op_inventory)  # integer kernels inside the float I/O
+    assert outcomes[("int8_mixed", "litert", "int8")].search.chosen.float_layers  # the float layers kept float I/O
+    assert litert.metrics["cosine_similarity"] >= 0.99 and litert.tensor_errors

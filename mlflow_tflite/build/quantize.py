@@ -45,6 +45,24 @@ class Quantization:
     calibration_result: dict | None = None
 
 
+def keep_float_io(engine) -> None:
+    """Keep a quantizer's model inputs and outputs float32, as the converter's int8 and int16x8 do.
+
+    The static recipes (``static_wi8_ai8``, ``static_wi8_ai16``) quantize the quantizer's virtual
+    ``INPUT`` and ``OUTPUT`` ops, which gives an integer-I/O model. A ``NO_QUANTIZE`` rule on those
+    two ops leaves the graph's input and output tensors float; the quantizer then inserts a
+    QUANTIZE after each float input and a DEQUANTIZE before each float output, where a quantized
+    op meets them. Other recipes leave I/O float already, so the rules change nothing there.
+
+    Args:
+        engine: an ``ai_edge_quantizer.quantizer.Quantizer`` holding a mode's named recipe.
+    """
+    from ai_edge_quantizer import qtyping
+
+    for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+        engine.update_quantization_recipe(".*", op, algorithm_key="no_quantize")
+
+
 def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray] | None,
              input_names: list[str] | None = None, plan: Plan = (),
              calibration_result: dict | None = None) -> Quantization:
@@ -83,6 +101,8 @@ def quantize(float_model: bytes, variant: Variant, calibration: list[np.ndarray]
     float_model = algorithms.float_model_for(variant.algorithm, float_model)
     try:
         engine = quantizer.Quantizer(bytearray(float_model), getattr(recipe, variant.recipe.litert_recipe)())
+        if not variant.recipe.integer_io:
+            keep_float_io(engine)
         algorithms.overlay(engine, variant.algorithm, float_model)
         rules.add_plan_rules(engine, float_model, plan)
         qsvs = calibration_result

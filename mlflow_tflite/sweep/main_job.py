@@ -27,6 +27,8 @@ class VariantResult:
         model_uri: the logged ``tflite`` model.
         registration: ``registry.Registration``, or ``None`` when not registered.
         message: the ``int8_mixed`` search's one-line outcome, else ``None``.
+        size_warning: why the quantized model is larger than the float model, else ``None``
+            (tag ``mlflow_tflite.size_warning``).
     """
 
     run_id: str
@@ -35,6 +37,7 @@ class VariantResult:
     model_uri: str
     registration: registry.Registration | None
     message: str | None = None
+    size_warning: str | None = None
 
 
 def run_variant(context: Context, variant: Variant, registered_model_name: str | None = None, num_threads: int = 1,
@@ -77,4 +80,4 @@ def run_variant(context: Context, variant: Variant, registered_model_name: str |
                                                          eval_digest, variant.name, tolerance, objective)
     message = outcome.search.message if outcome.search is not None else None
     run_id = run.info.run_id
-    return VariantResult(run_id, variant, metrics, model_info.model_uri, registration, message)
+    return VariantResult(run_id, variant, metrics, model_info.model_uri, registration, message, outcome.size_warning)

@@ -176,6 +176,7 @@ def _log_child(variant: Variant, meta: SourceDescription, status: str, value, da
             model_info, row.eval_digest = log_outcome(value, variant, dataset, num_threads)
             row.metrics, row.model_uri, row.evaluated = dict(value.metrics), model_info.model_uri, not value.not_evaluated
             row.tolerance_met, row.final_step = value.tolerance_met, value.final_step
+            row.size_warning = value.size_warning
     except TFLiteError as error:
         row.status, row.error = "FAILED", error.message
     return row

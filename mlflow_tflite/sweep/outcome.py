@@ -29,6 +29,8 @@ class Outcome:
         tflm: TFLite Micro readiness report (``tflm.readiness``) of a variant LiteRT could run, else ``None``.
         search: the mixed-precision search of ``int8_mixed``, else ``None``.
         mode_params: run params of the mode's own options (``qat_epochs``, ``qat_learning_rate``).
+        size_warning: why the quantized model is larger than its float model
+            (``measure.size.size_warning``), else ``None``.
     """
 
     tflite_model: bytes
@@ -44,6 +46,7 @@ class Outcome:
     tflm: dict | None = None
     search: SearchResult | None = None
     mode_params: dict = field(default_factory=dict)
+    size_warning: str | None = None
 
     @property
     def final_step(self) -> int:

@@ -68,6 +68,8 @@ def log_outcome(outcome: Outcome, variant: Variant, dataset: Dataset | None, num
         mlflow.log_dict(outcome.tflm, "tflm_readiness.json")
     if outcome.not_evaluated:
         mlflow.set_tag(tags.NOT_EVALUATED_TAG, outcome.not_evaluated[:5000])
+    if outcome.size_warning:
+        mlflow.set_tag(tags.SIZE_WARNING_TAG, outcome.size_warning[:5000])
     eval_digest = runs.log_dataset_inputs(dataset, outcome.calibration) if dataset else None
     runs.log_tensor_errors(outcome.tensor_errors, outcome.tensor_errors_note)
     model_info = runs.log_variant_model(outcome.tflite_model, variant, outcome.input_example, num_threads,

@@ -21,6 +21,7 @@ from mlflow_tflite.errors import TFLiteError
 from mlflow_tflite.flavor.runtime import make_interpreter
 from mlflow_tflite.measure.evaluate import evaluate, size_metrics
 from mlflow_tflite.measure.inspect import Inspection, inspect
+from mlflow_tflite.measure.size import size_warning
 from mlflow_tflite.measure.tensors import tensor_errors
 from mlflow_tflite.measure import tflm
 from mlflow_tflite.quant_modes import Kernels, QuantMode
@@ -61,7 +62,8 @@ def variant_work(context: Context, builds: Builds, variant: Variant) -> Outcome:
     inspection = inspect(produced.tflite_model, _integer_kernels(variant))
     example = _example(source, x_test) if x_test else _probe_input(source)
     common = dict(calibration=calibration, input_example=example, op_inventory=inspection.op_inventory,
-                  recipe_json=produced.recipe_json, edgetpu=inspection.edgetpu)
+                  recipe_json=produced.recipe_json, edgetpu=inspection.edgetpu,
+                  size_warning=_size_warning(builds, variant, key, produced))
     try:
         interpreter = make_interpreter(produced.tflite_model)
     except TFLiteError as error:
@@ -162,6 +164,16 @@ def _trained_tensor_errors(builds: Builds, variant: Variant, key: ModelKey, tfli
     if not rows:
         return None, f"{what}: no tensor has the same name in both models"
     return rows, f"{what}: {len(rows)} tensors share a name"
+
+
+def _size_warning(builds: Builds, variant: Variant, key: ModelKey, produced: Produced) -> str | None:
+    """Why a quantized variant is larger than the float model of its source at its input size
+    (``measure.size.size_warning``): the key's float flatbuffer, the ``none`` variant's model
+    (of the model before quantization-aware training for ``qat_int8``)."""
+    if variant.quant == QuantMode.NONE:
+        return None
+    float_model = builds.float_model(key.base if variant.recipe.trained else key, variant.ops).tflite_model
+    return size_warning(float_model, produced.tflite_model, variant.quant)
 
 
 def _integer_kernels(variant: Variant) -> bool:

@@ -21,6 +21,7 @@ class Row:
         evaluated: the model ran here (no Flex ops): it has accuracy/fidelity and latency.
         tolerance_met: ``False`` for an ``int8_mixed`` search that missed the tolerance.
         final_step: the metric step of the run's final values (see ``Outcome.final_step``).
+        size_warning: why the quantized model is larger than the float model, or ``None``.
     """
 
     variant: str
@@ -33,6 +34,7 @@ class Row:
     evaluated: bool = False
     tolerance_met: bool = True
     final_step: int = 0
+    size_warning: str | None = None
 
     @property
     def candidate(self) -> bool:

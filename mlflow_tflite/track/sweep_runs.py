@@ -28,7 +28,7 @@ from mlflow_tflite.track.rows import Row
 from mlflow_tflite.cache import cache_dir
 from mlflow_tflite.tags import (
     CONFIG_DIGEST_TAG, CONTINUED_IN_TAG, ERROR_TAG, MODEL_URI_TAG, NOT_EVALUATED_TAG, RESUMED_FROM_TAG, ROLE_SWEEP,
-    ROLE_TAG, SUPERSEDED_TAG, TOLERANCE_MET_TAG, VARIANT_TAG,
+    ROLE_TAG, SIZE_WARNING_TAG, SUPERSEDED_TAG, TOLERANCE_MET_TAG, VARIANT_TAG,
 )
 
 CONFIG_FILE = "sweep_config.json"
@@ -242,4 +242,5 @@ def row_of_run(run) -> Row:
         evaluated=NOT_EVALUATED_TAG not in run.data.tags,
         tolerance_met=run.data.tags.get(TOLERANCE_MET_TAG, "true") == "true",
         final_step=int(run.data.params.get("mixed_trials", -1)) + 1,
+        size_warning=run.data.tags.get(SIZE_WARNING_TAG),
     )
