@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlflow
 from mlflow import MlflowClient
