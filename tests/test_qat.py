@@ -79,7 +79,8 @@ def test_qat_on_the_demo_gives_an_int8_model_close_to_the_float_source(prepared,
 
     # The trained model is TFMOT's quantize wrappers around the source's layers.
     trained = builds.model(ModelKey.of(variant, prepared.native_input_size)).keras_model
-    assert trained.layers[0].name == "quantize_layer"
+    # tf_keras numbers layer names per process: quantize_layer_1 after another QAT model was built
+    assert trained.layers[0].name.startswith("quantize_layer")
     assert all(layer.name.startswith("quant") for layer in trained.layers)
     assert prepared.source.keras_model.layers[0].name == "conv2d"  # the source is untouched
 
